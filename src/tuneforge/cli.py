@@ -1,0 +1,74 @@
+"""The command line: one verb table, verbs → modules. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# verb -> (module with add_arguments/run, one-line help)
+VERBS = {
+    "models": ("tuneforge.models.cli", "list known models; `models import NAME` converts the embedded GGUF once"),
+    "inspect": ("tuneforge.models.inspect", "architecture, parameters, memory; --attention / --tokens"),
+    "prompt-eval": ("tuneforge.recipes.prompt_eval", "score zero-shot / few-shot / chain-of-thought on a task"),
+    "finetune": ("tuneforge.recipes.finetune", "LoRA / full / freeze fine-tuning (CONFIG.yaml [key=value ...])"),
+    "evaluate": ("tuneforge.recipes.evaluate", "score a model (+ adapter) on a task's dev split"),
+    "distill": ("tuneforge.recipes.distill", "knowledge distillation into a smaller student"),
+    "quantize": ("tuneforge.recipes.quantize", "int8 (torchao), GGUF F16/Q8_0/Q4_0, bitsandbytes on CUDA"),
+    "prune": ("tuneforge.recipes.prune", "magnitude, Wanda, 2:4, block removal (+ recovery)"),
+    "compare": ("tuneforge.recipes.compare", "one table: size, speed and quality of several models"),
+    "export": ("tuneforge.recipes.export", "merged HF folder, GGUF, Ollama Modelfile, with a parity check"),
+    "serve": ("tuneforge.serve.cli", "OpenAI-compatible server + web chat page"),
+    "chat": ("tuneforge.serve.chat", "chat in the terminal"),
+    "deploy": ("tuneforge.deploy.cli", "write a deploy bundle for docker, k8s, aws, gcp or azure"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tuneforge import __version__
+
+    parser = argparse.ArgumentParser(prog="tuneforge", description="From raw data to a deployed, compressed chatbot.")
+    parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (module, help_text) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as e:
+            if not e.name or not e.name.startswith("tuneforge"):
+                raise
+            p.set_defaults(_missing=f"`tuneforge {verb}` is not available in this build")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from tuneforge.errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", None):
+        print(f"error: {args._missing}", file=sys.stderr)
+        return 2
+    try:
+        code = importlib.import_module(args._module).run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if type(e).__name__ == "Interrupted":
+            return 130
+        raise
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

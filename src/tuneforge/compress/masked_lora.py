@@ -1,0 +1,73 @@
+"""Recovery LoRA that keeps pruned weights at exactly zero.
+
+A plain LoRA adds a dense delta B·A to every weight; merging it would refill the pruned positions, and
+re-applying the mask after merging throws away part of what was trained (the model you trained is not the
+model you ship). Here the delta is masked inside the forward pass instead:
+
+    W_eff = (W + (alpha / r) · B·A) ⊙ M
+
+via torch.nn.utils.parametrize, so training sees exactly the sparse weight that is saved; merging just
+writes W_eff into the weight. Pruned positions get zero gradient through ⊙ M and stay zero. Without a mask
+(block removal, distilled students) it is an ordinary weight-space LoRA.
+
+The price: the weight gradient of each adapted matrix is formed densely (about a third more compute per
+step than an activation-space LoRA), which is small on models of this size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+class MaskedLoRADelta(nn.Module):
+    """Parametrization: weight ↦ (weight + scale·B·A) ⊙ mask. B starts at zero, so training starts from W."""
+
+    def __init__(self, out_features: int, in_features: int, r: int, alpha: float, mask: torch.Tensor | None,
+                 dtype=torch.float32, device=None):
+        super().__init__()
+        self.scale = alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=dtype, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=dtype, device=device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        if mask is not None:
+            self.register_buffer("mask", mask.to(device=device, dtype=torch.bool), persistent=False)
+        else:
+            self.mask = None
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        delta = (self.lora_B @ self.lora_A) * self.scale
+        out = weight + delta.to(weight.dtype)
+        return out * self.mask.to(out.dtype) if self.mask is not None else out
+
+
+def target_linears(model: nn.Module, names: dict[str, nn.Linear], target_modules: str | list[str]) -> dict[str, nn.Linear]:
+    if target_modules == "all-linear":
+        return names
+    wanted = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    return {n: m for n, m in names.items() if n.rsplit(".", 1)[-1] in wanted}
+
+
+def add_masked_lora(model: nn.Module, linears: dict[str, nn.Linear], masks: dict[str, torch.Tensor] | None, *,
+                    r: int, alpha: float) -> list[nn.Parameter]:
+    """Freeze the whole model, attach a masked LoRA to each of `linears`; returns the trainable parameters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = []
+    for name, lin in linears.items():
+        mask = masks.get(name) if masks else None
+        delta = MaskedLoRADelta(lin.out_features, lin.in_features, r, alpha, mask, device=lin.weight.device)
+        parametrize.register_parametrization(lin, "weight", delta)
+        params += [delta.lora_A, delta.lora_B]
+    return params
+
+
+@torch.no_grad()
+def merge_masked_lora(model: nn.Module) -> None:
+    """Write W_eff into each weight and drop the parametrization: a plain model with the same zeros."""
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)

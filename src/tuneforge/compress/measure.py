@@ -1,0 +1,87 @@
+"""What the comparison table measures: parameters, non-zeros, size on disk, prefill and decode tokens/s.
+
+Speed is one stream, greedy, on this machine: prefill = prompt tokens / time of the forward pass over the
+prompt; decode = generated tokens / time of the one-token steps after it (KV cache on). The best of
+`repeats` runs is kept, which is the least disturbed by other processes on a shared machine.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_size(path: str | Path) -> int:
+    """Bytes of weight files: a file itself, or the weight files in a folder (tokenizer files left out)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int | None]:
+    """(parameters, non-zero parameters); tied weights count once. Non-zeros are None for tensor subclasses
+    (e.g. torchao quantized weights) that cannot be counted element-wise."""
+    params = list({id(p): p for p in model.parameters()}.values())
+    total = sum(p.numel() for p in params)
+    try:
+        nonzero = sum(int(torch.count_nonzero(p.detach())) for p in params)
+    except (NotImplementedError, RuntimeError, TypeError):
+        nonzero = None
+    return total, nonzero
+
+
+def speed_prompt_ids(tok, prompt_tokens: int) -> list[int]:
+    """A fixed, natural-text prompt of exactly `prompt_tokens` tokens, the same for every model."""
+    text = ("The film was a quiet surprise: patient, funny and warm, with a cast that never oversells a scene. " * 64)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return ids[:prompt_tokens]
+
+
+@torch.inference_mode()
+def hf_speed(model, prompt_ids: list[int], new_tokens: int = 64, repeats: int = 2) -> dict:
+    """Greedy prefill + decode with the KV cache, timed separately."""
+    import inspect
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids], device=device)
+    # transformers ≥ 5.24 names the KV cache `cache` (past_key_values is deprecated)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    best_prefill = best_decode = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True)
+        t1 = time.perf_counter()
+        token = out.logits[:, -1:].argmax(-1)
+        for _ in range(new_tokens):
+            out = model(input_ids=token, use_cache=True, **{key: getattr(out, key)})
+            token = out.logits[:, -1:].argmax(-1)
+        t2 = time.perf_counter()
+        best_prefill, best_decode = min(best_prefill, t1 - t0), min(best_decode, t2 - t1)
+    return {"prefill_tok_s": len(prompt_ids) / best_prefill, "decode_tok_s": new_tokens / best_decode}
+
+
+def gguf_speed(llm, prompt_ids: list[int], new_tokens: int = 64, repeats: int = 2) -> dict:
+    """The same measurement through llama.cpp (llama-cpp-python's low-level eval/sample)."""
+    best_prefill = best_decode = float("inf")
+    for _ in range(repeats):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt_ids)
+        t1 = time.perf_counter()
+        for _ in range(new_tokens):
+            token = llm.sample(temp=0.0)
+            llm.eval([token])
+        t2 = time.perf_counter()
+        best_prefill, best_decode = min(best_prefill, t1 - t0), min(best_decode, t2 - t1)
+    return {"prefill_tok_s": len(prompt_ids) / best_prefill, "decode_tok_s": new_tokens / best_decode}
+
+
+def gguf_parameters(path: str | Path) -> int:
+    from gguf import GGUFReader
+
+    return sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors)

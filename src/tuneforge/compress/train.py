@@ -1,0 +1,88 @@
+"""Training for pruning recovery and distillation through finetune's own loop (recipes.finetune.fit).
+
+fit() takes a Setup whose `loss_module(input_ids, attention_mask, labels)` returns (summed loss over target
+tokens, number of target tokens). Recovery uses finetune's TargetOnlyLoss on the masked-LoRA model;
+distillation passes DistillLoss below. Nothing else in the loop changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from tuneforge.compress.blocks import body
+from tuneforge.compress.kd import distill_loss
+from tuneforge.errors import UserError
+
+
+class DistillLoss(nn.Module):
+    """Summed ratio·KD + (1 − ratio)·CE over target tokens, from both models' final hidden states."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, kd):
+        super().__init__()
+        self.model = student
+        self.frozen = (teacher,)  # a tuple: not a registered submodule, so DDP and optimizers never see it
+        self.kd = kd
+
+    def forward(self, input_ids, attention_mask, labels):
+        teacher, kd = self.frozen[0], self.kd
+        with torch.no_grad():
+            t_hidden = body(teacher)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        s_hidden = body(self.model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        loss, info = distill_loss(
+            s_hidden, t_hidden, labels, self.model.get_output_embeddings(), teacher.get_output_embeddings(),
+            kind=kd.loss, temperature=kd.temperature, beta=kd.beta, ratio=kd.ratio, chunk_tokens=kd.chunk_tokens,
+        )
+        return loss * info["targets"], info["targets"]
+
+
+def encode_rows(tok, task, rows: Sequence[dict], max_len: int, *, answers: Sequence[str] | None = None) -> list[dict]:
+    """Training conversations → ids with labels on the assistant turn. With `answers` (sequence-level KD)
+    the assistant turn is the teacher's generated text instead of the gold one."""
+    from tuneforge.data.encode import encode_conversation
+
+    feats = []
+    for i, row in enumerate(tqdm(rows, desc="tokenizing", leave=False)):
+        conv = task.conversation(row)
+        if answers is not None:
+            conv = [m for m in conv if m["role"] != "assistant"] + [{"role": "assistant", "content": answers[i]}]
+        feats.append(encode_conversation(tok, conv, max_len))
+    if not any(any(label != -100 for label in f["labels"]) for f in feats):
+        raise UserError("no training example has a target token: check data.train columns and task settings")
+    return feats
+
+
+def train(cfg, task, model: nn.Module, tok, loss_module: nn.Module, examples: list[dict], run_dir: Path,
+          dev_rows: list[dict] = ()) -> dict:
+    """Run finetune's loop on `model` (its trainable parameters are those with requires_grad)."""
+    from accelerate import Accelerator
+
+    from tuneforge.recipes import training as T
+    from tuneforge.recipes.finetune import Setup, fit, use_bf16
+
+    cuda = torch.cuda.is_available()
+    bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
+    batches = T.group_batches([len(e["input_ids"]) for e in examples], cfg.train.batch_size, cfg.train.seed,
+                              cfg.train.epochs)
+    usable = len(batches) - len(batches) % cfg.train.grad_accum or len(batches)
+    batches = batches[:usable]
+    total_steps = max(1, len(batches) // cfg.train.grad_accum)
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    torch.manual_seed(cfg.train.seed)
+    model.train()
+    optimizer = T.make_optimizer(model, cfg.train)
+    scheduler = T.make_scheduler(optimizer, cfg.train, total_steps)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    trainable, total = T.count_params(model)
+    print(f"training {trainable:,} of {total:,} parameters on {len(examples)} rows, {total_steps} steps")
+    setup = Setup(cfg, task, accelerator, model, tok, loss_module, optimizer, scheduler, examples, batches,
+                  list(dev_rows), run_dir, total_steps)
+    stats = fit(setup)
+    model.eval()
+    return {**stats, "trainable_params": trainable, "total_params": total, "history": setup.history}

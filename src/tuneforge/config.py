@@ -1,0 +1,205 @@
+"""Typed config models, YAML + key=value overrides, and error collection.
+
+Every key is declared once here with its type, default and a one-line description. A config file is
+validated before any work starts and every problem is reported at once, each naming the key as typed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneforge.data.spec import DataSpec
+from tuneforge.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(BaseModel):
+    """`name` picks the task pack; any other key is an option of that pack (checked by get_task)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field("sentiment", description="sentiment | translation | summarization | qa | chat")
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(Section):
+    train: DataSpec | None = Field(None, description="training split")
+    dev: DataSpec | None = Field(None, description="dev split: evaluation during and after training")
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names, e.g. [q_proj, v_proj]")
+    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha/sqrt(r)")
+    use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA); slower")
+
+
+class FreezeConfig(Section):
+    trainable_blocks: int = Field(2, ge=0, description="method=freeze: train only the top N transformer blocks, the final norm and the head")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0, description="passes over the training rows (fractions allowed)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = Field(8, ge=1, description="rows per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="fraction of steps with linear warmup")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    max_grad_norm: float | None = Field(1.0, description="gradient clipping; null to disable")
+    max_seq_len: int = Field(512, ge=8, description="longer examples are truncated from the source side")
+    seed: int = Field(0, description="seeds data order, dropout and init")
+    bf16: Literal["auto", "true", "false"] = Field("auto", description="bf16 autocast: auto = where the CPU/GPU supports it")
+    log_every: int = Field(5, ge=1, description="optimizer steps between metrics.jsonl lines")
+    eval_every: int = Field(0, ge=0, description="optimizer steps between dev evaluations (0: only at the end)")
+    save_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: only on interrupt)")
+    resume: str | None = Field(None, description="a checkpoint folder, or 'latest' for the newest one of this run")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bools_to_str(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("bf16"), bool):
+            data = {**data, "bf16": str(data["bf16"]).lower()}
+        return data
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    limit: int | None = Field(None, ge=1, description="score only the first N dev rows")
+    max_new_tokens: int | None = Field(None, ge=1, description="default: the task's own budget")
+    strategy: Literal["zero_shot", "few_shot", "cot"] = Field("zero_shot", description="prompting strategy")
+    shots: int = Field(3, ge=0, description="few_shot: examples drawn (seeded) from the train split")
+
+
+class RunConfig(Section):
+    name: str = Field("run", description="run folder name under output_dir")
+    output_dir: str = Field("runs", description="where run folders go")
+    model: str | None = Field(None, description="registry name, local folder or HF hub id; default: the embedded model")
+    adapter: str | None = Field(None, description="a LoRA adapter folder to load on top of the model")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="weights dtype")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+class FinetuneConfig(RunConfig):
+    method: Literal["lora", "full", "freeze"] = Field("lora", description="what is trained")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval_before: bool = Field(True, description="score the model before training too (the 'before' column)")
+
+    @model_validator(mode="after")
+    def _needs_data(self):
+        if self.data.train is None:
+            raise ValueError("data.train is required for finetune")
+        return self
+
+
+class EvaluateConfig(RunConfig):
+    @model_validator(mode="after")
+    def _needs_dev(self):
+        if self.data.dev is None:
+            raise ValueError("data.dev is required for evaluate")
+        return self
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['train.lr=1e-4', 'data.train.limit=100'] → nested dict; values parsed as YAML scalars."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not key=value (e.g. train.lr=1e-4)")
+        key, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return tree
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of keys")
+    return data
+
+
+def load_config(cls: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None):
+    data = read_yaml(path) if path else {}
+    data = merge(data, parse_overrides(overrides or []))
+    return validate(cls, data, source=str(path) if path else "command line")
+
+
+def validate(cls: type[BaseModel], data: dict, source: str = "config"):
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise UserError(f"{source}: {len(e.errors())} problem(s):\n" + "\n".join(describe(cls, err) for err in e.errors())) from None
+
+
+def describe(cls: type[BaseModel], err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        known = known_keys(cls, err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
+        return f"  {key}: unknown key{hint}"
+    if err["type"] == "value_error":
+        return f"  {err['msg'].removeprefix('Value error, ')}"
+    return f"  {key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
+    model = cls
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

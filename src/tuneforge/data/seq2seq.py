@@ -1,0 +1,122 @@
+"""Encoder-decoder (T5, BART, Marian) batching, loss and greedy generation.
+
+A task's training conversation (prompt turns + one assistant answer) becomes a (source, target) pair: the
+prompt goes to the encoder, the answer is the decoder's target. The model shifts the labels right itself
+to build its decoder inputs, so a batch is just input_ids, attention_mask and labels (-100 on padding).
+
+    pair = pair_from_conversation(task.conversation(row))        # (source, target)
+    feats = [encode_pair(tok, s, t, max_source_len=512, max_target_len=128) for s, t in pairs]
+    batch = collate_seq2seq(feats, tok.pad_token_id)             # tensors
+    loss = seq2seq_loss(model, batch)                            # mean over target tokens
+    texts = generate_seq2seq(model, tok, [prompt_to_source(task.prompt(r)) for r in rows], max_new_tokens=32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from tuneforge.errors import UserError
+
+IGNORE_INDEX = -100
+
+
+def is_encoder_decoder(model_or_config) -> bool:
+    config = getattr(model_or_config, "config", model_or_config)
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def prompt_to_source(messages: Sequence[dict]) -> str:
+    """Flatten prompt messages into one encoder input. One user turn stays as is; earlier turns (few-shot
+    examples, a system prompt) come first, each on its own paragraph, answers marked 'Answer:'."""
+    parts = []
+    for m in messages:
+        if m["role"] == "assistant":
+            parts.append("Answer: " + m["content"])
+        else:
+            parts.append(m["content"])
+    return "\n\n".join(p for p in parts if p)
+
+
+def pair_from_conversation(messages: Sequence[dict]) -> tuple[str, str]:
+    """A training conversation → (source, target): the last assistant turn is the target."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise UserError("an encoder-decoder model trains on conversations that end with an assistant turn")
+    return prompt_to_source(messages[:-1]), messages[-1]["content"]
+
+
+def encode_pair(tok, source: str, target: str, *, max_source_len: int, max_target_len: int) -> dict:
+    """Token ids for one pair. A long source loses its end; the target keeps its own budget, so the
+    answer is never cut to make room for the input. `truncated` / `target_truncated` report each cut."""
+    src = tok(source, add_special_tokens=True)["input_ids"]
+    tgt = tok(text_target=target, add_special_tokens=True)["input_ids"]
+    truncated = len(src) > max_source_len
+    target_truncated = len(tgt) > max_target_len
+    if truncated:
+        src = tok(source, truncation=True, max_length=max_source_len)["input_ids"]
+    if target_truncated:
+        tgt = tok(text_target=target, truncation=True, max_length=max_target_len)["input_ids"]
+    return {"input_ids": src, "labels": tgt, "truncated": truncated, "target_truncated": target_truncated}
+
+
+def collate_seq2seq(features: Sequence[dict], pad_id: int):
+    """Right-pad sources with pad_id and targets with -100 (ignored by the loss); dynamic per batch."""
+    import torch
+
+    if pad_id is None:
+        raise UserError("the tokenizer has no pad token; set one (e.g. tok.pad_token = tok.eos_token)")
+    src_len = max(len(f["input_ids"]) for f in features)
+    tgt_len = max(len(f["labels"]) for f in features)
+    input_ids = torch.full((len(features), src_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(features), src_len), dtype=torch.long)
+    labels = torch.full((len(features), tgt_len), IGNORE_INDEX, dtype=torch.long)
+    for i, f in enumerate(features):
+        input_ids[i, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
+        mask[i, : len(f["input_ids"])] = 1
+        labels[i, : len(f["labels"])] = torch.tensor(f["labels"])
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def seq2seq_loss(model, batch: dict):
+    """Cross-entropy over the target tokens (labels != -100); the model builds decoder inputs from labels."""
+    device = next(model.parameters()).device
+    return model(**{k: v.to(device) for k, v in batch.items()}).loss
+
+
+def target_tokens(batch: dict) -> int:
+    return int((batch["labels"] != IGNORE_INDEX).sum())
+
+
+def generate_seq2seq(
+    model,
+    tok,
+    sources: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    max_source_len: int | None = None,
+    desc: str | None = None,
+) -> list[str]:
+    """Batched greedy decoding; encoder inputs are right-padded (no left padding needed here)."""
+    import torch
+
+    device = next(model.parameters()).device
+    model.eval()
+    out: list[str] = []
+    bar = tqdm(total=len(sources), desc=desc or "generating", unit="row", leave=False)
+    with torch.inference_mode():
+        for i in range(0, len(sources), batch_size):
+            chunk = list(sources[i : i + batch_size])
+            enc = tok(chunk, return_tensors="pt", padding=True, truncation=max_source_len is not None,
+                      max_length=max_source_len)
+            ids = model.generate(
+                **{k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")},
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+            )
+            out.extend(t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True))
+            bar.update(len(chunk))
+    bar.close()
+    return out

@@ -1,0 +1,525 @@
+"""`tuneforge inspect [MODEL]`: architecture, parameters per module type and per block, memory estimates,
+tokenisation (`--tokens`) and attention maps (`--attention`, a grid PNG of layers × heads).
+
+The architecture and parameter tables come from a skeleton built on the meta device (no weights are read,
+so any size of model is inspected in seconds); only --tokens and --attention load the tokenizer / weights.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from pathlib import Path
+
+from tuneforge.errors import UserError
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
+MAX_ATTENTION_TOKENS = 48
+
+# Leaf-module names → (category, projection). Covers Llama/Qwen/Mistral, GPT-2, BERT, T5, BART/Marian.
+ATTENTION_NAMES = {
+    "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "out_proj": "o",
+    "query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v", "o": "o",
+    "c_attn": "qkv", "qkv_proj": "qkv", "Wqkv": "qkv", "dense_qkv": "qkv",
+}
+MLP_NAMES = {"gate_proj", "up_proj", "down_proj", "fc1", "fc2", "wi", "wi_0", "wi_1", "wo", "c_fc", "gate_up_proj", "w1", "w2", "w3"}
+HEAD_NAMES = {"lm_head", "classifier", "score", "pooler", "qa_outputs", "cls", "final_logits_bias"}
+CROSS_ATTENTION = ("EncDecAttention", "encoder_attn", "crossattention")
+BLOCK_RE = re.compile(r"^(?P<prefix>.*?)\.?(?:layers|layer|h|block|blocks)\.(?P<idx>\d+)\.")
+
+
+# -- architecture -----------------------------------------------------------------------------------------
+
+
+def load_config(model: str | None):
+    from transformers import AutoConfig
+
+    from tuneforge.models.registry import resolve_model
+
+    source = resolve_model(model)
+    try:
+        return AutoConfig.from_pretrained(source), source
+    except (OSError, ValueError) as e:
+        raise UserError(f"model '{model}': no readable config.json at {source} ({str(e).splitlines()[0]})") from e
+
+
+def detect_kind(config) -> str:
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    archs = config.architectures or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal"
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "classifier"
+    return "encoder"
+
+
+def build_skeleton(config, kind: str, num_labels: int | None = None):
+    """The model with every tensor on the meta device: shapes and tying without memory or file reads."""
+    import torch
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
+
+    cls = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+           "classifier": AutoModelForSequenceClassification, "encoder": AutoModel}[kind]
+    if kind == "classifier" and num_labels:
+        config.num_labels = num_labels
+    with torch.device("meta"):
+        return cls.from_config(config)
+
+
+def first_attr(config, *names, default=None):
+    for n in names:
+        value = getattr(config, n, None)
+        if value is not None:
+            return value
+    return default
+
+
+def architecture(config, kind: str, model=None) -> dict:
+    heads = first_attr(config, "num_attention_heads", "num_heads", "n_head")
+    hidden = first_attr(config, "hidden_size", "d_model", "n_embd")
+    arch = {
+        "model_type": config.model_type,
+        "kind": kind,
+        "layers": first_attr(config, "num_hidden_layers", "num_layers", "n_layer"),
+        "heads": heads,
+        "kv_heads": first_attr(config, "num_key_value_heads", default=heads),
+        "head_dim": first_attr(config, "head_dim", "d_kv", default=hidden // heads if hidden and heads else None),
+        "hidden_size": hidden,
+        "intermediate_size": first_attr(config, "intermediate_size", "d_ff", "encoder_ffn_dim", "n_inner",
+                                        default=4 * hidden if hidden else None),
+        "vocab_size": config.vocab_size,
+        "context_length": first_attr(config, "max_position_embeddings", "n_positions"),
+        "position_encoding": position_encoding(config),
+        "tied_embeddings": tied_embeddings(model) if model is not None else bool(getattr(config, "tie_word_embeddings", False)),
+        "activation": first_attr(config, "hidden_act", "feed_forward_proj", "activation_function", "dense_act_fn"),
+    }
+    if kind == "seq2seq":
+        arch["decoder_layers"] = first_attr(config, "num_decoder_layers", "decoder_layers", default=arch["layers"])
+        arch["decoder_heads"] = first_attr(config, "decoder_attention_heads", default=heads)
+    return arch
+
+
+def position_encoding(config) -> str:
+    if getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None):
+        rope = getattr(config, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+        return f"rotary (theta {theta or config.rope_theta:g})"
+    if getattr(config, "relative_attention_num_buckets", None):
+        return "relative buckets (no hard length limit)"
+    return getattr(config, "position_embedding_type", None) or "learned absolute"
+
+
+def tied_embeddings(model) -> bool:
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return out is not None and inp is not None and out.weight is inp.weight
+
+
+# -- parameters -------------------------------------------------------------------------------------------
+
+
+def module_category(name: str, module) -> str:
+    """embedding | attention.q/k/v/o/qkv | cross_attention.* | mlp | norm | head | other."""
+    import torch.nn as nn
+
+    parts = name.split(".")
+    leaf = parts[-1]
+    if any(p in HEAD_NAMES for p in parts):
+        return "head"
+    if "norm" in type(module).__name__.lower() or "norm" in leaf.lower() or leaf.startswith("ln"):
+        return "norm"
+    if isinstance(module, nn.Embedding):
+        return "attention.position_bias" if "relative_attention_bias" in leaf else "embedding"
+    in_attention = any("attn" in p.lower() or "attention" in p.lower() for p in parts[:-1])
+    prefix = "cross_attention" if any(c in name for c in CROSS_ATTENTION) else "attention"
+    if leaf in ATTENTION_NAMES and (in_attention or leaf.endswith("_proj") and leaf not in MLP_NAMES):
+        return f"{prefix}.{ATTENTION_NAMES[leaf]}"
+    if leaf == "dense" and in_attention:  # BERT: attention.output.dense is the output projection
+        return f"{prefix}.o"
+    if leaf in MLP_NAMES or "mlp" in parts or "intermediate" in parts or "DenseReluDense" in parts or (
+        leaf == "dense" and "output" in parts
+    ):
+        return "mlp"
+    return "other"
+
+
+def block_of(param_name: str, kind: str) -> str | None:
+    m = BLOCK_RE.match(param_name)
+    if not m:
+        return None
+    idx = int(m.group("idx"))
+    if kind == "seq2seq":
+        side = "decoder" if "decoder" in m.group("prefix") else "encoder"
+        return f"{side} {idx:>2}"
+    return f"block {idx:>2}"
+
+
+def parameter_tables(model, kind: str) -> dict:
+    """Unique parameters (tied tensors counted once) by category and by transformer block."""
+    seen: set[int] = set()
+    by_type: dict[str, int] = defaultdict(int)
+    by_block: dict[str, dict[str, int]] = {}
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            cat = module_category(mod_name or p_name, module)
+            if p_name == "final_logits_bias":
+                cat = "head"
+            n = p.numel()
+            by_type[cat] += n
+            block = block_of(full, kind)
+            if block is not None:
+                row = by_block.setdefault(block, defaultdict(int))
+                group = cat.split(".")[0]
+                row[group] += n
+                row["total"] += n
+    for buf_name, buf in model.named_buffers():  # e.g. BART's final_logits_bias is a buffer
+        if buf_name.endswith("final_logits_bias"):
+            by_type["head"] += buf.numel()
+    total = sum(by_type.values())
+    return {"total": total, "by_type": dict(by_type), "by_block": {k: dict(v) for k, v in by_block.items()}}
+
+
+def lora_trainable(model, r: int) -> int:
+    """LoRA on every linear layer inside the blocks ('all-linear'): r × (in + out) per layer."""
+    import torch.nn as nn
+
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module_category(name, module) != "head":
+            total += r * (module.in_features + module.out_features)
+        elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2's transposed linear
+            total += r * (module.weight.shape[0] + module.weight.shape[1])
+    return total
+
+
+# -- memory -----------------------------------------------------------------------------------------------
+
+
+def activation_bytes(arch: dict, batch: int, seq: int, act_bytes: float) -> float:
+    """Korthikanti et al. 2022 (no recomputation), per layer s·b·h·(34 + 5·a·s/h) bytes at 2-byte
+    activations, scaled to `act_bytes`; plus fp32 logits and their gradient, b·s·V·8, for LM heads."""
+    s, b, h, a = seq, batch, arch["hidden_size"], arch["heads"]
+    layers = arch["layers"] + arch.get("decoder_layers", 0)
+    per_layer = s * b * h * (34 + 5 * a * s / h) * act_bytes / 2
+    logits = b * s * arch["vocab_size"] * 8 if arch["kind"] in ("causal", "seq2seq") else 0
+    return layers * per_layer + logits
+
+
+def kv_cache_bytes(arch: dict, batch: int, seq: int, dtype_bytes: float) -> float:
+    """2 (K and V) × decoder layers × batch × seq × kv heads × head dim × bytes; seq2seq adds the
+    cross-attention K/V of an encoder input of the same length."""
+    if arch["kind"] in ("encoder", "classifier"):
+        return 0.0
+    layers = arch.get("decoder_layers", arch["layers"])
+    self_kv = 2 * layers * batch * seq * arch["kv_heads"] * arch["head_dim"] * dtype_bytes
+    return self_kv * (2 if arch["kind"] == "seq2seq" else 1)
+
+
+def memory_estimates(arch: dict, total: int, lora_params: int, *, batch: int, seq: int, train_dtype: str) -> dict:
+    act_bytes = BYTES[train_dtype] if train_dtype in ("bfloat16", "float16") else 4
+    activations = activation_bytes(arch, batch, seq, act_bytes)
+    # The KV cache stays in 16-bit when weights are 8/4-bit, and in fp32 only for fp32 weights.
+    inference = {d: {"weights": total * b, "kv_cache": kv_cache_bytes(arch, batch, seq, 4 if d == "float32" else 2)}
+                 for d, b in BYTES.items()}
+    for row in inference.values():
+        row["total"] = row["weights"] + row["kv_cache"]
+    full = {"weights": 4 * total, "gradients": 4 * total, "adamw_states": 8 * total, "activations": activations}
+    lora = {"weights": BYTES[train_dtype] * total + 4 * lora_params, "gradients": 4 * lora_params,
+            "adamw_states": 8 * lora_params, "activations": activations}
+    for row in (full, lora):
+        row["total"] = sum(row.values())
+    return {"batch": batch, "seq_len": seq, "train_dtype": train_dtype, "inference": inference,
+            "train_full": full, "train_lora": lora, "lora_params": lora_params}
+
+
+# -- tokens -----------------------------------------------------------------------------------------------
+
+
+def tokenize(tok, text: str) -> list[dict]:
+    """One dict per token: id, the tokenizer's own piece, and the text it covers. Byte-level BPE splits a
+    Vietnamese letter like 'ộ' into two byte pieces; both cover the same characters and are marked 1/2, 2/2."""
+    if not text:
+        raise UserError("--tokens / --attention need a non-empty text")
+    text = unicodedata.normalize("NFC", text)
+    try:
+        enc = tok(text, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+    except NotImplementedError:  # slow tokenizers have no offsets
+        enc, offsets = tok(text), None
+    ids = enc["input_ids"]
+    pieces = tok.convert_ids_to_tokens(ids)
+    special = set(tok.all_special_ids)
+    rows = []
+    for i, tid in enumerate(ids):
+        if offsets is None:
+            covered = tok.decode([tid])
+        elif tid in special and offsets[i][0] == offsets[i][1]:
+            covered = ""
+        else:
+            covered = text[offsets[i][0] : offsets[i][1]]
+        rows.append({"index": i, "id": tid, "piece": pieces[i], "text": covered, "special": tid in special,
+                     "span": tuple(offsets[i]) if offsets is not None else None})
+    # Mark byte pieces that share one character span.
+    i = 0
+    while i < len(rows):
+        j = i
+        while j + 1 < len(rows) and rows[j + 1]["span"] and rows[j + 1]["span"] == rows[i]["span"] and rows[i]["text"]:
+            j += 1
+        if j > i:
+            for k in range(i, j + 1):
+                rows[k]["part"] = f"{k - i + 1}/{j - i + 1}"
+        i = j + 1
+    return rows
+
+
+def token_label(row: dict) -> str:
+    if row["special"] or not row["text"]:
+        return row["piece"]
+    label = row["text"].strip() or "␣"
+    return f"{label} {row['part']}" if row.get("part") else label
+
+
+# -- attention --------------------------------------------------------------------------------------------
+
+
+def attention_maps(model_name: str | None, text: str, kind: str):
+    """(layers × heads × tokens × tokens array, token rows) from an eager-attention forward pass."""
+    import torch
+
+    from tuneforge.models.loading import load_model
+
+    load_kind = {"encoder": "classifier"}.get(kind, kind)  # the encoder's attention does not depend on a head
+    model, tok = load_model(model_name, dtype="float32", device="cpu", kind=load_kind,
+                            num_labels=2 if load_kind == "classifier" else None)
+    model.set_attn_implementation("eager")  # fused SDPA kernels do not return attention weights
+    rows = tokenize(tok, text)
+    if len(rows) > MAX_ATTENTION_TOKENS:
+        raise UserError(f"--attention text is {len(rows)} tokens; keep it to {MAX_ATTENTION_TOKENS} or fewer so the labels stay readable")
+    ids = torch.tensor([[r["id"] for r in rows]])
+    with torch.inference_mode():
+        if kind == "seq2seq":
+            start = model.config.decoder_start_token_id
+            out = model(input_ids=ids, decoder_input_ids=torch.tensor([[start]]), output_attentions=True)
+            att = out.encoder_attentions
+        else:
+            att = model(input_ids=ids, output_attentions=True).attentions
+    return torch.stack([a[0] for a in att]).float().numpy(), rows
+
+
+def draw_attention(maps, labels: list[str], path: Path, *, layers: list[int], title: str) -> Path:
+    """Rows: layers; columns: heads. Query tokens on the y axis (left column), keys on the x axis (bottom row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import PowerNorm
+
+    n_heads, n_tok = maps.shape[1], maps.shape[-1]
+    cell = max(1.5, 0.16 * n_tok)
+    label_room = 0.09 * max(len(x) for x in labels) + 0.6
+    fig, axes = plt.subplots(len(layers), n_heads, squeeze=False, sharex=True, sharey=True,
+                             figsize=(n_heads * cell + label_room + 1.2, len(layers) * cell + label_room + 0.8))
+    norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)  # square-root scale: weak links stay visible
+    font = max(5.0, min(9.0, 120 / n_tok))
+    image = None
+    for r, layer in enumerate(layers):
+        for h in range(n_heads):
+            ax = axes[r][h]
+            image = ax.imshow(maps[layer, h], cmap="viridis", norm=norm, interpolation="nearest")
+            ax.set_xticks(range(n_tok))
+            ax.set_yticks(range(n_tok))
+            ax.tick_params(length=0, pad=1)
+            if r == 0:
+                ax.set_title(f"head {h}", fontsize=10)
+            if h == 0:
+                ax.set_yticklabels(labels, fontsize=font)
+                ax.set_ylabel(f"layer {layer}", fontsize=10, fontweight="bold")
+            if r == len(layers) - 1:
+                ax.set_xticklabels(labels, fontsize=font, rotation=90)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0, 0.97, 0.99))
+    fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01, label="attention weight (query row → key column)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    if spec == "all":
+        return list(range(n_layers))
+    try:
+        picked = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--layers '{spec}': give 'all' or comma-separated layer numbers, e.g. 0,5,11") from None
+    bad = [x for x in picked if not -n_layers <= x < n_layers]
+    if bad or not picked:
+        raise UserError(f"--layers '{spec}': the model has layers 0..{n_layers - 1}")
+    return [x % n_layers for x in picked]
+
+
+# -- the verb ---------------------------------------------------------------------------------------------
+
+
+def inspect_model(
+    model: str | None = None,
+    *,
+    kind: str = "auto",
+    num_labels: int | None = None,
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    train_dtype: str = "bfloat16",
+    lora_r: int = 16,
+    tokens: str | None = None,
+    attention: str | None = None,
+    layers: str = "all",
+    out: str | None = None,
+) -> dict:
+    """Everything `tuneforge inspect` prints, as a dict; writes the attention PNG when `attention` is set."""
+    if train_dtype not in ("bfloat16", "float16", "float32"):
+        raise UserError(f"--train-dtype '{train_dtype}': choose bfloat16, float16 or float32")
+    config, source = load_config(model)
+    kind = detect_kind(config) if kind == "auto" else kind
+    skeleton = build_skeleton(config, kind, num_labels)
+    arch = architecture(config, kind, skeleton)
+    params = parameter_tables(skeleton, kind)
+    seq = seq_len or min(arch["context_length"] or 512, 512)
+    report = {
+        "model": model or "(embedded default)",
+        "source": source,
+        "architecture": arch,
+        "parameters": params,
+        "memory": memory_estimates(arch, params["total"], lora_trainable(skeleton, lora_r), batch=batch_size,
+                                   seq=seq, train_dtype=train_dtype),
+    }
+    report["memory"]["lora_r"] = lora_r
+    if tokens is not None:
+        from tuneforge.models.loading import load_tokenizer
+
+        report["tokens"] = tokenize(load_tokenizer(model), tokens)
+    if attention is not None:
+        maps, rows = attention_maps(model, attention, kind)
+        picked = parse_layers(layers, maps.shape[0])
+        short = Path(source).name or str(model)
+        path = Path(out) if out else Path("runs") / "inspect" / f"{short}-attention.png"
+        which = "encoder self-attention" if kind == "seq2seq" else "self-attention"
+        draw_attention(maps, [token_label(r) for r in rows], path, layers=picked,
+                       title=f"{short}: {which}, {len(rows)} tokens, layers × heads")
+        report["attention_png"] = str(path)
+    return report
+
+
+# -- printing ---------------------------------------------------------------------------------------------
+
+
+def human(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.3f} GiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def format_table(headers: list[str], rows: list[list], title: str | None = None) -> str:
+    """A plain aligned table: text left, numbers right."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    numeric = [all(re.fullmatch(r"[-+0-9.,%]+[KMG]?( GiB)?|-", r[i] or "-") for r in cells) for i in range(len(headers))]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+
+    out = [title] if title else []
+    out += [line(headers), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def render(report: dict) -> str:
+    arch, params, mem = report["architecture"], report["parameters"], report["memory"]
+    total = params["total"]
+    parts = [f"model: {report['model']}  ({report['source']})"]
+    arch_rows = [[k.replace("_", " "), "-" if v is None else v] for k, v in arch.items()]
+    parts.append(format_table(["architecture", "value"], arch_rows))
+
+    order = ["embedding", "attention.q", "attention.k", "attention.v", "attention.qkv", "attention.o",
+             "attention.position_bias", "cross_attention.q", "cross_attention.k", "cross_attention.v",
+             "cross_attention.o", "mlp", "norm", "head", "other"]
+    by_type = params["by_type"]
+    rows = [[k, f"{by_type[k]:,}", f"{100 * by_type[k] / total:.1f}%"] for k in order if by_type.get(k)]
+    rows.append(["total (unique tensors)", f"{total:,}", "100.0%"])
+    note = " (lm head tied to the embedding: counted once)" if arch["tied_embeddings"] else ""
+    parts.append(format_table(["module type", "parameters", "share"], rows, title=f"parameters per module type{note}"))
+
+    groups = ["attention", "cross_attention", "mlp", "norm", "other"]
+    used = [g for g in groups if any(b.get(g) for b in params["by_block"].values())]
+    rows = [[name] + [f"{b.get(g, 0):,}" for g in used] + [f"{b['total']:,}"] for name, b in params["by_block"].items()]
+    if rows:
+        parts.append(format_table(["block"] + used + ["total"], rows, title="parameters per block"))
+
+    b, s = mem["batch"], mem["seq_len"]
+    rows = [[d, gib(r["weights"]), gib(r["kv_cache"]), gib(r["total"])] for d, r in mem["inference"].items()]
+    parts.append(format_table(
+        ["weights dtype", "weights", "KV cache", "total"], rows,
+        title=f"inference memory at batch {b} × {s} tokens (KV cache = 2 × layers × batch × seq × kv heads × head dim × bytes; "
+              "cache kept in bf16 for 8/4-bit weights)"))
+    full, lora = mem["train_full"], mem["train_lora"]
+    keys = ["weights", "gradients", "adamw_states", "activations", "total"]
+    rows = [[k.replace("_", " "), gib(full[k]), gib(lora[k])] for k in keys]
+    parts.append(format_table(
+        ["training", "full fine-tune", f"LoRA r={mem['lora_r']} ({human(mem['lora_params'])} params)"], rows,
+        title=f"training memory at batch {b} × {s} tokens, {mem['train_dtype']} activations\n"
+              "  full: fp32 weights 4P + grads 4P + AdamW m,v 8P; LoRA: base weights in the train dtype + 16 bytes per LoRA param\n"
+              "  activations (Korthikanti et al. 2022, no recomputation): layers × s·b·h·(34 + 5·a·s/h) × bytes/2"
+              " + LM logits and their grad b·s·V·8; a rough upper bound"))
+    if "tokens" in report:
+        toks = report["tokens"]
+        rows = [[t["index"], t["id"], t["piece"], (t["text"].replace(" ", "␣") if t["text"] else "")
+                 + (f"  (byte piece {t['part']})" if t.get("part") else "") + ("  [special]" if t["special"] else "")]
+                for t in toks]
+        chars = sum(len(t["text"]) for t in toks if not t.get("part") or t["part"].startswith("1/"))
+        parts.append(format_table(["#", "id", "piece", "text"], rows,
+                                  title=f"tokens: {len(toks)} for {chars} characters"))
+    if "attention_png" in report:
+        parts.append(f"attention maps: {report['attention_png']}")
+    return "\n\n".join(parts)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", nargs="?", default=None, help="registry name, folder or hub id (default: the embedded model)")
+    parser.add_argument("--kind", default="auto", choices=["auto", "causal", "seq2seq", "classifier", "encoder"],
+                        help="which head to count (auto: from config.json)")
+    parser.add_argument("--num-labels", type=int, default=None, help="--kind classifier: size of the head")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch for the memory estimates")
+    parser.add_argument("--seq-len", type=int, default=None, help="tokens per row for the memory estimates (default: min(context, 512))")
+    parser.add_argument("--train-dtype", default="bfloat16", help="activation / frozen-weight dtype for the training estimate")
+    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank for the training estimate (all linear layers)")
+    parser.add_argument("--tokens", metavar="TEXT", default=None, help="show how TEXT is tokenised")
+    parser.add_argument("--attention", metavar="TEXT", default=None, help="draw attention maps for TEXT as a PNG grid")
+    parser.add_argument("--layers", default="all", help="--attention: 'all' or layer numbers, e.g. 0,15,29")
+    parser.add_argument("--out", default=None, help="--attention: PNG path (default runs/inspect/<model>-attention.png)")
+
+
+def run(args) -> int:
+    report = inspect_model(
+        args.model, kind=args.kind, num_labels=args.num_labels, batch_size=args.batch_size, seq_len=args.seq_len,
+        train_dtype=args.train_dtype, lora_r=args.lora_r, tokens=args.tokens, attention=args.attention,
+        layers=args.layers, out=args.out,
+    )
+    print(render(report))
+    return 0

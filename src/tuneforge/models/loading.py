@@ -1,0 +1,92 @@
+"""Load a model (and optionally a LoRA adapter) with a sensible dtype."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from tuneforge.errors import UserError
+from tuneforge.models.registry import resolve_model
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True where the CPU runs bf16 matmuls natively (AVX512-BF16 or AMX); elsewhere bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(name: str = "auto", device: str | None = None):
+    import torch
+
+    if name not in DTYPES:
+        raise UserError(f"dtype '{name}' is not one of {', '.join(DTYPES)}")
+    if name != "auto":
+        return getattr(torch, name)
+    device = device or default_device()
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(model: str | None = None):
+    from transformers import AutoTokenizer
+
+    source = resolve_model(model)
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    model: str | None = None,
+    *,
+    dtype: str = "auto",
+    adapter: str | None = None,
+    device: str | None = None,
+    kind: str = "causal",
+    num_labels: int | None = None,
+):
+    """Return (model, tokenizer). `kind`: causal | seq2seq | classifier."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
+
+    source = resolve_model(model)
+    device = device or default_device()
+    torch_dtype = pick_dtype(dtype, device)
+    cls = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "classifier": AutoModelForSequenceClassification}[kind]
+    extra = {"num_labels": num_labels} if kind == "classifier" and num_labels else {}
+    try:
+        net = cls.from_pretrained(source, dtype=torch_dtype, **extra)
+    except OSError as e:
+        raise UserError(f"model '{model}' could not be loaded from {source}: {str(e).splitlines()[0]}") from e
+    tok = load_tokenizer(model)
+    if adapter:
+        net = attach_adapter(net, adapter)
+    net.to(device)
+    net.eval()
+    return net, tok
+
+
+def attach_adapter(net, adapter: str):
+    from peft import PeftModel
+
+    path = Path(adapter)
+    if not (path / "adapter_config.json").exists():
+        raise UserError(f"adapter '{adapter}' has no adapter_config.json: pass a run's adapter/ folder")
+    return PeftModel.from_pretrained(net, str(path))

@@ -1,0 +1,95 @@
+"""Run a GGUF file through llama.cpp (llama-cpp-python): greedy tokens for parity, and task scoring.
+
+The prompt is rendered with the chat template stored *in the GGUF* by llama-cpp-python's own Jinja
+formatter and tokenized by llama.cpp, exactly as a llama.cpp chat would do it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tuneforge.errors import UserError
+
+
+def import_llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise UserError(
+            "running a GGUF needs llama-cpp-python: `pip install 'tuneforge[llamacpp]'` (compiles llama.cpp, ~7 min on 2 cores)"
+        ) from e
+    return llama_cpp
+
+
+class LlamaCppRunner:
+    """A GGUF model with the runner interface of tuneforge.parity (prompt_ids, greedy, stop_ids, decode)."""
+
+    def __init__(self, path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None):
+        llama_cpp = import_llama_cpp()
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"GGUF file {path} not found")
+        self.path = path
+        self.llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), n_batch=512, verbose=False
+        )
+        meta = self.llm.metadata
+        self.template = meta.get("tokenizer.chat_template")
+        self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        eot = meta.get("tokenizer.ggml.eot_token_id")
+        self._stops = {self.llm.token_eos()} | ({int(eot)} if eot is not None else set())
+        self.last_decode_s = 0.0
+
+    def token_text(self, tid: int) -> str:
+        return self.llm.detokenize([tid], special=True).decode("utf-8", errors="replace")
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        if not self.template:
+            raise UserError(f"{self.path} has no tokenizer.chat_template: re-export it from a model with a chat template")
+        formatter = Jinja2ChatFormatter(
+            template=self.template,
+            eos_token=self.token_text(self.llm.token_eos()),
+            bos_token=self.token_text(self.llm.token_bos()),
+            add_generation_prompt=True,
+        )
+        text = formatter(messages=messages).prompt
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=self.add_bos, special=True)
+
+    def stop_ids(self) -> set[int]:
+        return set(self._stops)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+
+    def greedy(self, ids: list[int], max_new_tokens: int, stop_ids=frozenset()) -> list[int]:
+        out: list[int] = []
+        t_first = None
+        for tid in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            if t_first is None:
+                t_first = time.perf_counter()
+            out.append(int(tid))
+            if tid in stop_ids or len(out) >= max_new_tokens:
+                break
+        self.last_decode_s = time.perf_counter() - (t_first or time.perf_counter())
+        return out
+
+
+def score_with_runner(runner, task, rows: list[dict], *, max_new_tokens: int | None = None, desc: str = "scoring") -> tuple[dict, list[dict]]:
+    """The task's metrics for a non-transformers model (zero-shot prompts, greedy, one row at a time)."""
+    budget = max_new_tokens or task.max_new_tokens
+    stops = runner.stop_ids()
+    preds, refs, predictions = [], [], []
+    for row in tqdm(rows, desc=desc, unit="ex"):
+        messages = task.prompt(row)
+        text = runner.decode(runner.greedy(runner.prompt_ids(messages), budget, stops)).strip()
+        pred, ref = task.parse(text), task.reference(row)
+        preds.append(pred)
+        refs.append(ref)
+        predictions.append({"prompt": messages[-1]["content"], "output": text, "prediction": pred, "reference": ref})
+    return task.score(preds, refs), predictions

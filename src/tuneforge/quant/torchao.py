@@ -1,0 +1,62 @@
+"""In-PyTorch int8 with torchao, through transformers' TorchAoConfig so the result saves and reloads as
+an ordinary Hugging Face folder (safetensors + quantization_config in config.json).
+
+Only nn.Linear weights are quantized; the (tied) embedding and output head stay in floating point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneforge.errors import UserError
+
+TORCHAO_METHODS = ("int8_weight_only", "int8_dynamic")
+
+
+def torchao_config(method: str):
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    if method == "int8_weight_only":
+        return TorchAoConfig(Int8WeightOnlyConfig())
+    if method == "int8_dynamic":  # int8 activations quantized per token at run time, int8 weights per channel
+        return TorchAoConfig(Int8DynamicActivationInt8WeightConfig())
+    raise UserError(f"torchao method '{method}' is not one of {', '.join(TORCHAO_METHODS)}")
+
+
+def quantize_folder(float_folder: str | Path, method: str, dtype: str = "auto"):
+    """Load a float HF folder with its Linear weights quantized by torchao; returns the model."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models.loading import pick_dtype
+
+    return AutoModelForCausalLM.from_pretrained(
+        str(float_folder), quantization_config=torchao_config(method), dtype=pick_dtype(dtype, "cpu")
+    ).eval()
+
+
+def save_quantized(model, tok, folder: str | Path) -> Path:
+    """Write the quantized model and its tokenizer atomically (safetensors keep torchao's int8 tensors)."""
+    from tuneforge.fileio import atomic_dir
+
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return folder
+
+
+def load_quantized(folder: str | Path):
+    """Reload a folder written by save_quantized; its config.json carries the quantization settings."""
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise UserError(f"{folder} has no config.json: pass the model/ folder of a quantize run")
+    return AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+
+
+def is_torchao_quantized(model) -> bool:
+    from torchao.utils import TorchAOBaseTensor
+
+    return any(isinstance(m.weight, TorchAOBaseTensor) for m in model.modules() if hasattr(m, "weight") and m.weight is not None)

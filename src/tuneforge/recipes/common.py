@@ -1,0 +1,39 @@
+"""Pieces every recipe shares: config from the command line, task + data loading, timing."""
+
+from __future__ import annotations
+
+import argparse
+
+from tuneforge.config import load_config
+from tuneforge.data.readers import read_rows
+from tuneforge.errors import UserError
+from tuneforge.tasks import get_task
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a recipe YAML (see recipes/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 data.train.limit=500")
+
+
+def config_from_args(cls, args):
+    # argparse puts a leading key=value into `config` when no YAML is given
+    path, overrides = args.config, list(args.overrides)
+    if path and "=" in path and not path.endswith((".yaml", ".yml")):
+        overrides.insert(0, path)
+        path = None
+    return load_config(cls, path, overrides)
+
+
+def build_task(cfg):
+    return get_task(cfg.task.name, **cfg.task.options())
+
+
+def load_split(task, spec, split: str) -> list[dict]:
+    if spec is None:
+        raise UserError(f"data.{split} is not set; give it a path (see recipes/*.yaml)")
+    reader = getattr(task, "read", None)  # tasks with nested formats (SQuAD, chat) read their own files
+    rows = reader(spec) if reader else read_rows(spec)
+    rows = task.prepare(rows, spec.path)
+    if not rows:
+        raise UserError(f"data.{split}: {spec.path} gave no rows; check data.{split}.limit/start and the file")
+    return rows

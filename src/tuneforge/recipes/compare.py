@@ -1,0 +1,207 @@
+"""`tuneforge compare CONFIG`: one table and one chart for a set of models on the same task and data.
+
+Each row is a model artifact: an HF folder (the base model, a pruned or distilled model/, a torchao-saved
+folder), a base model plus a LoRA adapter (merged before measuring), or a .gguf file (scored and timed
+through llama.cpp with llama-cpp-python). For each: parameters and non-zero parameters, weights size on
+disk, prefill and decode tokens/s on this machine, the task metric and its change from the baseline row.
+
+Writes runs/<name>/: config.yaml, compare.json, compare.md, compare.png, report.md/html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import time
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from tuneforge.config import RunConfig, Section
+from tuneforge.errors import UserError
+from tuneforge.fileio import write_json, write_text
+from tuneforge.recipes.distill import SpeedSection
+
+
+class ModelRow(Section):
+    name: str = Field(description="the row's label in the table")
+    path: str | None = Field(None, description="HF folder, torchao-saved folder or .gguf file; null: the embedded model")
+    adapter: str | None = Field(None, description="a LoRA adapter folder on top of `path` (merged before measuring)")
+    baseline: bool = Field(False, description="the uncompressed reference: deltas are taken from this row")
+
+
+class CompareConfig(RunConfig):
+    models: list[ModelRow] = Field(default_factory=list, description="the rows of the table, in order")
+    speed: SpeedSection = Field(default_factory=SpeedSection)
+    gguf_threads: int | None = Field(None, ge=1, description="llama.cpp threads; null: all cores")
+
+    @model_validator(mode="after")
+    def _check_rows(self):
+        if not self.models:
+            raise ValueError("models: list at least one model row (name, path[, adapter, baseline])")
+        if sum(m.baseline for m in self.models) > 1:
+            raise ValueError("models: mark at most one row with baseline: true")
+        if len({m.name for m in self.models}) != len(self.models):
+            raise ValueError("models: every row needs a distinct name")
+        if self.data.dev is None:
+            raise ValueError("data.dev is required: every model is scored on it")
+        return self
+
+
+def is_gguf(row: ModelRow) -> bool:
+    return bool(row.path) and row.path.endswith(".gguf")
+
+
+def check_rows(rows: list[ModelRow]) -> None:
+    """Every problem with the rows at once, before anything is loaded."""
+    problems = []
+    for i, row in enumerate(rows):
+        where = f"models[{i}] ({row.name})"
+        looks_local = row.path and (is_gguf(row) or row.path.startswith((".", "/", "~")))
+        if looks_local and not Path(row.path).expanduser().exists():
+            problems.append(f"{where}: path {row.path} does not exist")
+        if row.adapter and not (Path(row.adapter) / "adapter_config.json").exists():
+            problems.append(f"{where}: adapter {row.adapter} has no adapter_config.json")
+        if is_gguf(row) and row.adapter:
+            problems.append(f"{where}: a .gguf row cannot take an adapter (merge it before exporting)")
+    if any(is_gguf(r) for r in rows):
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            problems.append("a .gguf row needs llama-cpp-python: pip install 'tuneforge[llamacpp]' (compiles llama.cpp, ~6 min)")
+    if problems:
+        raise UserError("compare: " + "; ".join(problems))
+
+
+def measure_hf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
+    from tuneforge.compress.common import load_merged, score
+    from tuneforge.compress.measure import count_parameters, hf_speed, speed_prompt_ids, weights_size
+    from tuneforge.models import resolve_model
+
+    model, tok = load_merged(row.path, row.adapter, cfg.dtype)
+    total, nonzero = count_parameters(model)
+    size = weights_size(resolve_model(row.path)) + (weights_size(row.adapter) if row.adapter else 0)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    metrics, _ = score(model, tok, task, dev_rows, cfg.eval, label=row.name)
+    speed = hf_speed(model, speed_prompt_ids(tok, cfg.speed.prompt_tokens), cfg.speed.new_tokens, cfg.speed.repeats)
+    return {"engine": "transformers", "dtype": dtype, "parameters": total, "nonzero_parameters": nonzero,
+            "size_mb": size / 1e6, **speed, "metric": metrics[task.primary_metric]}
+
+
+def measure_gguf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
+    from llama_cpp import Llama
+    from tqdm import tqdm
+
+    from tuneforge.compress.measure import gguf_parameters, gguf_speed, weights_size
+
+    llm = Llama(model_path=row.path, n_ctx=2048, n_threads=cfg.gguf_threads or os.cpu_count(), verbose=False, seed=0)
+    budget = cfg.eval.max_new_tokens or task.max_new_tokens
+    preds = []
+    start = time.perf_counter()
+    for r in tqdm(dev_rows, desc=row.name, unit="row"):
+        out = llm.create_chat_completion(messages=task.prompt(r), max_tokens=budget, temperature=0.0)
+        preds.append(task.parse(out["choices"][0]["message"]["content"] or ""))
+    metrics = task.score(preds, [task.reference(r) for r in dev_rows])
+    print(f"{row.name}: {task.primary_metric} = {metrics[task.primary_metric]:.4f} ({time.perf_counter() - start:.0f}s)")
+    prompt = llm.tokenize(
+        ("The film was a quiet surprise: patient, funny and warm, with a cast that never oversells a scene. " * 64).encode(),
+        add_bos=False,
+    )[: cfg.speed.prompt_tokens]
+    speed = gguf_speed(llm, prompt, cfg.speed.new_tokens, cfg.speed.repeats)
+    return {"engine": "llama.cpp", "dtype": Path(row.path).stem.rsplit(".", 1)[-1], "parameters": gguf_parameters(row.path),
+            "nonzero_parameters": None, "size_mb": weights_size(row.path) / 1e6, **speed,
+            "metric": metrics[task.primary_metric]}
+
+
+def table_rows(results: list[dict], primary: str) -> list[dict]:
+    """Add the change from the baseline (first row if none is marked) and speed ratios."""
+    base = next((r for r in results if r.get("baseline")), results[0])
+    out = []
+    for r in results:
+        nz = r.get("nonzero_parameters")
+        out.append({
+            "model": r["name"],
+            "engine": r["engine"],
+            "dtype": r["dtype"],
+            "params (M)": r["parameters"] / 1e6,
+            "non-zero (M)": nz / 1e6 if nz is not None else None,
+            "size (MB)": r["size_mb"],
+            "prefill tok/s": r["prefill_tok_s"],
+            "decode tok/s": r["decode_tok_s"],
+            "decode ×": r["decode_tok_s"] / base["decode_tok_s"],
+            primary: r["metric"],
+            f"Δ {primary}": r["metric"] - base["metric"],
+        })
+    return out
+
+
+def plot_compare(rows: list[dict], primary: str, path: Path) -> Path:
+    """Left: the task metric per model; right: decode tokens/s per model (bar labels give the values)."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    from tuneforge.report import FONT, _save
+
+    names = [r["model"] for r in rows]
+    with rc_context(FONT):
+        fig = Figure(figsize=(max(8.0, 1.4 * len(rows) + 3), 4.4), layout="constrained")
+        left, right = fig.subplots(1, 2)
+        for ax, key, color in ((left, primary, "C0"), (right, "decode tok/s", "C1")):
+            values = [r[key] if r[key] is not None else math.nan for r in rows]
+            bars = ax.bar(range(len(rows)), values, color=color)
+            ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, fontsize=8)
+            ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
+            ax.set_title(key)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+            ax.margins(y=0.15)
+        fig.suptitle("Compression: quality and speed on the same task and data")
+        return _save(fig, path)
+
+
+def compare(cfg: CompareConfig) -> Path:
+    from tuneforge.compress.common import load_rows
+    from tuneforge.report import format_table, write_report
+    from tuneforge.runs import new_run_dir
+    from tuneforge.tasks import get_task
+
+    check_rows(cfg.models)
+    task = get_task(cfg.task.name, **cfg.task.options())
+    _, dev_rows = load_rows(cfg, task)
+    run_dir = new_run_dir(cfg)
+    results = []
+    for row in cfg.models:
+        measured = measure_gguf(row, cfg, task, dev_rows) if is_gguf(row) else measure_hf(row, cfg, task, dev_rows)
+        results.append({"name": row.name, "path": row.path, "adapter": row.adapter, "baseline": row.baseline, **measured})
+        write_json(run_dir / "compare.json", {"task": task.name, "metric": task.primary_metric, "rows": results})
+        gc.collect()
+    rows = table_rows(results, task.primary_metric)
+    write_text(run_dir / "compare.md", format_table(rows) + "\n")
+    chart = plot_compare(rows, task.primary_metric, run_dir / "compare.png")
+    write_report(
+        run_dir, title=f"Compression comparison on {task.name}",
+        summary=[("task", task.name), ("dev rows", len(dev_rows)), ("metric", task.primary_metric)],
+        tables=[("Size, speed and quality", rows)], images=[("Quality and decode speed", chart)],
+        notes=["Speed: one stream, greedy, best of the timed runs on this machine; adapters are merged first.",
+               "Size counts weight files only (safetensors/bin/gguf), base model plus adapter where there is one."],
+    )
+    print(format_table(rows))
+    return run_dir
+
+
+# -- CLI ------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tuneforge.recipes.common import add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def run(args) -> int:
+    from tuneforge.recipes.common import config_from_args
+
+    compare(config_from_args(CompareConfig, args))
+    return 0

@@ -1,0 +1,158 @@
+"""`tuneforge distill CONFIG`: train a smaller student to imitate a (fine-tuned) teacher on the task.
+
+    teacher (+ adapter, merged) ─► student (teacher blocks subset, or another model with the same tokenizer)
+        ─► score student "before" ─► [teacher generates answers: sequence-level KD]
+        ─► train on ratio·KD(teacher ‖ student) + (1 − ratio)·CE ─► score "after" ─► save model/ ─► speed vs teacher
+
+The KD loss (tuneforge.compress.kd) is taken on target tokens only, from hidden states chunk by chunk, so
+full-vocabulary logits of a batch never sit in memory at once.
+
+Writes runs/<name>/: config.yaml, model/ (HF layout), metrics.json, metrics.jsonl, predictions.jsonl,
+report.md/html.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tuneforge.config import RunConfig, Section, TrainConfig
+from tuneforge.fileio import write_json, write_jsonl
+
+
+class StudentSection(Section):
+    model: str | None = Field(None, description="another model sharing the teacher's tokenizer; null: build from the teacher's blocks")
+    keep_blocks: str | list[int] = Field("every_other", description="student from teacher: every_other, evenly:K, first:K or a list of block indices")
+    trainable: Literal["blocks", "all"] = Field("blocks", description="blocks: train the blocks and final norm, keep embeddings/head frozen; all: everything")
+
+
+class KDSection(Section):
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="divergence between teacher and student token distributions")
+    temperature: float = Field(1.0, gt=0, description="softens both distributions; the loss is scaled by T²")
+    beta: float = Field(0.5, ge=0, le=1, description="loss=jsd: mixture weight of the teacher (0 → forward KL, 1 → reverse KL)")
+    ratio: float = Field(0.5, ge=0, le=1, description="loss = ratio·KD + (1 − ratio)·cross-entropy on the targets")
+    chunk_tokens: int = Field(256, ge=1, description="target tokens whose full-vocabulary logits are formed at once")
+    sequence_level: bool = Field(False, description="train on the teacher's generated answers instead of the gold ones")
+    generate_batch_size: int = Field(16, ge=1, description="sequence_level: prompts per teacher generation batch")
+
+
+class SpeedSection(Section):
+    prompt_tokens: int = Field(128, ge=1, description="prompt length for the prefill measurement")
+    new_tokens: int = Field(64, ge=1, description="greedy tokens for the decode measurement")
+    repeats: int = Field(2, ge=1, description="timed runs; the fastest is kept")
+
+
+class DistillConfig(RunConfig):
+    student: StudentSection = Field(default_factory=StudentSection)
+    kd: KDSection = Field(default_factory=KDSection)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-4), description="the student's training loop")
+    speed: SpeedSection = Field(default_factory=SpeedSection)
+    eval_before: bool = Field(True, description="score the untrained student too")
+    eval_teacher: bool = Field(True, description="score the teacher on the same rows (the reference column)")
+
+    @model_validator(mode="after")
+    def _needs_data(self):
+        if self.data.train is None or self.data.dev is None:
+            raise ValueError("data.train and data.dev are both required for distill")
+        return self
+
+
+def build_student(teacher, teacher_tok, cfg: DistillConfig):
+    from tuneforge.compress.kd import check_same_tokenizer, student_from_teacher
+    from tuneforge.models import load_model
+
+    if cfg.student.model:
+        student, tok = load_model(cfg.student.model, dtype=cfg.dtype)
+        check_same_tokenizer(teacher_tok, tok, cfg.student.model)
+        return student, {"student_model": cfg.student.model}
+    student, kept = student_from_teacher(teacher, cfg.student.keep_blocks)
+    return student, {"kept_blocks": kept}
+
+
+def set_trainable(student, which: str) -> None:
+    """blocks: everything but the (tied) embeddings and LM head trains; all: everything."""
+    student.requires_grad_(True)
+    if which == "blocks":
+        student.get_input_embeddings().requires_grad_(False)
+        student.get_output_embeddings().requires_grad_(False)
+
+
+def distill(cfg: DistillConfig) -> Path:
+    from tuneforge.compress import common
+    from tuneforge.compress.measure import count_parameters, hf_speed, speed_prompt_ids
+    from tuneforge.compress.train import DistillLoss, encode_rows, train
+    from tuneforge.runs import new_run_dir
+    from tuneforge.tasks import get_task
+
+    task = get_task(cfg.task.name, **cfg.task.options())
+    train_rows, dev_rows = common.load_rows(cfg, task)
+    run_dir = new_run_dir(cfg)
+    teacher, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)
+    teacher.requires_grad_(False)
+    student, origin = build_student(teacher, tok, cfg)
+    metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "kd": cfg.kd.model_dump(), **origin}
+    if cfg.eval_teacher:
+        metrics["teacher"], _ = common.score(teacher, tok, task, dev_rows, cfg.eval, label="teacher")
+    if cfg.eval_before:
+        metrics["before"], _ = common.score(student, tok, task, dev_rows, cfg.eval, label="student before")
+
+    answers = None
+    if cfg.kd.sequence_level:
+        from tuneforge.generation import generate
+
+        answers = generate(teacher, tok, [task.prompt(r) for r in train_rows], max_new_tokens=task.max_new_tokens,
+                           batch_size=cfg.kd.generate_batch_size, desc="teacher answers")
+    examples = encode_rows(tok, task, train_rows, cfg.train.max_seq_len, answers=answers)
+    dtype = next(student.parameters()).dtype
+    common.as_float32(student)  # fp32 master weights; the loop runs under bf16 autocast where supported
+    set_trainable(student, cfg.student.trainable)
+    stats = train(cfg, task, student, tok, DistillLoss(student, teacher, cfg.kd), examples, run_dir)
+    history = stats.pop("history")
+    metrics["train"] = stats
+    student.to(dtype)
+    metrics["after"], predictions = common.score(student, tok, task, dev_rows, cfg.eval, label="student after")
+
+    prompt = speed_prompt_ids(tok, cfg.speed.prompt_tokens)
+    for name, net in (("teacher", teacher), ("student", student)):
+        total, nonzero = count_parameters(net)
+        metrics[f"{name}_speed"] = {**hf_speed(net, prompt, cfg.speed.new_tokens, cfg.speed.repeats),
+                                    "parameters": total, "nonzero_parameters": nonzero}
+    metrics["decode_speedup"] = metrics["student_speed"]["decode_tok_s"] / metrics["teacher_speed"]["decode_tok_s"]
+    common.save_model(student, tok, run_dir / "model")
+    write_jsonl(run_dir / "predictions.jsonl", predictions)
+    write_distill_report(run_dir, metrics, task.primary_metric, history)
+    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a complete run
+    print(f"student: {run_dir / 'model'} (decode {metrics['decode_speedup']:.2f}× the teacher's)")
+    return run_dir
+
+
+def write_distill_report(run_dir: Path, metrics: dict, primary: str, history: list[dict]) -> None:
+    from tuneforge.report import plot_loss, plot_metric_bars, write_report
+
+    arms = {k: {primary: metrics[k][primary]} for k in ("teacher", "before", "after") if k in metrics}
+    images = [("Task metric", plot_metric_bars(arms, run_dir / "metrics.png", title=primary))]
+    if history:
+        images.append(("Distillation loss", plot_loss(history, run_dir / "loss.png", title="Distillation loss")))
+    speed = [{"model": k, **metrics[f"{k}_speed"]} for k in ("teacher", "student")]
+    write_report(run_dir, title="Distillation", summary=[("decode speed-up", metrics["decode_speedup"])],
+                 tables=[("Task metric", [{"model": k, **v} for k, v in arms.items()]), ("Speed (this machine)", speed)],
+                 images=images)
+
+
+# -- CLI ------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tuneforge.recipes.common import add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def run(args) -> int:
+    from tuneforge.recipes.common import config_from_args
+
+    distill(config_from_args(DistillConfig, args))
+    return 0

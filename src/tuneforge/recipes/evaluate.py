@@ -1,0 +1,69 @@
+"""`tuneforge evaluate CONFIG`: batched greedy generation + the task's metrics on the dev split."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tuneforge.config import EvaluateConfig
+from tuneforge.fileio import write_json, write_jsonl
+from tuneforge.generation import generate
+from tuneforge.recipes.common import add_config_arguments, build_task, config_from_args, load_split
+
+
+def score_task(model, tok, task, rows: list[dict], *, strategy: str = "zero_shot", shots: Sequence[dict] = (),
+               batch_size: int = 16, max_new_tokens: int | None = None, desc: str | None = None):
+    """Score `rows` with the task's metrics. Returns (metrics, predictions)."""
+    if task.eval_mode == "loss":
+        return task.loss_metrics(model, tok, rows, batch_size=batch_size)
+    budget = max_new_tokens or (getattr(task, "cot_max_new_tokens", None) if strategy == "cot" else None) or task.max_new_tokens
+    conversations = [task.prompt(row, strategy, shots) for row in rows]
+    texts = generate(model, tok, conversations, max_new_tokens=budget, batch_size=batch_size, desc=desc or f"scoring {strategy}")
+    preds = [task.parse(t, strategy) for t in texts]
+    refs = [task.reference(r) for r in rows]
+    metrics = task.score(preds, refs)
+    predictions = [
+        {"prompt": conv[-1]["content"], "output": text, "prediction": p, "reference": r}
+        for conv, text, p, r in zip(conversations, texts, preds, refs, strict=True)
+    ]
+    return metrics, predictions
+
+
+def draw_shots(cfg, task) -> list[dict]:
+    if cfg.eval.strategy != "few_shot" or cfg.eval.shots == 0:
+        return []
+    from tuneforge.tasks.prompts import draw_shots as draw
+
+    train = load_split(task, cfg.data.train, "train")
+    return draw(train, cfg.eval.shots, seed=0)
+
+
+def evaluate(cfg: EvaluateConfig) -> Path:
+    from tuneforge.models import load_model
+    from tuneforge.runs import new_run_dir
+
+    task = build_task(cfg)
+    rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit]
+    shots = draw_shots(cfg, task)
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
+    run_dir = new_run_dir(cfg)
+    t0 = time.time()
+    metrics, predictions = score_task(model, tok, task, rows, strategy=cfg.eval.strategy, shots=shots,
+                                      batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
+    seconds = time.time() - t0
+    write_jsonl(run_dir / "predictions.jsonl", predictions)
+    write_json(run_dir / "metrics.json", {"task": task.name, "strategy": cfg.eval.strategy, "model": cfg.model,
+                                         "adapter": cfg.adapter, "rows": len(rows), "seconds": seconds, "metrics": metrics})
+    print(f"{task.name} {cfg.eval.strategy} on {len(rows)} rows: "
+          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    print(f"run folder: {run_dir}")
+    return run_dir
+
+
+def add_arguments(p):
+    add_config_arguments(p)
+
+
+def run(args):
+    evaluate(config_from_args(EvaluateConfig, args))

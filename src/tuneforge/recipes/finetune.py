@@ -1,0 +1,306 @@
+"""`tuneforge finetune CONFIG`: LoRA, full or freeze fine-tuning on a task, with the loop in plain sight.
+
+setup() builds everything, fit() is the loop (forward, loss, backward, step), validate() scores the dev
+split with the task's own metrics. Runs the same under `torchrun --nproc_per_node N` (accelerate, DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from tuneforge.config import FinetuneConfig
+from tuneforge.errors import UserError
+from tuneforge.fileio import atomic_dir, write_json, write_jsonl
+from tuneforge.recipes import training as T
+from tuneforge.recipes.common import add_config_arguments, build_task, config_from_args, load_split
+from tuneforge.recipes.evaluate import score_task
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; a checkpoint was written. The CLI exits 130."""
+
+
+@dataclass
+class Setup:
+    cfg: FinetuneConfig
+    task: object
+    accelerator: object
+    model: torch.nn.Module          # the (peft-wrapped) causal LM
+    tok: object
+    loss_module: torch.nn.Module    # what accelerate prepared (DDP-wrapped when distributed)
+    optimizer: object
+    scheduler: object
+    examples: list[dict]
+    batches: list[list[int]]        # this process's micro-batches, in order
+    dev_rows: list[dict]
+    run_dir: Path
+    total_steps: int
+    history: list[dict] = field(default_factory=list)
+
+
+def use_bf16(setting: str, device: str) -> bool:
+    from tuneforge.models.loading import cpu_has_bf16
+
+    if setting != "auto":
+        return setting == "true"
+    return torch.cuda.is_bf16_supported() if device.startswith("cuda") else cpu_has_bf16()
+
+
+def apply_method(model, cfg: FinetuneConfig):
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=cfg.lora.target_modules, use_rslora=cfg.lora.use_rslora,
+                          use_dora=cfg.lora.use_dora, task_type="CAUSAL_LM")
+        try:
+            return get_peft_model(model, lora)
+        except ValueError as e:
+            raise UserError(f"lora.target_modules: {e}") from e
+    if cfg.method == "freeze":
+        blocks = model.get_decoder().layers
+        n = cfg.freeze.trainable_blocks
+        if n > len(blocks):
+            raise UserError(f"freeze.trainable_blocks={n} but the model has only {len(blocks)} blocks")
+        model.requires_grad_(False)
+        for block in list(blocks)[len(blocks) - n:]:
+            block.requires_grad_(True)
+        model.get_decoder().norm.requires_grad_(True)
+        model.get_output_embeddings().requires_grad_(True)  # tied models train the embeddings with it
+    return model
+
+
+def setup(cfg: FinetuneConfig) -> Setup:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from tuneforge.models import load_model
+
+    task = build_task(cfg)
+    train_rows = load_split(task, cfg.data.train, "train")
+    dev_rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
+    cuda = torch.cuda.is_available()
+    bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
+    set_seed(cfg.train.seed)
+    # LoRA keeps the frozen base in bf16 where it is fast; full/freeze keep fp32 master weights under autocast.
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if bf16 and cfg.method == "lora" else "float32")
+    model, tok = load_model(cfg.model, dtype=dtype, adapter=None, device=str(accelerator.device))
+    if cfg.adapter:  # continue training an existing adapter
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+    else:
+        model = apply_method(model, cfg)
+    model.train()
+
+    examples = [encode_row(tok, task, row, cfg.train.max_seq_len) for row in tqdm(train_rows, desc="tokenizing", leave=False)]
+    truncated = sum(e["truncated"] for e in examples)
+    if truncated:
+        print(f"note: {truncated} of {len(examples)} training examples were longer than train.max_seq_len="
+              f"{cfg.train.max_seq_len} and were cut on the source side")
+    if not any(any(label != -100 for label in e["labels"]) for e in examples):
+        raise UserError("no training example has a target token: check data.train columns and task settings")
+    batches = T.group_batches([len(e["input_ids"]) for e in examples], cfg.train.batch_size, cfg.train.seed, cfg.train.epochs)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    usable = len(batches) - len(batches) % (world * cfg.train.grad_accum) or len(batches)
+    batches = batches[:usable][rank::world]
+    total_steps = max(1, len(batches) // cfg.train.grad_accum)
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    loss_module = T.TargetOnlyLoss(model)
+    optimizer = T.make_optimizer(model, cfg.train)
+    scheduler = T.make_scheduler(optimizer, cfg.train, total_steps)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    run_dir = resolve_run_dir(cfg, accelerator)
+    return Setup(cfg, task, accelerator, model, tok, loss_module, optimizer, scheduler, examples, batches,
+                 dev_rows, run_dir, total_steps)
+
+
+def encode_row(tok, task, row, max_len):
+    from tuneforge.data.encode import encode_conversation
+
+    return encode_conversation(tok, task.conversation(row), max_len)
+
+
+def resolve_run_dir(cfg: FinetuneConfig, accelerator) -> Path:
+    from tuneforge.runs import new_run_dir
+
+    resume = cfg.train.resume
+    path = Path(cfg.output_dir) / cfg.name
+    if resume and resume != "latest":
+        path = Path(resume).resolve().parent.parent  # runs/<name>/checkpoints/step-N
+    if accelerator.is_main_process:
+        path = new_run_dir(cfg, reuse=bool(resume)) if not resume else path
+        path.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1 and not resume:
+        # every rank must agree on the folder the main process picked
+        import torch.distributed as dist
+
+        box = [str(path)]
+        dist.broadcast_object_list(box, src=0)
+        path = Path(box[0])
+    return path
+
+
+def fit(s: Setup) -> dict:
+    """The training loop: forward, loss on target tokens, backward, clip, step, log, evaluate, checkpoint."""
+    cfg, acc = s.cfg, s.accelerator
+    start_step = 0
+    if cfg.train.resume:
+        ckpt = T.latest_checkpoint(s.run_dir) if cfg.train.resume == "latest" else Path(cfg.train.resume)
+        if ckpt is None or not (ckpt / "step.json").exists():
+            raise UserError(f"train.resume: no checkpoint found at {ckpt or s.run_dir / 'checkpoints'}")
+        start_step, rng = T.load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler)
+        T.set_rng_state(rng)
+        acc.print(f"resumed from {ckpt} at step {start_step}")
+    metrics_path = s.run_dir / "metrics.jsonl"
+    log = open(metrics_path, "a", encoding="utf-8") if acc.is_main_process else None
+    pad = s.tok.pad_token_id
+    tokens_seen, t_start = 0, time.time()
+    step_rng = T.rng_state()
+    bar = tqdm(total=s.total_steps, initial=start_step, desc="training", unit="step", disable=not acc.is_main_process)
+    step = start_step
+    try:
+        for step in range(start_step, s.total_steps):
+            window = s.batches[step * cfg.train.grad_accum:(step + 1) * cfg.train.grad_accum]
+            micro = [T.collate([s.examples[i] for i in b], pad) for b in window]
+            n_targets = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
+            loss_total = 0.0
+            for k, batch in enumerate(micro):
+                batch = {key: v.to(acc.device) for key, v in batch.items()}
+                sync = k == len(micro) - 1
+                ctx = acc.no_sync(s.loss_module) if not sync else _nullcontext()
+                with ctx:
+                    loss_sum, _ = s.loss_module(**batch)
+                    loss = loss_sum / max(n_targets, 1)  # token-weighted: batch 8 == 8 x batch 1 accumulated
+                    acc.backward(loss)
+                loss_total += loss.item()
+                tokens_seen += int(batch["attention_mask"].sum())
+            if cfg.train.max_grad_norm:
+                acc.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm)
+            s.optimizer.step()
+            s.scheduler.step()
+            s.optimizer.zero_grad(set_to_none=True)
+            step_rng = T.rng_state()
+            done = step + 1
+            elapsed = time.time() - t_start
+            tps = tokens_seen * acc.num_processes / elapsed
+            bar.set_postfix(loss=f"{loss_total:.4f}", tok_s=f"{tps:.0f}")
+            bar.update(1)
+            if done % cfg.train.log_every == 0 or done == s.total_steps:
+                row = {"step": done, "loss": loss_total, "lr": s.scheduler.get_last_lr()[0],
+                       "tokens": tokens_seen * acc.num_processes, "tokens_per_second": tps, "elapsed": elapsed}
+                s.history.append(row)
+                if log:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < s.total_steps and s.dev_rows:
+                dev = validate(s, desc=f"dev @ step {done}")
+                row = {"step": done, **{f"dev_{k}": v for k, v in dev.items() if isinstance(v, float)}}
+                s.history.append(row)
+                if log:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+            if cfg.train.save_every and done % cfg.train.save_every == 0 and acc.is_main_process:
+                T.save_checkpoint(s.run_dir / "checkpoints" / f"step-{done}", s.model, s.optimizer, s.scheduler, done, step_rng)
+    except KeyboardInterrupt:
+        bar.close()
+        if acc.is_main_process:
+            ckpt = T.save_checkpoint(s.run_dir / "checkpoints" / f"step-{step}", s.model, s.optimizer, s.scheduler, step, step_rng)
+            print(f"\ninterrupted at step {step}; checkpoint saved to {ckpt}\n"
+                  f"resume with: tuneforge finetune <config> train.resume={ckpt}")
+        raise Interrupted() from None
+    finally:
+        if log:
+            log.close()
+    bar.close()
+    seconds = time.time() - t_start
+    return {"tokens": tokens_seen * acc.num_processes, "seconds": seconds,
+            "tokens_per_second": tokens_seen * acc.num_processes / max(seconds, 1e-9),
+            "steps": s.total_steps - start_step}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def validate(s: Setup, desc: str = "dev") -> dict:
+    s.model.eval()
+    metrics, predictions = score_task(s.model, s.tok, s.task, s.dev_rows, batch_size=s.cfg.eval.batch_size,
+                                      max_new_tokens=s.cfg.eval.max_new_tokens, desc=desc)
+    s.model.train()
+    s.last_predictions = predictions
+    return metrics
+
+
+def headline(metrics: dict) -> dict:
+    """The scalar metrics (for tables and metrics.json's before/after)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def save_artifact(s: Setup) -> Path:
+    model = s.model
+    name = "adapter" if hasattr(model, "peft_config") else "model"
+    with atomic_dir(s.run_dir / name) as tmp:
+        model.save_pretrained(tmp)
+        if name == "model":
+            s.tok.save_pretrained(tmp)
+    return s.run_dir / name
+
+
+def finetune(cfg: FinetuneConfig) -> Path:
+    s = setup(cfg)
+    acc = s.accelerator
+    trainable, total = T.count_params(s.model)
+    acc.print(f"{cfg.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%) "
+              f"on {len(s.examples)} rows, {s.total_steps} steps; run folder {s.run_dir}")
+    before = {}
+    if cfg.eval_before and s.dev_rows and acc.is_main_process and not cfg.train.resume:
+        before = validate(s, desc="dev before")
+        write_json(s.run_dir / "metrics_before.json", before)
+    elif (s.run_dir / "metrics_before.json").exists():
+        before = json.loads((s.run_dir / "metrics_before.json").read_text())
+    train = fit(s)
+    train.update(trainable_params=trainable, total_params=total, processes=acc.num_processes)
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return s.run_dir
+    after = validate(s, desc="dev after") if s.dev_rows else {}
+    artifact = save_artifact(s)
+    if s.dev_rows:
+        write_jsonl(s.run_dir / "predictions.jsonl", s.last_predictions)
+    result = {"task": s.task.name, "method": cfg.method, "model": cfg.model, "primary_metric": s.task.primary_metric,
+              "before": headline(before), "after": headline(after), "train": train,
+              "detail": {"before": before, "after": after}, "artifact": str(artifact)}
+    from tuneforge.recipes.run_report import write_run_report
+
+    write_run_report(s.run_dir, result, s.history)
+    write_json(s.run_dir / "metrics.json", result)  # written last: its presence marks a complete run
+    return s.run_dir
+
+
+def add_arguments(p):
+    add_config_arguments(p)
+
+
+def run(args):
+    cfg = config_from_args(FinetuneConfig, args)
+    run_dir = finetune(cfg)
+    result = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else None
+    if result:
+        from tuneforge.recipes.run_report import print_summary
+
+        print_summary(result, run_dir)

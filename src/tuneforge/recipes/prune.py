@@ -1,0 +1,178 @@
+"""`tuneforge prune CONFIG`: prune a (fine-tuned) model, optionally recover with a masked LoRA, score it.
+
+    model (+ adapter, merged) ─► score "before" ─► prune ─► score "pruned" ─► [recovery LoRA ─► score "recovered"]
+                             ─► save model/ ─► reload it and count zeros per matrix
+
+Methods (prune.method):
+- magnitude: drop the smallest |W| per matrix or per output row (prune.scope), or N:M (prune.pattern=2:4)
+- wanda: |W| × input-activation norm from calibration rows of the task, per output row, block by block
+- blocks: remove whole transformer blocks with the lowest importance (1 − cos(block input, block output))
+
+Recovery keeps pruned weights at zero: the LoRA delta is masked in the forward pass (see
+tuneforge.compress.masked_lora), so the recovered model has exactly the pruned sparsity.
+
+Writes runs/<name>/: config.yaml, model/ (HF layout), metrics.json, metrics.jsonl, predictions.jsonl,
+sparsity.json (per matrix, measured after reloading model/), report.md/html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tuneforge.config import RunConfig, Section, TrainConfig
+from tuneforge.errors import UserError
+from tuneforge.fileio import write_json, write_jsonl
+
+
+class PruneSection(Section):
+    method: Literal["magnitude", "wanda", "blocks"] = Field("wanda", description="what decides which weights go")
+    sparsity: float = Field(0.5, ge=0, lt=1, description="unstructured: fraction of each block matrix set to zero")
+    pattern: str = Field("unstructured", description="unstructured, or N:M semi-structured such as 2:4")
+    scope: Literal["matrix", "row"] = Field("row", description="method=magnitude: rank weights in the whole matrix or per output row (wanda is always per row)")
+    remove: float = Field(0.25, gt=0, description="method=blocks: fraction of blocks to remove (< 1) or how many (≥ 1)")
+    calibration_rows: int = Field(128, ge=1, description="training rows run through the model for Wanda norms and block importance")
+    calibration_batch_size: int = Field(8, ge=1, description="rows per calibration forward pass")
+
+
+class RecoverySection(Section):
+    enabled: bool = Field(False, description="after pruning, train a LoRA whose delta is masked so zeros stay zero")
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: float = Field(32, gt=0, description="LoRA scale = alpha / r")
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' (every block linear) or names such as [q_proj, v_proj]")
+
+
+class PruneConfig(RunConfig):
+    prune: PruneSection = Field(default_factory=PruneSection)
+    recovery: RecoverySection = Field(default_factory=RecoverySection)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=100, lr=2e-4), description="the recovery loop")
+    eval_before: bool = Field(True, description="score the unpruned model too (the 'before' column)")
+
+    @model_validator(mode="after")
+    def _needs_data(self):
+        if self.data.dev is None:
+            raise ValueError("data.dev is required: the pruned model is scored on it")
+        needs_train = self.prune.method in ("wanda", "blocks") or self.recovery.enabled
+        if needs_train and self.data.train is None:
+            raise ValueError("data.train is required for calibration (wanda, blocks) and recovery: point it at the task's training split")
+        return self
+
+
+def blocks_to_remove(total: int, remove: float) -> int:
+    count = round(total * remove) if remove < 1 else int(remove)
+    if not 0 < count < total:
+        raise UserError(f"prune.remove={remove} removes {count} of {total} blocks; it must remove at least one and keep one")
+    return count
+
+
+def prune_model(model, cfg: PruneConfig, calib: list[dict]) -> tuple[dict | None, dict]:
+    """Prune in place. Returns (masks or None for block removal, details for metrics.json)."""
+    from tuneforge.compress import blocks as blk
+    from tuneforge.compress import prune as pr
+
+    p = cfg.prune
+    nm = pr.parse_pattern(p.pattern)
+    if p.method == "blocks":
+        importance = blk.block_importance(model, calib)
+        _, _, blocks = blk.decoder_blocks(model)
+        drop = blk.least_important(importance, blocks_to_remove(len(blocks), p.remove))
+        blk.remove_blocks(model, drop)
+        return None, {"block_importance": importance, "removed_blocks": drop, "blocks_left": len(blocks) - len(drop)}
+    if p.method == "wanda":
+        masks = pr.wanda_prune(model, calib, p.sparsity, nm=nm)
+    else:
+        masks = pr.magnitude_masks(model, p.sparsity, scope=p.scope, nm=nm)
+        pr.apply_masks(model, masks)
+    return masks, {}
+
+
+def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path) -> dict:
+    """Masked LoRA on the block linears, trained with finetune's loop and loss, then merged (zeros kept)."""
+    from tuneforge.compress.masked_lora import add_masked_lora, merge_masked_lora, target_linears
+    from tuneforge.compress.prune import prunable_linears
+    from tuneforge.compress.train import encode_rows, train
+    from tuneforge.recipes.training import TargetOnlyLoss
+
+    linears = target_linears(model, prunable_linears(model), cfg.recovery.target_modules)
+    add_masked_lora(model, linears, masks, r=cfg.recovery.r, alpha=cfg.recovery.alpha)
+    examples = encode_rows(tok, task, train_rows, cfg.train.max_seq_len)
+    stats = train(cfg, task, model, tok, TargetOnlyLoss(model), examples, run_dir)
+    merge_masked_lora(model)
+    return stats
+
+
+def prune(cfg: PruneConfig) -> Path:
+    from tuneforge.compress import common
+    from tuneforge.compress.prune import sparsity_report
+    from tuneforge.runs import new_run_dir
+    from tuneforge.tasks import get_task
+
+    task = get_task(cfg.task.name, **cfg.task.options())
+    train_rows, dev_rows = common.load_rows(cfg, task)
+    run_dir = new_run_dir(cfg)
+    model, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)
+    metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "method": cfg.prune.method,
+                     "pattern": cfg.prune.pattern, "sparsity_target": cfg.prune.sparsity}
+    if cfg.eval_before:
+        metrics["before"], _ = common.score(model, tok, task, dev_rows, cfg.eval, label="before pruning")
+    calib = []
+    if cfg.prune.method != "magnitude":
+        calib = common.calibration_batches(tok, task, train_rows[: cfg.prune.calibration_rows],
+                                           max_len=cfg.train.max_seq_len, batch_size=cfg.prune.calibration_batch_size)
+    start = time.perf_counter()
+    masks, details = prune_model(model, cfg, calib)
+    metrics.update(details, prune_seconds=time.perf_counter() - start)
+    metrics["pruned"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label="after pruning")
+    history: list[dict] = []
+    if cfg.recovery.enabled:
+        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir)
+        history = stats.pop("history")
+        metrics["recovery"] = stats
+        metrics["recovered"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label="after recovery")
+    common.save_model(model, tok, run_dir / "model")
+    del model
+    reloaded = common.reload(run_dir / "model", cfg.dtype)
+    sparsity = sparsity_report(reloaded)  # counted on what was saved, not on what is in memory
+    metrics.update({k: v for k, v in sparsity.items() if k != "per_matrix"})
+    write_json(run_dir / "sparsity.json", sparsity)
+    write_jsonl(run_dir / "predictions.jsonl", predictions)
+    write_prune_report(run_dir, metrics, task.primary_metric, history)
+    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a complete run
+    print(f"pruned model: {run_dir / 'model'}")
+    return run_dir
+
+
+def write_prune_report(run_dir: Path, metrics: dict, primary: str, history: list[dict]) -> None:
+    from tuneforge.report import plot_loss, plot_metric_bars, write_report
+
+    stages = {s: {primary: metrics[s][primary]} for s in ("before", "pruned", "recovered") if s in metrics}
+    images = [("Task metric before and after pruning", plot_metric_bars(stages, run_dir / "metrics.png", title=primary))]
+    if history:
+        images.append(("Recovery loss", plot_loss(history, run_dir / "loss.png", title="Recovery loss")))
+    summary = [(k, metrics[k]) for k in ("method", "pattern", "sparsity_target", "prunable_sparsity",
+                                         "overall_sparsity", "nonzero_parameters", "parameters", "removed_blocks")
+               if k in metrics]
+    rows = [{"stage": s, **v} for s, v in stages.items()]
+    write_report(run_dir, title=f"Pruning: {metrics['method']}", summary=summary,
+                 tables=[("Task metric", rows)], images=images,
+                 notes=["Sparsity is counted on the saved model/ after reloading it (sparsity.json lists every matrix)."])
+
+
+# -- CLI ------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tuneforge.recipes.common import add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def run(args) -> int:
+    from tuneforge.recipes.common import config_from_args
+
+    prune(config_from_args(PruneConfig, args))
+    return 0

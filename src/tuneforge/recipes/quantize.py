@@ -1,0 +1,225 @@
+"""`tuneforge quantize CONFIG`: quantize a (fine-tuned) model and measure what it costs on the task.
+
+    model (+ adapter, merged) ─► score "before" ─► quantize ─► save ─► reload / load in llama.cpp
+        ─► score "after" ─► size on disk, decode tokens/s, [GGUF: parity on golden prompts]
+
+Methods (`method`):
+- int8_weight_only, int8_dynamic: torchao through transformers; model/ is a Hugging Face folder that
+  `AutoModelForCausalLM.from_pretrained` reloads (the quantization settings live in its config.json).
+- gguf_f16, gguf_q8_0, gguf_q4_0: one GGUF file for llama.cpp, scored through llama-cpp-python, and
+  compared token by token with the float model on the golden prompts (tuneforge.parity).
+- bnb_8bit, bnb_nf4: bitsandbytes on a CUDA GPU (a clear error elsewhere).
+
+Writes runs/<name>/: config.yaml, model/ or model-<type>.gguf, metrics.json, predictions.jsonl,
+parity.json (GGUF), report.md/html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from tuneforge.config import RunConfig, Section
+from tuneforge.fileio import write_json, write_jsonl
+
+METHODS = ("int8_weight_only", "int8_dynamic", "gguf_f16", "gguf_q8_0", "gguf_q4_0", "bnb_8bit", "bnb_nf4")
+
+
+class GGUFSection(Section):
+    pre_tokenizer: str | None = Field(None, description="llama.cpp pre-tokenizer name (tokenizer.ggml.pre); null: from the embedded model's GGUF or detected from tokenizer.json")
+    n_ctx: int = Field(2048, ge=64, description="context window llama.cpp allocates when the file is scored")
+    threads: int | None = Field(None, ge=1, description="llama.cpp threads; null: all cores")
+
+
+class ParitySection(Section):
+    enabled: bool = Field(True, description="compare greedy tokens of source and artifact on the golden prompts")
+    max_new_tokens: int = Field(32, ge=1, description="greedy tokens per golden prompt")
+
+
+class SpeedSection(Section):
+    enabled: bool = Field(True, description="measure prefill and decode tokens/s of the float and quantized models")
+    prompt_tokens: int = Field(128, ge=1, description="prompt length for the prefill measurement")
+    new_tokens: int = Field(64, ge=2, description="greedy tokens for the decode measurement")
+    repeats: int = Field(2, ge=1, description="timed runs; the fastest is kept")
+
+
+class QuantizeConfig(RunConfig):
+    method: Literal["int8_weight_only", "int8_dynamic", "gguf_f16", "gguf_q8_0", "gguf_q4_0", "bnb_8bit", "bnb_nf4"] = Field(
+        "int8_weight_only", description="torchao int8 (CPU), GGUF for llama.cpp, or bitsandbytes (CUDA)"
+    )
+    eval_before: bool = Field(True, description="score the float model on the same rows (the 'before' column)")
+    gguf: GGUFSection = Field(default_factory=GGUFSection)
+    parity: ParitySection = Field(default_factory=ParitySection)
+    speed: SpeedSection = Field(default_factory=SpeedSection)
+
+
+# -- steps ----------------------------------------------------------------------------------------------
+
+
+def source_weights_bytes(model_name: str | None, model) -> int:
+    """Bytes of the float checkpoint on disk; parameters × element size when it is not a local folder."""
+    from tuneforge.compress.measure import weights_size
+    from tuneforge.models import resolve_model
+
+    folder = Path(resolve_model(model_name))
+    if folder.is_dir():
+        return weights_size(folder)
+    return sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def score_hf(model, tok, task, rows, cfg, label):
+    from tuneforge.recipes.evaluate import score_task
+
+    t0 = time.perf_counter()
+    metrics, predictions = score_task(model, tok, task, rows, strategy="zero_shot", batch_size=cfg.eval.batch_size,
+                                      max_new_tokens=cfg.eval.max_new_tokens, desc=label)
+    return {**metrics, "seconds": time.perf_counter() - t0}, predictions
+
+
+def pre_tokenizer_for(cfg: QuantizeConfig) -> str | None:
+    from tuneforge.models import resolve_model
+    from tuneforge.quant.gguf_writer import pre_tokenizer_from_source
+
+    return cfg.gguf.pre_tokenizer or pre_tokenizer_from_source(resolve_model(cfg.model))
+
+
+def quantize_in_torch(cfg: QuantizeConfig, model, tok, run_dir: Path):
+    """torchao or bitsandbytes: quantize from a float copy on disk, save model/, reload it from there."""
+    from tuneforge.quant import bnb, torchao
+
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".float-") as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if cfg.method in torchao.TORCHAO_METHODS:
+            quantized = torchao.quantize_folder(tmp, cfg.method, cfg.dtype)
+        else:
+            quantized = bnb.load_bnb(tmp, cfg.method)
+    torchao.save_quantized(quantized, tok, run_dir / "model")
+    del quantized
+    return torchao.load_quantized(run_dir / "model")  # what the user will load: proves the folder is complete
+
+
+def quantize(cfg: QuantizeConfig) -> Path:
+    from tuneforge.compress.common import load_merged
+    from tuneforge.compress.measure import gguf_speed, hf_speed, speed_prompt_ids, weights_size
+    from tuneforge.parity import HFRunner, run_parity
+    from tuneforge.recipes.common import build_task, load_split
+    from tuneforge.runs import new_run_dir
+
+    is_gguf = cfg.method.startswith("gguf_")
+    if cfg.method.startswith("bnb_"):
+        from tuneforge.quant.bnb import require_cuda
+
+        require_cuda(cfg.method)  # before minutes of loading and scoring
+    task = build_task(cfg)
+    rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
+    # GGUF is written from fp32 weights and compared with them; F16 rounding then matches llama.cpp's.
+    model, tok = load_merged(cfg.model, cfg.adapter, "float32" if is_gguf else cfg.dtype)
+    run_dir = new_run_dir(cfg)
+    metrics: dict = {"method": cfg.method, "model": cfg.model, "adapter": cfg.adapter, "task": task.name,
+                     "primary_metric": task.primary_metric, "rows": len(rows)}
+    if rows and cfg.eval_before:
+        metrics["before"], _ = score_hf(model, tok, task, rows, cfg, "float model")
+    prompt = speed_prompt_ids(tok, cfg.speed.prompt_tokens)
+    if cfg.speed.enabled:
+        metrics["speed_before"] = hf_speed(model, prompt, cfg.speed.new_tokens, cfg.speed.repeats)
+    metrics["size_before_bytes"] = source_weights_bytes(cfg.model, model)
+
+    t0 = time.perf_counter()
+    predictions: list[dict] = []
+    if is_gguf:
+        from tuneforge.quant.gguf_writer import write_gguf
+        from tuneforge.quant.llamacpp import LlamaCppRunner, score_with_runner
+
+        qtype = cfg.method.removeprefix("gguf_")
+        artifact = write_gguf(model, tok, run_dir / f"model-{qtype}.gguf", qtype, pre_tokenizer=pre_tokenizer_for(cfg))
+        metrics["quantize_seconds"] = time.perf_counter() - t0
+        runner = LlamaCppRunner(artifact, n_ctx=cfg.gguf.n_ctx, n_threads=cfg.gguf.threads)
+        if cfg.parity.enabled:
+            parity = run_parity(HFRunner(model, tok), runner, max_new_tokens=cfg.parity.max_new_tokens)
+            write_json(run_dir / "parity.json", {**parity.summary(), "rows": parity.rows})
+            metrics["parity"] = parity.summary()
+            for problem in parity.problems:
+                print(f"warning: {problem}")
+        if rows:
+            t1 = time.perf_counter()
+            metrics["after"], predictions = score_with_runner(runner, task, rows, max_new_tokens=cfg.eval.max_new_tokens,
+                                                              desc="GGUF via llama.cpp")
+            metrics["after"]["seconds"] = time.perf_counter() - t1
+        if cfg.speed.enabled:
+            metrics["speed_after"] = gguf_speed(runner.llm, prompt, cfg.speed.new_tokens, cfg.speed.repeats)
+        metrics["size_after_bytes"] = artifact.stat().st_size
+    else:
+        quantized = quantize_in_torch(cfg, model, tok, run_dir)
+        metrics["quantize_seconds"] = time.perf_counter() - t0
+        del model
+        if rows:
+            metrics["after"], predictions = score_hf(quantized, tok, task, rows, cfg, f"{cfg.method} model")
+        if cfg.speed.enabled:
+            metrics["speed_after"] = hf_speed(quantized, prompt, cfg.speed.new_tokens, cfg.speed.repeats)
+        metrics["size_after_bytes"] = weights_size(run_dir / "model")
+        artifact = run_dir / "model"
+    metrics["size_ratio"] = metrics["size_after_bytes"] / max(metrics["size_before_bytes"], 1)
+    primary = task.primary_metric
+    if "before" in metrics and "after" in metrics:
+        metrics["delta"] = metrics["after"][primary] - metrics["before"][primary]
+    if predictions:
+        write_jsonl(run_dir / "predictions.jsonl", predictions)
+    write_json(run_dir / "metrics.json", metrics)
+    write_quantize_report(run_dir, metrics, primary)
+    print_summary(metrics, primary, artifact)
+    return run_dir
+
+
+def print_summary(metrics: dict, primary: str, artifact: Path) -> None:
+    parts = [f"{metrics['method']}: {metrics['size_after_bytes'] / 1e6:.1f} MB ({metrics['size_ratio']:.2f}× the float checkpoint)"]
+    if "after" in metrics:
+        parts.append(f"{primary} {metrics['after'][primary]:.4f}" + (f" ({metrics['delta']:+.4f})" if "delta" in metrics else ""))
+    if "speed_after" in metrics and "speed_before" in metrics:
+        parts.append(f"decode {metrics['speed_after']['decode_tok_s']:.1f} tok/s vs float {metrics['speed_before']['decode_tok_s']:.1f}")
+    if "parity" in metrics:
+        parts.append(f"golden prompts identical: {metrics['parity']['exact_match_rate']:.0%}")
+    print("; ".join(parts))
+    print(f"artifact: {artifact}")
+
+
+def write_quantize_report(run_dir: Path, metrics: dict, primary: str) -> None:
+    from tuneforge.report import write_report
+
+    rows = []
+    for arm, speed, size in (("float", "speed_before", "size_before_bytes"), (metrics["method"], "speed_after", "size_after_bytes")):
+        key = "before" if arm == "float" else "after"
+        rows.append({"model": arm, primary: metrics.get(key, {}).get(primary), "size MB": metrics[size] / 1e6,
+                     **{k: v for k, v in metrics.get(speed, {}).items()}})
+    summary = [("method", metrics["method"]), ("rows scored", metrics["rows"]), ("size ratio", metrics["size_ratio"])]
+    if "delta" in metrics:
+        summary.append((f"{primary} change", metrics["delta"]))
+    tables = [("Float vs quantized", rows)]
+    if "parity" in metrics:
+        summary.append(("golden prompts identical", metrics["parity"]["exact_match_rate"]))
+        summary.append(("token agreement", metrics["parity"]["token_agreement"]))
+    notes = list(metrics.get("parity", {}).get("problems", []))
+    if metrics["method"].startswith("gguf_"):
+        notes.append("The GGUF is scored through llama.cpp (llama-cpp-python), one row at a time, greedy.")
+    write_report(run_dir, title=f"Quantization: {metrics['method']}", summary=summary, tables=tables, images=[], notes=notes)
+
+
+# -- CLI ------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tuneforge.recipes.common import add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def run(args) -> int:
+    from tuneforge.recipes.common import config_from_args
+
+    quantize(config_from_args(QuantizeConfig, args))
+    return 0

@@ -1,0 +1,44 @@
+"""The finetune run's report: before/after table, loss curve, metric bars; and the terminal summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneforge.report import format_table, plot_loss, plot_metric_bars, write_report
+
+
+def comparison_rows(result: dict) -> list[dict]:
+    rows = [{"arm": f"prompting: {r['strategy']}", **r["metrics"]} for r in result.get("prompting", [])]
+    if result.get("before"):
+        rows.insert(0, {"arm": "before (zero-shot)", **result["before"]})
+    if result.get("after"):
+        rows.append({"arm": f"after ({result['method']})", **result["after"]})
+    keep = [k for k in ("accuracy", "macro_f1", "bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum",
+                        "exact_match", "f1", "loss", "perplexity", "unparseable") if any(k in r for r in rows)]
+    return [{"arm": r["arm"], **{k: r.get(k) for k in keep}} for r in rows]
+
+
+def write_run_report(run_dir: Path, result: dict, history: list[dict]) -> None:
+    images = []
+    train_rows = [h for h in history if "loss" in h]
+    if train_rows:
+        images.append(("Training loss (and dev metrics where evaluated)", plot_loss(history, run_dir / "loss_curve.png")))
+    rows = comparison_rows(result)
+    bars = {r["arm"]: {k: v for k, v in r.items() if isinstance(v, float) and k not in ("loss", "perplexity")} for r in rows}
+    if any(bars.values()):
+        images.append(("Dev metrics before and after", plot_metric_bars(bars, run_dir / "metrics.png", title=f"{result['task']}: dev metrics")))
+    train = result["train"]
+    summary = [("task", result["task"]), ("method", result["method"]), ("model", result.get("model") or "embedded default"),
+               ("trainable parameters", f"{train['trainable_params']:,} of {train['total_params']:,}"),
+               ("train tokens", f"{train['tokens']:,}"), ("train seconds", f"{train['seconds']:.1f}"),
+               ("tokens/s", f"{train['tokens_per_second']:.1f}"), ("artifact", result["artifact"])]
+    write_report(run_dir, title=f"tuneforge finetune: {run_dir.name}", summary=summary,
+                 tables=[("Dev metrics", rows)], images=images)
+
+
+def print_summary(result: dict, run_dir: Path) -> None:
+    print()
+    print(format_table(comparison_rows(result)))
+    t = result["train"]
+    print(f"\ntrained {t['steps']} steps, {t['tokens']:,} tokens in {t['seconds']:.0f}s ({t['tokens_per_second']:.0f} tokens/s)")
+    print(f"report: {run_dir / 'report.html'}  (and report.md, metrics.json, adapter/)")

@@ -1,0 +1,138 @@
+"""Training pieces the finetune, distill and prune-recovery recipes share: batching, the target-only loss,
+optimizer/schedule, checkpoints. The loop itself lives in plain sight in recipes/finetune.py."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuneforge.data.encode import IGNORE
+from tuneforge.fileio import atomic_dir, write_json
+
+
+class TargetOnlyLoss(nn.Module):
+    """Summed cross-entropy on target tokens; the LM head runs only where a label exists.
+
+    For a classification-style target (a label word after a 70-token prompt) this skips ~95% of the
+    vocabulary projection, the largest single matmul of a small model. Wrapping the model in a module
+    (instead of calling its parts from the loop) keeps DDP's gradient hooks working.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def causal_lm(self):
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids, attention_mask, labels):
+        lm = self.causal_lm()
+        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        return F.cross_entropy(logits, targets[keep], reduction="sum"), keep.sum()
+
+
+def group_batches(lengths: list[int], batch_size: int, seed: int, epochs: float) -> list[list[int]]:
+    """Shuffled batches of similar-length rows (sorted within windows of 64 batches): almost no padding."""
+    rng = random.Random(seed)
+    n = len(lengths)
+    window = batch_size * 64
+    batches: list[list[int]] = []
+    per_epoch = math.ceil(n / batch_size)
+    for _ in range(math.ceil(epochs)):
+        order = list(range(n))
+        rng.shuffle(order)
+        epoch_batches = []
+        for start in range(0, n, window):
+            chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+            epoch_batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(epoch_batches)
+        batches += epoch_batches
+    return batches[: max(1, round(per_epoch * epochs))]
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[row, :n] = torch.tensor(e["input_ids"])
+        labels[row, :n] = torch.tensor(e["labels"])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def make_optimizer(model: nn.Module, train_cfg):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+
+
+def make_scheduler(optimizer, train_cfg, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[train_cfg.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=int(train_cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, step: int, rng: dict) -> Path:
+    """Trainable weights only (an adapter is megabytes, not the whole model), optimizer, scheduler, step, RNG."""
+    from safetensors.torch import save_file
+
+    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    with atomic_dir(folder) as tmp:
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+                   tmp / "state.pt")
+        write_json(tmp / "step.json", {"step": step})
+    return folder
+
+
+def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler) -> tuple[int, dict]:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    state = torch.load(folder / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    import json
+
+    return json.loads((folder / "step.json").read_text())["step"], state["rng"]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None

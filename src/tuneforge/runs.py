@@ -1,0 +1,58 @@
+"""Run folders: runs/<name>/ with the resolved config (versions, data hashes) written first."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+from pathlib import Path
+
+import yaml
+
+from tuneforge.fileio import write_text
+
+PACKAGES = ("tuneforge", "torch", "transformers", "peft", "accelerate")
+
+
+def new_run_dir(cfg, *, reuse: bool = False) -> Path:
+    """runs/<name>; if it exists and we are not resuming, runs/<name>-2, -3, ... so no earlier work is lost."""
+    base = Path(cfg.output_dir) / cfg.name
+    path = base
+    n = 2
+    while path.exists() and not reuse:
+        path = base.with_name(f"{base.name}-{n}")
+        n += 1
+    path.mkdir(parents=True, exist_ok=True)
+    write_text(path / "config.yaml", resolved_config_yaml(cfg))
+    return path
+
+
+def resolved_config_yaml(cfg) -> str:
+    data = cfg.model_dump(mode="json")
+    data["_versions"] = {p: _version(p) for p in PACKAGES} | {"python": platform.python_version()}
+    data["_data_sha256"] = data_hashes(cfg)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def data_hashes(cfg) -> dict[str, str]:
+    out = {}
+    data = getattr(cfg, "data", None)
+    for split in ("train", "dev"):
+        spec = getattr(data, split, None) if data else None
+        if spec is None:
+            continue
+        path = Path(spec.path)
+        files = [path / f for f in spec.files.values()] if path.is_dir() else [path]
+        h = hashlib.sha256()
+        for f in files:
+            if f.is_file():
+                h.update(f.read_bytes())
+        out[split] = h.hexdigest()[:16]
+    return out
+
+
+def _version(pkg: str) -> str:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

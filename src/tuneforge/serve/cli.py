@@ -1,0 +1,111 @@
+"""`tuneforge serve [MODEL] [--adapter NAME=PATH ...]`: the OpenAI-compatible server and the web chat page."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from tuneforge.errors import UserError
+from tuneforge.serve.settings import ENGINES, ServeConfig
+
+API_KEY_ENV = "TUNEFORGE_API_KEY"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServeConfig()
+    parser.add_argument("model", nargs="?", default=None,
+                        help="registry name, HF folder or id, or a .gguf file (default: the embedded model)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                        help="serve a LoRA adapter under NAME (repeatable); requests pick it with \"model\": NAME")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="auto: llamacpp for a .gguf, vllm when installed with a GPU, else transformers")
+    parser.add_argument("--served-model-name", default=None, help="the base model's id in /v1/models")
+    parser.add_argument("--dtype", default=d.dtype, help="auto | bfloat16 | float16 | float32")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--host", default=d.host, help="bind address (default 127.0.0.1; 0.0.0.0 for all interfaces)")
+    parser.add_argument("--port", type=int, default=None, help=f"TCP port (default: $PORT when set, else {d.port})")
+    parser.add_argument("--api-key-file", default=None,
+                        help=f"file holding the API key clients must send as Bearer (or set ${API_KEY_ENV})")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="allow browser calls from ORIGIN, e.g. http://localhost:3000 (repeatable)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
+    parser.add_argument("--max-tokens", type=int, default=d.max_tokens, help="cap on a request's max_tokens")
+    parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    parser.add_argument("--queue-size", type=int, default=d.queue_size,
+                        help="requests admitted at once (running + waiting); more get 429")
+    parser.add_argument("--max-batch", type=int, default=d.max_batch, help="sequences decoded together per step")
+    parser.add_argument("--n-threads", type=int, default=None, help="llamacpp: CPU threads (default: all cores)")
+    parser.add_argument("--n-ctx", type=int, default=d.n_ctx, help="llamacpp: context window")
+    parser.add_argument("--log-level", default=d.log_level, choices=["critical", "error", "warning", "info", "debug"])
+
+
+def parse_adapters(specs: list[str]) -> dict[str, str]:
+    """NAME=PATH pairs; a bare PATH is named after its run folder (runs/NAME/adapter -> NAME)."""
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path = spec
+            folder = Path(spec.rstrip("/"))
+            name = folder.parent.name if folder.name == "adapter" and folder.parent.name else folder.name
+        if not name or not path:
+            raise UserError(f"--adapter '{spec}': expected NAME=PATH, e.g. --adapter sentiment=runs/sst2/adapter")
+        if name in adapters:
+            raise UserError(f"--adapter: the name '{name}' is given twice; pick distinct names with NAME=PATH")
+        adapters[name] = path
+    return adapters
+
+
+def read_api_key(path: str | None) -> str | None:
+    if path:
+        try:
+            key = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise UserError(f"--api-key-file {path}: {e.strerror}") from e
+        if not key:
+            raise UserError(f"--api-key-file {path} is empty")
+        return key
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def make_config(model: str | None = None, **options) -> ServeConfig:
+    if options.get("port") is None:
+        options["port"] = int(os.environ["PORT"]) if os.environ.get("PORT", "").isdigit() else ServeConfig().port
+    try:
+        return ServeConfig(model=model, **options)
+    except ValidationError as e:
+        problems = "; ".join(f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors())
+        raise UserError(f"serve options: {problems}") from e
+
+
+def serve(model: str | None = None, *, adapters: dict[str, str] | None = None, **options) -> None:
+    """Run the server until interrupted. Options are ServeConfig's fields (host, port, engine, api_key, ...)."""
+    import uvicorn
+
+    from tuneforge.serve.app import create_app
+    from tuneforge.serve.engines import load_engine, pick_engine
+
+    config = make_config(model, adapters=adapters or {}, **options)
+    pick_engine(config)  # fail fast on an artifact the chosen engine cannot serve
+    for name, path in config.adapters.items():
+        if not (Path(path) / "adapter_config.json").exists():
+            raise UserError(f"--adapter {name}={path}: no adapter_config.json there; pass a run's adapter/ folder")
+    app = create_app(config, loader=load_engine)
+    shown = "localhost" if config.host in ("127.0.0.1", "::1") else config.host
+    print(f"tuneforge serve: http://{shown}:{config.port}/ (web chat), OpenAI API at http://{shown}:{config.port}/v1 "
+          f"- loading {config.model or 'the embedded model'}; /health turns 200 when ready", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=5)
+
+
+def run(args: argparse.Namespace) -> int:
+    serve(
+        args.model, adapters=parse_adapters(args.adapter), engine=args.engine, served_model_name=args.served_model_name,
+        dtype=args.dtype, device=args.device, host=args.host, port=args.port, api_key=read_api_key(args.api_key_file),
+        cors_origins=args.cors_origin, max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
+        max_body_bytes=args.max_body_bytes, queue_size=args.queue_size, max_batch=args.max_batch,
+        n_threads=args.n_threads, n_ctx=args.n_ctx, log_level=args.log_level,
+    )
+    return 0

@@ -1,0 +1,114 @@
+"""The engine protocol and the helpers every engine shares (stop strings, end-of-turn tokens, detokenizing)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Tokens that end an assistant turn in common chat templates, besides the tokenizer's own eos.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+BASE = "__base__"  # the adapter name peft uses for "no adapter" in a mixed batch
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    adapter: str | None  # None: the base model
+    sampling: Sampling
+
+
+@dataclass
+class Chunk:
+    """New text since the previous chunk; `finish_reason` is set on the last one (stop | length)."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+class Engine(Protocol):
+    kind: str                 # "transformers" | "llamacpp" | "vllm"
+    adapters: list[str]       # adapter names the engine can serve per request
+    context_length: int
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """The chat template applied (with the assistant prompt opened) and tokenized."""
+
+    def encode_text(self, text: str) -> list[int]: ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Yield chunks until a stop; closing the iterator cancels the generation."""
+
+    def close(self) -> None: ...
+
+
+async def with_stop_strings(chunks: AsyncIterator[Chunk], stops: list[str]) -> AsyncIterator[Chunk]:
+    """Cut the stream at the first stop string, holding back text that may be the start of one."""
+    if not stops:
+        async for chunk in chunks:
+            yield chunk
+        return
+    hold = max(len(s) for s in stops) - 1
+    pending = ""
+    tokens = 0
+    try:
+        async for chunk in chunks:
+            tokens = chunk.completion_tokens
+            pending += chunk.text
+            hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
+            if hits:
+                yield Chunk(pending[: min(hits)], tokens, "stop")
+                return
+            if chunk.finish_reason:
+                yield Chunk(pending, tokens, chunk.finish_reason)
+                return
+            safe = len(pending) - hold
+            if safe > 0:
+                yield Chunk(pending[:safe], tokens)
+                pending = pending[safe:]
+    finally:
+        await chunks.aclose()
+
+
+def end_token_ids(tokenizer, generation_config=None) -> set[int]:
+    """Token ids that end a reply: the tokenizer's eos, the generation config's eos, and known end-of-turn marks."""
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(i) for i in source)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return ids
+
+
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text pieces, never splitting a multi-byte character (Vietnamese
+    diacritics span several byte-level tokens), by decoding a short window and emitting only completed text."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # window start: a few tokens of context so spacing decodes right
+        self.read = 0    # tokens already emitted
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        now = decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if now.endswith("\ufffd") or len(now) <= len(before):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return now[len(before):]

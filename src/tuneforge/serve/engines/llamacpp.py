@@ -1,0 +1,115 @@
+"""llama.cpp engine: serves one GGUF through llama-cpp-python, one stream at a time, with the GGUF's own
+chat template. The per-token path is llama-cpp-python's `generate` plus an incremental UTF-8 decode, so the
+overhead over raw llama.cpp stays a few function calls per token."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import os
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tuneforge.errors import UserError
+from tuneforge.serve.engines.base import END_OF_TURN_TOKENS, Chunk, GenerationRequest
+
+
+class LlamaCppEngine:
+    kind = "llamacpp"
+    adapters: list[str] = []
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.context_length = llm.n_ctx()
+        self.end_ids = self._end_ids()
+        self.template = llm.metadata.get("tokenizer.chat_template")
+        # llama.cpp is not thread-safe: every call on `llm` happens on this one worker thread, in arrival order.
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneforge-llamacpp")
+
+    @classmethod
+    def load(cls, path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None) -> LlamaCppEngine:
+        try:
+            from llama_cpp import Llama
+        except ImportError as e:
+            raise UserError("the llamacpp engine needs llama-cpp-python: pip install 'tuneforge[llamacpp]'") from e
+        threads = n_threads or len(os.sched_getaffinity(0))
+        try:
+            llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+        except ValueError as e:
+            raise UserError(f"llama.cpp could not load {path}: {e}") from e
+        return cls(llm)
+
+    def _end_ids(self) -> set[int]:
+        ids = {self.llm.token_eos()}
+        for mark in END_OF_TURN_TOKENS:
+            found = self.llm.tokenize(mark.encode(), add_bos=False, special=True)
+            if len(found) == 1:
+                ids.add(found[0])
+        return ids
+
+    def _token_text(self, token: int) -> str:
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if not self.template:
+            raise UserError("this GGUF carries no chat template (tokenizer.chat_template): use /v1/completions")
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        formatter = Jinja2ChatFormatter(self.template, eos_token=self._token_text(self.llm.token_eos()),
+                                        bos_token=self._token_text(self.llm.token_bos()), add_generation_prompt=True)
+        text = formatter(messages=messages).prompt
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+
+    async def stream(self, request: GenerationRequest):
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(item):
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+        self.worker.submit(self._generate, request, emit, stop)
+        try:
+            while True:
+                item = await inbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason:
+                    return
+        finally:
+            stop.set()
+
+    def _generate(self, request: GenerationRequest, emit, stop: threading.Event) -> None:
+        try:
+            s = request.sampling
+            if stop.is_set():
+                return
+            self.llm.set_seed(s.seed if s.seed is not None else random.randrange(2**31))
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            n = 0
+            # temp 0 is greedy in llama-cpp-python; top_k 0 and min_p 0 leave temperature/top_p as OpenAI defines them.
+            for token in self.llm.generate(request.prompt_ids, temp=s.temperature, top_p=s.top_p, top_k=0, min_p=0.0,
+                                           repeat_penalty=1.0):
+                if stop.is_set():
+                    return
+                n += 1
+                if token in self.end_ids:
+                    emit(Chunk("", n, "stop"))
+                    return
+                text = decoder.decode(self.llm.detokenize([token]))
+                if n >= s.max_tokens:
+                    emit(Chunk(text + decoder.decode(b"", final=True), n, "length"))
+                    return
+                if text:
+                    emit(Chunk(text, n))
+        except Exception as e:
+            emit(e)
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,286 @@
+"""transformers engine: one scheduler thread decodes every running request together, one token per step.
+
+Continuous batching with a left-padded dynamic KV cache: new requests are prefilled as a batch and their
+cache is merged into the running one at a step boundary; finished rows are dropped and the all-padding
+columns trimmed. Rows may use different LoRA adapters in the same step (peft's `adapter_names`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import random
+import threading
+from collections import deque
+from pathlib import Path
+
+from tuneforge.errors import UserError
+from tuneforge.serve.engines.base import BASE, Chunk, GenerationRequest, IncrementalDecoder, end_token_ids
+
+
+class TransformersEngine:
+    kind = "transformers"
+
+    def __init__(self, model, tokenizer, *, adapters: list[str] | None = None, max_batch: int = 16):
+        self.model, self.tokenizer = model, tokenizer
+        self.adapters = list(adapters or [])
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.scheduler = BatchScheduler(
+            model, tokenizer, max_batch=max_batch, end_ids=end_token_ids(tokenizer, getattr(model, "generation_config", None)),
+            pad_id=pad if pad is not None else 0, per_row_adapters=bool(self.adapters),
+        )
+
+    @classmethod
+    def load(cls, model: str | None, adapters: dict[str, str], *, dtype: str = "auto", device: str | None = None,
+             max_batch: int = 16) -> TransformersEngine:
+        from tuneforge.models import load_model
+
+        net, tok = load_model(model, dtype=dtype, device=device)
+        if adapters:
+            net = attach_adapters(net, adapters)
+            net.eval()
+        return cls(net, tok, adapters=list(adapters), max_batch=max_batch)
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise UserError("this model's tokenizer has no chat template: use /v1/completions with a plain prompt")
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.encode_text(text)
+
+    def encode_text(self, text: str) -> list[int]:
+        # Chat templates write their own BOS; plain prompts get what the tokenizer adds by default.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    async def stream(self, request: GenerationRequest):
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+        job = Job(request, IncrementalDecoder(self.tokenizer),
+                  lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item))
+        self.scheduler.submit(job)
+        try:
+            while True:
+                item = await inbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason:
+                    return
+        finally:
+            job.cancelled = True  # a closed stream (client gone, stop string) frees its row at the next step
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+
+def attach_adapters(net, adapters: dict[str, str]):
+    """Load several LoRA adapters by name onto one base model (peft keeps them side by side)."""
+    from peft import PeftModel
+
+    peft_model = None
+    for name, path in adapters.items():
+        if not (Path(path) / "adapter_config.json").exists():
+            raise UserError(f"adapter '{name}={path}' has no adapter_config.json: pass a run's adapter/ folder")
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(net, path, adapter_name=name)
+        else:
+            peft_model.load_adapter(path, adapter_name=name)
+    return peft_model
+
+
+class Job:
+    def __init__(self, request: GenerationRequest, decoder: IncrementalDecoder, emit):
+        import torch
+
+        self.request, self.decoder, self.emit = request, decoder, emit
+        self.sampling = request.sampling
+        self.generated = 0
+        self.done = False
+        self.cancelled = False
+        self.generator = None
+        if self.sampling.temperature > 0:
+            self.generator = torch.Generator()
+            seed = self.sampling.seed if self.sampling.seed is not None else random.randrange(2**63)
+            self.generator.manual_seed(seed)
+
+    def accept(self, token: int, end_ids: set[int]) -> None:
+        self.generated += 1
+        if token in end_ids:
+            self.finish("", "stop")
+            return
+        text = self.decoder.push(token)
+        if self.generated >= self.sampling.max_tokens:
+            self.finish(text, "length")
+        elif text:
+            self.emit(Chunk(text, self.generated))
+
+    def finish(self, text: str, reason: str) -> None:
+        self.done = True
+        self.emit(Chunk(text, self.generated, reason))
+
+
+class BatchScheduler:
+    """Owns the model: a daemon thread runs prefill and decode steps; requests arrive through a queue."""
+
+    def __init__(self, model, tokenizer, *, max_batch: int, end_ids: set[int], pad_id: int, per_row_adapters: bool):
+        self.model, self.max_batch, self.end_ids, self.pad_id = model, max_batch, end_ids, pad_id
+        self.per_row_adapters = per_row_adapters
+        self.device = next(model.parameters()).device
+        self.cache_arg = cache_argument(model)
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.waiting: deque[Job] = deque()
+        self.rows: list[Job] = []
+        self.cache = self.mask = self.last = None
+        self.steps = 0  # decode steps run (tests read it to see batching happen)
+        self.thread = threading.Thread(target=self._run, name="tuneforge-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        self.inbox.put(job)
+
+    def close(self) -> None:
+        self.inbox.put(None)
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                new: list[Job] = []
+                try:
+                    if not self._collect():
+                        return
+                    new = self._admit()
+                    if new:
+                        self._prefill(new)
+                    elif self.rows:
+                        self._decode()
+                    self._retire()
+                except Exception as e:  # a failed step fails its requests, not the server
+                    for job in {id(j): j for j in self.rows + new}.values():
+                        job.emit(e)
+                    self.rows, self.cache, self.mask, self.last = [], None, None, None
+
+    def _collect(self) -> bool:
+        """Move arrivals to the waiting line; block only when there is nothing to do. False on close."""
+        block = not self.rows and not self.waiting
+        while True:
+            try:
+                job = self.inbox.get(block=block)
+            except queue.Empty:
+                return True
+            if job is None:
+                return False
+            self.waiting.append(job)
+            block = False
+
+    def _admit(self) -> list[Job]:
+        new = []
+        while self.waiting and len(self.rows) + len(new) < self.max_batch:
+            job = self.waiting.popleft()
+            if not job.cancelled:
+                new.append(job)
+        return new
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        width = max(len(j.request.prompt_ids) for j in jobs)
+        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, job in enumerate(jobs):
+            prompt = job.request.prompt_ids
+            ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, width - len(prompt):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache(config=self.model.config)
+        extra = {"adapter_names": [j.request.adapter or BASE for j in jobs]} if self.per_row_adapters else {}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         use_cache=True, logits_to_keep=1, **{self.cache_arg: cache}, **extra)
+        tokens = self._sample(out.logits[:, -1, :], jobs)
+        if self.rows:
+            self._merge(cache, mask)
+            self.last = torch.cat([self.last, tokens])
+        else:
+            self.cache, self.mask, self.last = cache, mask, tokens
+        self.rows += jobs
+        self._deliver(tokens, jobs)
+
+    def _decode(self) -> None:
+        import torch
+
+        positions = self.mask.sum(-1, keepdim=True)  # real tokens so far = position of the token fed now
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        extra = {"adapter_names": [j.request.adapter or BASE for j in self.rows]} if self.per_row_adapters else {}
+        out = self.model(input_ids=self.last, attention_mask=self.mask, position_ids=positions,
+                         use_cache=True, **{self.cache_arg: self.cache}, **extra)
+        tokens = self._sample(out.logits[:, -1, :], self.rows)
+        self.last = tokens
+        self.steps += 1
+        self._deliver(tokens, self.rows)
+
+    def _merge(self, cache, mask) -> None:
+        """Append prefilled rows to the running batch, left-padding whichever cache is shorter."""
+        import torch
+        import torch.nn.functional as F
+
+        old_len, new_len = self.mask.shape[1], mask.shape[1]
+        width = max(old_len, new_len)
+        for old, new in zip(self.cache.layers, cache.layers, strict=True):
+            for attr in ("keys", "values"):
+                a, b = getattr(old, attr), getattr(new, attr)
+                a = F.pad(a, (0, 0, width - old_len, 0))
+                b = F.pad(b, (0, 0, width - new_len, 0))
+                setattr(old, attr, torch.cat([a, b]))
+        self.mask = torch.cat([F.pad(self.mask, (width - old_len, 0)), F.pad(mask, (width - new_len, 0))])
+
+    def _retire(self) -> None:
+        keep = [i for i, job in enumerate(self.rows) if not (job.done or job.cancelled)]
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.rows, self.cache, self.mask, self.last = [], None, None, None
+            return
+        import torch
+
+        index = torch.tensor(keep, device=self.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.mask, self.last = self.mask[index], self.last[index]
+        start = int(self.mask.argmax(dim=1).min())  # columns left of every row's first real token are padding
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, start:, :]
+            layer.values = layer.values[index, :, start:, :]
+
+    def _sample(self, logits, jobs: list[Job]):
+        import torch
+
+        tokens = logits.argmax(dim=-1)
+        for i, job in enumerate(jobs):
+            s = job.sampling
+            if s.temperature <= 0:
+                continue
+            row = logits[i].float() / s.temperature
+            probs = torch.softmax(row, dim=-1)
+            if s.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                drop = sorted_probs.cumsum(-1) - sorted_probs > s.top_p  # keep the smallest set reaching top_p
+                sorted_probs[drop] = 0
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            tokens[i] = torch.multinomial(probs.cpu(), 1, generator=job.generator).to(tokens.device)[0]
+        return tokens.unsqueeze(-1)
+
+    def _deliver(self, tokens, jobs: list[Job]) -> None:
+        for job, token in zip(jobs, tokens[:, 0].tolist(), strict=True):
+            if not job.cancelled:
+                job.accept(token, self.end_ids)
+
+
+def cache_argument(model) -> str:
+    """transformers 5.x renames `past_key_values` to `cache` model by model; use whichever forward declares."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

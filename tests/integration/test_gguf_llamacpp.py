@@ -1,0 +1,111 @@
+"""The embedded model written to GGUF loads in llama.cpp and answers the golden prompts token for token.
+
+F16 is written once per session (module fixture); the PyTorch answers are computed once and shared.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python (tuneforge[llamacpp])"),
+]
+
+# Keys that describe the upstream release rather than the model (name, licence, ...) or the tensor type.
+DESCRIPTIVE = {"general.name", "general.organization", "general.finetune", "general.basename", "general.size_label",
+               "general.license", "general.languages", "general.file_type"}
+MAX_NEW = 24
+
+
+class Memo:
+    """Wraps a runner so that the PyTorch answers are computed once for all exports."""
+
+    def __init__(self, runner):
+        self.runner, self.cache = runner, {}
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def greedy(self, ids, max_new_tokens, stop_ids=frozenset()):
+        key = (tuple(ids), max_new_tokens, frozenset(stop_ids))
+        if key not in self.cache:
+            self.cache[key] = self.runner.greedy(ids, max_new_tokens, stop_ids)
+        return self.cache[key]
+
+
+@pytest.fixture(scope="module")
+def source():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.models import resolve_model
+    from tuneforge.parity import HFRunner
+
+    folder = resolve_model(None)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return Memo(HFRunner(model, AutoTokenizer.from_pretrained(folder))), folder
+
+
+@pytest.fixture(scope="module")
+def f16_path(source, tmp_path_factory):
+    from tuneforge.quant.gguf_writer import pre_tokenizer_from_source, write_gguf
+
+    runner, folder = source
+    path = tmp_path_factory.mktemp("gguf") / "smollm2-f16.gguf"
+    return write_gguf(runner.model, runner.tok, path, "f16", pre_tokenizer=pre_tokenizer_from_source(folder))
+
+
+def parity_of(source, path):
+    from tuneforge.parity import run_parity
+    from tuneforge.quant.llamacpp import LlamaCppRunner
+
+    return run_parity(source[0], LlamaCppRunner(path, n_ctx=512), max_new_tokens=MAX_NEW)
+
+
+def test_f16_metadata_matches_the_original_gguf(f16_path):
+    import gguf
+
+    from tuneforge.models.registry import KNOWN_MODELS, package_folder
+
+    known = KNOWN_MODELS["smollm2-135m-instruct"]
+    ref = gguf.GGUFReader(package_folder(known) / known.gguf_file)
+    ours = gguf.GGUFReader(f16_path)
+    missing = [k for k in ref.fields if not k.startswith("GGUF.") and k not in DESCRIPTIVE and k not in ours.fields]
+    assert not missing
+    for key in ref.fields:
+        if key.startswith("GGUF.") or key in DESCRIPTIVE:
+            continue
+        assert ours.fields[key].contents() == ref.fields[key].contents(), key
+    assert {t.name for t in ours.tensors} == {t.name for t in ref.tensors}  # tied: no output.weight in either
+
+
+def test_f16_same_greedy_tokens_as_pytorch(source, f16_path):
+    result = parity_of(source, f16_path)
+    print("F16", result.summary())
+    assert result.problems == []
+    assert result.prompt_match_rate == 1.0  # GGUF's template + llama.cpp's tokenizer == HF's
+    assert result.exact_match_rate == 1.0, result.markdown()
+    assert "Paris" in result.rows[0]["export_text"]
+
+
+def test_q8_0_same_greedy_tokens_as_pytorch(source, tmp_path):
+    from tuneforge.quant.gguf_writer import pre_tokenizer_from_source, write_gguf
+
+    runner, folder = source
+    path = write_gguf(runner.model, runner.tok, tmp_path / "q8_0.gguf", "q8_0", pre_tokenizer=pre_tokenizer_from_source(folder))
+    result = parity_of(source, path)
+    print("Q8_0", result.summary())
+    assert result.problems == [] and result.exact_match_rate == 1.0, result.markdown()
+
+
+@pytest.mark.slow
+def test_q4_0_match_rate_is_reported(source, tmp_path):
+    from tuneforge.quant.gguf_writer import write_gguf
+
+    runner, _ = source
+    result = parity_of(source, write_gguf(runner.model, runner.tok, tmp_path / "q4_0.gguf", "q4_0"))
+    print("Q4_0", result.summary())
+    assert result.problems == [] and result.token_agreement > 0.2

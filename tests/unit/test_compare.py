@@ -1,0 +1,104 @@
+"""The comparison table's fields and measurements, and the shipped compression recipes against their configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tuneforge.compress import measure
+from tuneforge.compress.prune import apply_masks, magnitude_masks
+from tuneforge.config import load_config, validate
+from tuneforge.errors import UserError
+from tuneforge.recipes.compare import CompareConfig, ModelRow, check_rows, plot_compare, table_rows
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def result(name, metric, decode, baseline=False, nonzero=1_000_000):
+    return {"name": name, "baseline": baseline, "engine": "transformers", "dtype": "bfloat16", "parameters": 2_000_000,
+            "nonzero_parameters": nonzero, "size_mb": 4.0, "prefill_tok_s": 500.0, "decode_tok_s": decode,
+            "metric": metric}
+
+
+def test_table_rows_fields_and_deltas_from_the_marked_baseline():
+    rows = table_rows([result("pruned", 0.85, 30.0), result("base", 0.88, 20.0, baseline=True),
+                       result("gguf", 0.87, 90.0, nonzero=None)], "accuracy")
+    assert list(rows[0]) == ["model", "engine", "dtype", "params (M)", "non-zero (M)", "size (MB)", "prefill tok/s",
+                             "decode tok/s", "decode ×", "accuracy", "Δ accuracy"]
+    assert rows[0]["Δ accuracy"] == pytest.approx(-0.03)
+    assert rows[0]["decode ×"] == pytest.approx(1.5)
+    assert rows[1]["Δ accuracy"] == 0 and rows[1]["decode ×"] == 1
+    assert rows[0]["params (M)"] == 2.0 and rows[0]["non-zero (M)"] == 1.0
+    assert rows[2]["non-zero (M)"] is None
+
+
+def test_first_row_is_the_baseline_when_none_is_marked():
+    rows = table_rows([result("a", 0.9, 10.0), result("b", 0.8, 20.0)], "accuracy")
+    assert rows[1]["Δ accuracy"] == pytest.approx(-0.1) and rows[1]["decode ×"] == 2
+
+
+def test_parameters_nonzeros_size_and_speed_of_a_pruned_model(tmp_path):
+    model = tiny_llama()
+    total, nonzero = measure.count_parameters(model)
+    assert total == sum(p.numel() for p in model.parameters()) and nonzero == total
+    masks = magnitude_masks(model, 0.5, scope="matrix")
+    apply_masks(model, masks)
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    assert measure.count_parameters(model) == (total, total - pruned)
+    model.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert measure.weights_size(tmp_path) == (tmp_path / "model.safetensors").stat().st_size
+    speed = measure.hf_speed(model, list(range(1, 17)), new_tokens=4, repeats=1)
+    assert speed["prefill_tok_s"] > 0 and speed["decode_tok_s"] > 0
+
+
+def test_chart_is_written(tmp_path):
+    rows = table_rows([result("base", 0.88, 20.0, baseline=True), result("Wanda 50% + LoRA", 0.87, 21.0)], "accuracy")
+    path = plot_compare(rows, "accuracy", tmp_path / "compare.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_row_problems_are_reported_together(tmp_path):
+    rows = [ModelRow(name="a", path=str(tmp_path / "missing")), ModelRow(name="b", path="x.gguf", adapter=str(tmp_path))]
+    with pytest.raises(UserError) as err:
+        check_rows(rows)
+    text = str(err.value)
+    assert "models[0] (a): path" in text and "models[1] (b): path x.gguf" in text and "adapter_config.json" in text
+
+
+def test_config_rejects_two_baselines_and_needs_dev():
+    row = {"name": "a", "baseline": True}
+    with pytest.raises(UserError, match="at most one row"):
+        validate(CompareConfig, {"models": [row, {**row, "name": "b"}], "data": {"dev": {"path": "d.tsv"}}})
+    with pytest.raises(UserError, match="data.dev is required"):
+        validate(CompareConfig, {"models": [row]})
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("prune_*.yaml")) + sorted(RECIPES.glob("distill_*.yaml"))
+                         + sorted(RECIPES.glob("compare_*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate_and_open_with_their_command(path):
+    from tuneforge.recipes.distill import DistillConfig
+    from tuneforge.recipes.prune import PruneConfig
+
+    cls = {"prune": PruneConfig, "distill": DistillConfig, "compare": CompareConfig}[path.name.split("_")[0]]
+    load_config(cls, path)
+    head = path.read_text(encoding="utf-8").splitlines()[:6]
+    assert any(f"tuneforge {path.name.split('_')[0]} recipes/{path.name}" in line for line in head)

@@ -1,0 +1,154 @@
+"""`tuneforge export` on a tiny random chat model with a LoRA adapter: merged folder, Modelfile, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_gguf_tiny import tiny_chat_model
+
+from tuneforge.errors import UserError
+from tuneforge.parity import GOLDEN_PROMPTS, ChatFormat, HFRunner, chat_format, check_chat_format
+from tuneforge.recipes.export import ExportConfig, export, modelfile_text, stop_strings
+
+SMOL_LIKE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant. Trả lời ngắn gọn.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_with_adapter(tmp_path_factory):
+    """A saved tiny model and a LoRA adapter on it with non-zero B (so merging changes the weights)."""
+    from peft import LoraConfig, get_peft_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    model, tok = tiny_chat_model(seed=1)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    peft.save_pretrained(root / "adapter")
+    return root
+
+
+def test_merged_export_is_a_plain_transformers_folder(tiny_with_adapter, tmp_path):
+    root = tiny_with_adapter
+    cfg = ExportConfig(name="merged", output_dir=str(tmp_path), model=str(root / "base"), adapter=str(root / "adapter"),
+                       format="merged", parity={"max_new_tokens": 12})
+    out = export(cfg)
+    folder = out / "model"
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "chat_template.jinja"} <= names
+    assert not any("adapter" in n for n in names)
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["exact_match_rate"] == 1.0 and parity["prompt_match_rate"] == 1.0 and parity["problems"] == []
+    assert parity["prompts"] == len(GOLDEN_PROMPTS)
+    assert "Parity on golden prompts" in (out / "report.md").read_text()
+    gen = json.loads((folder / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == 2 and gen["pad_token_id"] == 2
+
+    # A fresh interpreter with only transformers: loads, keeps the chat template, and never imports peft.
+    messages = GOLDEN_PROMPTS[3]  # the Vietnamese one
+    code = (
+        "import json, sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}); t = AutoTokenizer.from_pretrained({str(folder)!r})\n"
+        f"text = t.apply_chat_template({messages!r}, tokenize=False, add_generation_prompt=True)\n"
+        "ids = t(text, add_special_tokens=False, return_tensors='pt').input_ids\n"
+        "out = m.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1]:].tolist()\n"
+        "print(json.dumps({'tokens': out, 'peft': 'peft' in sys.modules, 'tuneforge': 'tuneforge' in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["peft"] is False and result["tuneforge"] is False
+
+    from tuneforge.models import load_model
+
+    source, tok = load_model(str(root / "base"), dtype="float32", adapter=str(root / "adapter"), device="cpu")
+    runner = HFRunner(source, tok)
+    want = runner.greedy(runner.prompt_ids(messages), 10, runner.stop_ids())
+    assert result["tokens"][: len(want)] == want
+    base, _ = load_model(str(root / "base"), dtype="float32", device="cpu")
+    base_out = HFRunner(base, tok).greedy(runner.prompt_ids(messages), 10, runner.stop_ids())
+    assert base_out != want  # the adapter matters, so equal tokens above mean it was merged
+
+
+def test_chat_format_reads_default_system_and_modelfile_matches(tiny_with_adapter):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_with_adapter / "base"))
+    tok.chat_template = SMOL_LIKE
+    fmt = chat_format(tok)
+    assert fmt == ChatFormat(
+        prefix="", system_start="<|im_start|>system\n", system_end="<|im_end|>\n", user_start="<|im_start|>user\n",
+        user_end="<|im_end|>\n", assistant_start="<|im_start|>assistant\n", assistant_end="<|im_end|>\n",
+        default_system="You are a helpful assistant. Trả lời ngắn gọn.",
+    )
+    assert check_chat_format(tok, fmt) == []
+    stops, problems = stop_strings(tok, {tok.eos_token_id}, fmt)
+    assert stops == ["<|im_end|>"] and problems == []
+    text = modelfile_text(fmt, "model-q8_0.gguf", stops, 2048)
+    assert text.splitlines()[2] == "FROM ./model-q8_0.gguf"
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert template == (
+        "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+        '{{ range .Messages }}{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n<|im_start|>assistant\n'
+        '{{ else if eq .Role "assistant" }}{{ .Content }}<|im_end|>\n{{ end }}{{ end }}'
+    )
+    assert 'SYSTEM """You are a helpful assistant. Trả lời ngắn gọn."""' in text
+    assert 'PARAMETER stop "<|im_end|>"' in text
+
+
+def test_template_ollama_cannot_express_is_reported(tiny_with_adapter):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_with_adapter / "base"))
+    # Numbered turns: fine for transformers, impossible for a template made of fixed pieces.
+    tok.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + ' ' + loop.index|string + '\n' + m['content'] + '<|im_end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    try:
+        problems = check_chat_format(tok, chat_format(tok))
+    except ValueError as e:  # ChatFormatError: cannot even be cut into pieces
+        problems = [str(e)]
+    assert problems
+
+
+def test_stop_token_that_does_not_close_the_turn_fails_the_gguf_export(tiny_with_adapter, tmp_path):
+    root = tiny_with_adapter
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(root / "base"))
+    tok.eos_token = "<|endoftext|>"  # the template still closes turns with <|im_end|>
+    tok.save_pretrained(root / "base-bad-eos")
+    import shutil
+
+    for f in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(root / "base" / f, root / "base-bad-eos" / f)
+    cfg_json = json.loads((root / "base-bad-eos" / "generation_config.json").read_text())
+    cfg_json["eos_token_id"] = tok.eos_token_id
+    (root / "base-bad-eos" / "generation_config.json").write_text(json.dumps(cfg_json))
+    cfg = ExportConfig(name="bad", output_dir=str(tmp_path), model=str(root / "base-bad-eos"), format="gguf", gguf_type="f16")
+    with pytest.raises(UserError, match=r"closes an assistant turn with '<\|im_end\|>\\n'.*stop tokens are \['<\|endoftext\|>'\]"):
+        export(cfg)
+    assert not (tmp_path / "bad").exists()  # nothing that looks finished
+
+
+def test_unknown_format_is_a_config_error():
+    from tuneforge.config import validate
+
+    with pytest.raises(UserError, match="format"):
+        validate(ExportConfig, {"format": "onnx"})
+    with pytest.raises(UserError, match="gguf_type"):
+        validate(ExportConfig, {"format": "gguf", "gguf_type": "q4_k"})

@@ -1,0 +1,174 @@
+"""Pruning on tiny random Llama models: exact mask counts, 2:4 pattern, Wanda vs magnitude, block removal,
+masked recovery LoRA and save/reload of the zeros."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tuneforge.compress import blocks as blk
+from tuneforge.compress import prune as pr
+from tuneforge.compress.masked_lora import add_masked_lora, merge_masked_lora
+from tuneforge.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared machine: one thread avoids OpenMP spin-waiting (40× faster here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_llama(layers: int = 4, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def calib_batches(n: int = 3, seed: int = 1) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, 64, (2, 12), generator=g)
+        mask = torch.ones(2, 12, dtype=torch.long)
+        mask[1, 9:] = 0  # a padded row: its pad tokens must not count
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def test_prunable_linears_are_the_block_matrices_only():
+    names = list(pr.prunable_linears(tiny_llama(layers=2)))
+    assert len(names) == 2 * 7
+    assert all(n.startswith("model.layers.") for n in names)
+    assert not any("lm_head" in n or "embed" in n for n in names)
+
+
+def test_magnitude_per_matrix_exact_count_and_keeps_the_largest():
+    model = tiny_llama()
+    masks = pr.magnitude_masks(model, 0.5, scope="matrix")
+    pr.apply_masks(model, masks)
+    for name, lin in pr.prunable_linears(model).items():
+        w = lin.weight.detach()
+        assert int((w == 0).sum()) == int(0.5 * w.numel()), name
+        kept, dropped = w[masks[name]].abs(), w.abs()[~masks[name]]
+        assert kept.min() >= dropped.max()
+
+
+def test_magnitude_per_row_exact_count_in_every_row():
+    model = tiny_llama()
+    pr.apply_masks(model, pr.magnitude_masks(model, 0.3, scope="row"))
+    for lin in pr.prunable_linears(model).values():
+        zeros_per_row = (lin.weight == 0).sum(1)
+        assert (zeros_per_row == int(0.3 * lin.in_features)).all()
+
+
+def test_two_four_pattern_holds_in_every_group():
+    model = tiny_llama()
+    pr.apply_masks(model, pr.magnitude_masks(model, 0.0, nm=pr.parse_pattern("2:4")))
+    for lin in pr.prunable_linears(model).values():
+        assert pr.check_nm(lin.weight, 2, 4)
+        groups = lin.weight.reshape(lin.out_features, -1, 4)
+        assert ((groups == 0).sum(-1) == 2).all()
+    assert pr.sparsity_report(model)["prunable_sparsity"] == pytest.approx(0.5)
+
+
+def test_bad_pattern_and_sparsity_are_user_errors():
+    with pytest.raises(UserError, match="N:M"):
+        pr.parse_pattern("4:2")
+    with pytest.raises(UserError, match="sparsity"):
+        pr.mask_from_scores(torch.ones(2, 4), 1.5)
+
+
+def test_wanda_score_differs_from_magnitude_by_hand():
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    norms = torch.tensor([10.0, 1.0, 1.0, 0.1])
+    by_magnitude = pr.mask_from_scores(w.abs(), 0.5, scope="row")
+    by_wanda = pr.mask_from_scores(w.abs() * norms, 0.5, scope="row")
+    assert by_magnitude.tolist() == [[False, False, True, True]]
+    assert by_wanda.tolist() == [[True, False, True, False]]
+
+
+def test_wanda_keeps_weights_on_loud_input_features():
+    model = tiny_llama()
+    magnitude = pr.magnitude_masks(model, 0.5, scope="row")
+    with torch.no_grad():  # features 0..7 of block 0's attention input become 10⁴× louder
+        model.model.layers[0].input_layernorm.weight[:8] = 1e4
+    masks = pr.wanda_prune(model, calib_batches(), 0.5)
+    q = "model.layers.0.self_attn.q_proj"
+    assert masks[q][:, :8].all()
+    assert not magnitude[q][:, :8].all()
+    for name, lin in pr.prunable_linears(model).items():
+        assert ((lin.weight == 0).sum(1) == lin.in_features // 2).all(), name
+        assert torch.equal(lin.weight != 0, masks[name])
+
+
+def test_wanda_two_four():
+    model = tiny_llama()
+    pr.wanda_prune(model, calib_batches(), 0.5, nm=(2, 4))
+    assert all(pr.check_nm(lin.weight, 2, 4) for lin in pr.prunable_linears(model).values())
+
+
+def test_block_removal_drops_the_least_important_block_and_model_still_runs():
+    model = tiny_llama(layers=4)
+    with torch.no_grad():  # block 2 becomes the identity: its residual branches output zero
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    batch = calib_batches(1)[0]
+    importance = blk.block_importance(model, calib_batches())
+    assert importance[2] == pytest.approx(0.0, abs=1e-6)
+    assert min(importance[i] for i in (0, 1, 3)) > 1e-3
+    drop = blk.least_important(importance, 1)
+    assert drop == [2]
+    with torch.no_grad():
+        before = model(**batch).logits
+    blk.remove_blocks(model, drop)
+    assert model.config.num_hidden_layers == 3 and len(model.model.layers) == 3
+    assert [b.self_attn.layer_idx for b in model.model.layers] == [0, 1, 2]
+    with torch.no_grad():
+        after = model(**batch).logits
+    torch.testing.assert_close(after, before)  # removing an identity block changes nothing
+    out = model.generate(batch["input_ids"][:1], max_new_tokens=5, do_sample=False)  # KV cache indices still valid
+    assert out.shape == (1, 17)
+
+
+def test_save_and_reload_keep_zeros_and_removed_blocks(tmp_path):
+    model = tiny_llama()
+    pr.apply_masks(model, pr.magnitude_masks(model, 0.5, scope="row"))
+    blk.remove_blocks(model, [1])
+    report = pr.sparsity_report(model)
+    model.save_pretrained(tmp_path)
+    reloaded = LlamaForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.config.num_hidden_layers == 3
+    again = pr.sparsity_report(reloaded)
+    assert again["per_matrix"] == report["per_matrix"]
+    assert again["prunable_sparsity"] == pytest.approx(0.5)
+    assert again["nonzero_parameters"] == report["nonzero_parameters"] < report["parameters"]
+
+
+def test_masked_recovery_lora_keeps_pruned_weights_at_zero():
+    model = tiny_llama()
+    masks = pr.magnitude_masks(model, 0.5, scope="matrix")
+    pr.apply_masks(model, masks)
+    batch = calib_batches(1)[0]
+    with torch.no_grad():
+        pruned_logits = model(**batch).logits
+    before = {n: lin.weight.detach().clone() for n, lin in pr.prunable_linears(model).items()}
+    params = add_masked_lora(model, pr.prunable_linears(model), masks, r=4, alpha=8)
+    with torch.no_grad():  # B starts at zero: nothing changes until training
+        torch.testing.assert_close(model(**batch).logits, pruned_logits)
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    for _ in range(3):
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    merge_masked_lora(model)
+    assert all(p.requires_grad is False for p in model.parameters())
+    for name, lin in pr.prunable_linears(model).items():
+        assert type(lin).__name__ == "Linear"  # the parametrization is gone after merging
+        assert torch.equal(lin.weight != 0, masks[name]), name
+        assert not torch.equal(lin.weight, before[name])  # the kept weights did train
