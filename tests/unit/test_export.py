@@ -152,3 +152,5 @@ def test_unknown_format_is_a_config_error():
         validate(ExportConfig, {"format": "onnx"})
     with pytest.raises(UserError, match="gguf_type"):
         validate(ExportConfig, {"format": "gguf", "gguf_type": "q4_k"})
+    with pytest.raises(UserError, match="save_dtype"):
+        validate(ExportConfig, {"dtype": "bfloat16"})

@@ -10,7 +10,7 @@ import pytest
 from test_gguf_tiny import CHATML, tiny_chat_model
 
 from tuneforge.errors import UserError
-from tuneforge.quant.gguf_writer import permute_for_rope, write_gguf
+from tuneforge.quant.gguf_writer import detect_pre_tokenizer, permute_for_rope, read_gguf_string, write_gguf
 
 
 def block_bound(ref: np.ndarray, divisor: float) -> np.ndarray:
@@ -184,3 +184,20 @@ def test_quantized_files_are_smaller(tmp_path):
     model, tok = tiny_chat_model(layers=4, extra_vocab=0)
     sizes = {q: write_gguf(model, tok, tmp_path / f"{q}.gguf", q).stat().st_size for q in ("f16", "q8_0", "q4_0")}
     assert sizes["q4_0"] < sizes["q8_0"] < sizes["f16"]
+
+
+def test_header_scan_reads_strings_like_gguf_reader(tmp_path):
+    model, tok = tiny_chat_model()
+    path = write_gguf(model, tok, tmp_path / "tiny.gguf", "f16", name="Mô hình nhỏ")
+    reader = gguf.GGUFReader(path)
+    for key in ("general.name", "tokenizer.ggml.pre", "tokenizer.chat_template"):  # the template sits after the arrays
+        assert read_gguf_string(path, key) == field(reader, key)
+    assert read_gguf_string(path, "no.such.key") is None
+
+
+def test_pre_tokenizer_detection():
+    assert detect_pre_tokenizer({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}) == "gpt-2"
+    smollm = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, {"type": "ByteLevel"}]}
+    assert detect_pre_tokenizer({"pre_tokenizer": smollm}) == "smollm"
+    with pytest.raises(UserError, match="gguf.pre_tokenizer"):
+        detect_pre_tokenizer({"pre_tokenizer": {"type": "Metaspace"}})

@@ -62,3 +62,5 @@ def test_bitsandbytes_needs_a_gpu(setup, method):
 def test_unknown_method_is_a_config_error(setup):
     with pytest.raises(UserError, match="method"):
         config(setup, "int4_awq")
+    with pytest.raises(UserError, match="zero-shot"):
+        config(setup, "gguf_q8_0", eval={"strategy": "few_shot"})

@@ -40,6 +40,8 @@ def test_max_over_gold_answers():
 @pytest.mark.parametrize("text, strategy, want", [
     ("Denver Broncos.\nThey won.", "zero_shot", "Denver Broncos"),
     ("The answer is: Paris", "zero_shot", "Paris"),
+    ("Answer: Paris.", "zero_shot", "Paris"),
+    ("Answers to prayers", "zero_shot", "Answers to prayers"),
     ("The context says the team won.\nAnswer: Denver Broncos", "cot", "Denver Broncos"),
     ("", "zero_shot", None),
 ])

@@ -22,8 +22,10 @@ def load_rows(cfg, task) -> tuple[list[dict], list[dict]]:
 
 def score(model, tok, task, rows: list[dict], eval_cfg, *, label: str) -> tuple[dict, list[dict]]:
     """The task's metrics on `rows` with the same prompting for every model; adds seconds taken."""
+    from tuneforge.recipes.common import truncate_sources
     from tuneforge.recipes.evaluate import score_task
 
+    rows = truncate_sources(task, rows, tok, "dev")  # as `tuneforge evaluate` does, so numbers compare
     model.eval()
     start = time.perf_counter()
     metrics, predictions = score_task(

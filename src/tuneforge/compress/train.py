@@ -44,7 +44,9 @@ def encode_rows(tok, task, rows: Sequence[dict], max_len: int, *, answers: Seque
     """Training conversations → ids with labels on the assistant turn. With `answers` (sequence-level KD)
     the assistant turn is the teacher's generated text instead of the gold one."""
     from tuneforge.data.encode import encode_conversation
+    from tuneforge.recipes.common import truncate_sources
 
+    rows = truncate_sources(task, list(rows), tok, "train")  # as finetune does
     feats = []
     for i, row in enumerate(tqdm(rows, desc="tokenizing", leave=False)):
         conv = task.conversation(row)

@@ -30,13 +30,15 @@ def read_rows(spec: DataSpec) -> list[dict]:
     rows = _rename(records, columns, spec, path, fmt)
     total = len(rows)
     rows = rows[spec.start:]
+    if spec.min_words:
+        rows = [r for r in rows if len(str(r.get("text", "")).split()) >= spec.min_words]
     if spec.shuffle:
         random.Random(spec.seed).shuffle(rows)
     if spec.limit is not None:
         rows = rows[: spec.limit]
     if not rows:
         raise UserError(
-            f"{spec.path}: no rows to use ({total} rows in the file, start={spec.start}, limit={spec.limit}); "
+            f"{spec.path}: no rows to use ({total} rows in the file, start={spec.start}, min_words={spec.min_words}, limit={spec.limit}); "
             "point path at a file with data or lower start"
         )
     return rows

@@ -28,6 +28,9 @@ class DataSpec(BaseModel):
     )
     records_key: str | None = Field(None, description="json only: the key holding the list of records, e.g. data")
     header: bool = Field(True, description="tsv/csv: the first line names the columns")
+    min_words: int | None = Field(
+        None, ge=1, description="drop rows whose `text` has fewer words (SST-2 train mixes short phrases with sentences)"
+    )
     limit: int | None = Field(None, ge=1, description="keep at most this many rows (after shuffling)")
     shuffle: bool = Field(False, description="shuffle rows before `limit`, with `seed`")
     seed: int = Field(0, description="shuffle seed")

@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tuneforge.errors import UserError
+from tuneforge.models.registry import DEFAULT_MODEL
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
 MAX_ATTENTION_TOKENS = 48
@@ -269,17 +270,27 @@ def tokenize(tok, text: str) -> list[dict]:
             covered = text[offsets[i][0] : offsets[i][1]]
         rows.append({"index": i, "id": tid, "piece": pieces[i], "text": covered, "special": tid in special,
                      "span": tuple(offsets[i]) if offsets is not None else None})
-    # Mark byte pieces that share one character span.
-    i = 0
-    while i < len(rows):
-        j = i
-        while j + 1 < len(rows) and rows[j + 1]["span"] and rows[j + 1]["span"] == rows[i]["span"] and rows[i]["text"]:
-            j += 1
-        if j > i:
-            for k in range(i, j + 1):
-                rows[k]["part"] = f"{k - i + 1}/{j - i + 1}"
-        i = j + 1
+    # Byte-level BPE can split one letter's UTF-8 bytes across tokens: their spans overlap. Each chain of
+    # overlapping tokens is marked 1/n..n/n; `new` holds the characters a token adds (they rebuild the text).
+    shown = 0
+    chain: list[dict] = []
+    for r in rows:
+        a, b = r["span"] or (0, 0)
+        r["new"] = text[max(a, shown) : b] if r["span"] and b > a else ("" if r["special"] else r["text"])
+        if chain and r["span"] and a < chain[-1]["span"][1]:
+            chain.append(r)
+        else:
+            mark_chain(chain)
+            chain = [r] if r["span"] and b > a else []
+        shown = max(shown, b)
+    mark_chain(chain)
     return rows
+
+
+def mark_chain(chain: list[dict]) -> None:
+    if len(chain) > 1:
+        for k, r in enumerate(chain, 1):
+            r["part"] = f"{k}/{len(chain)}"
 
 
 def token_label(row: dict) -> str:
@@ -325,12 +336,12 @@ def draw_attention(maps, labels: list[str], path: Path, *, layers: list[int], ti
     from matplotlib.colors import PowerNorm
 
     n_heads, n_tok = maps.shape[1], maps.shape[-1]
-    cell = max(1.5, 0.16 * n_tok)
-    label_room = 0.09 * max(len(x) for x in labels) + 0.6
+    cell = max(1.6, 0.17 * n_tok)  # inches per heatmap: about 12 pt per token row, so labels fit
+    font = max(6.0, min(11.0, 0.7 * cell * 72 / n_tok))
+    label_room = font / 72 * 0.65 * max(len(x) for x in labels) + 0.8
     fig, axes = plt.subplots(len(layers), n_heads, squeeze=False, sharex=True, sharey=True,
                              figsize=(n_heads * cell + label_room + 1.2, len(layers) * cell + label_room + 0.8))
     norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)  # square-root scale: weak links stay visible
-    font = max(5.0, min(9.0, 120 / n_tok))
     image = None
     for r, layer in enumerate(layers):
         for h in range(n_heads):
@@ -340,18 +351,18 @@ def draw_attention(maps, labels: list[str], path: Path, *, layers: list[int], ti
             ax.set_yticks(range(n_tok))
             ax.tick_params(length=0, pad=1)
             if r == 0:
-                ax.set_title(f"head {h}", fontsize=10)
+                ax.set_title(f"head {h}", fontsize=13)
             if h == 0:
                 ax.set_yticklabels(labels, fontsize=font)
-                ax.set_ylabel(f"layer {layer}", fontsize=10, fontweight="bold")
+                ax.set_ylabel(f"layer {layer}", fontsize=13, fontweight="bold")
             if r == len(layers) - 1:
                 ax.set_xticklabels(labels, fontsize=font, rotation=90)
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(title, fontsize=16)
     fig.tight_layout(rect=(0, 0, 0.97, 0.99))
     fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01, label="attention weight (query row → key column)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=90)
     plt.close(fig)
     tmp.replace(path)
     return path
@@ -412,7 +423,7 @@ def inspect_model(
     if attention is not None:
         maps, rows = attention_maps(model, attention, kind)
         picked = parse_layers(layers, maps.shape[0])
-        short = Path(source).name or str(model)
+        short = (model or DEFAULT_MODEL) if not Path(model or "").is_dir() else Path(model).name
         path = Path(out) if out else Path("runs") / "inspect" / f"{short}-attention.png"
         which = "encoder self-attention" if kind == "seq2seq" else "self-attention"
         draw_attention(maps, [token_label(r) for r in rows], path, layers=picked,
@@ -490,10 +501,10 @@ def render(report: dict) -> str:
     if "tokens" in report:
         toks = report["tokens"]
         rows = [[t["index"], t["id"], t["piece"], (t["text"].replace(" ", "␣") if t["text"] else "")
-                 + (f"  (byte piece {t['part']})" if t.get("part") else "") + ("  [special]" if t["special"] else "")]
+                 + (f"  (bytes of one letter split: piece {t['part']})" if t.get("part") else "") + ("  [special]" if t["special"] else "")]
                 for t in toks]
-        chars = sum(len(t["text"]) for t in toks if not t.get("part") or t["part"].startswith("1/"))
-        parts.append(format_table(["#", "id", "piece", "text"], rows,
+        chars = sum(len(t["new"]) for t in toks)
+        parts.append(format_table(["#", "id", "vocab entry", "text it covers"], rows,
                                   title=f"tokens: {len(toks)} for {chars} characters"))
     if "attention_png" in report:
         parts.append(f"attention maps: {report['attention_png']}")

@@ -279,3 +279,15 @@ def finetune_classifier(cfg: ClassifierConfig) -> Path:
             tok.save_pretrained(tmp / "model")
     return target
 
+
+
+def wants_classifier(args) -> bool:
+    """Route `tuneforge finetune` here when the recipe (or an override) says `head: classifier`."""
+    from tuneforge.config import merge, parse_overrides, read_yaml
+
+    path, overrides = args.config, list(args.overrides)
+    if path and "=" in path and not path.endswith((".yaml", ".yml")):
+        overrides.insert(0, path)
+        path = None
+    data = merge(read_yaml(path) if path else {}, parse_overrides(overrides))
+    return is_classifier_config(data)

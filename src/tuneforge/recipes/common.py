@@ -37,3 +37,14 @@ def load_split(task, spec, split: str) -> list[dict]:
     if not rows:
         raise UserError(f"data.{split}: {spec.path} gave no rows; check data.{split}.limit/start and the file")
     return rows
+
+
+def truncate_sources(task, rows: list[dict], tok, split: str) -> list[dict]:
+    """Cut over-long sources (articles, dialogues, contexts) on the source side; report how many."""
+    if not hasattr(task, "truncate"):
+        return rows
+    rows = task.truncate(rows, tok)
+    cut = sum(bool(r.get("truncated")) for r in rows)
+    if cut:
+        print(f"note: {cut} of {len(rows)} {split} rows had their source cut to the task's max_source_tokens")
+    return rows

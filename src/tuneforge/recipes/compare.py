@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
-import time
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -91,28 +89,19 @@ def measure_hf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
 
 
 def measure_gguf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
-    from llama_cpp import Llama
-    from tqdm import tqdm
-
+    """Scored with the quantization recipe's llama.cpp runner (the GGUF's own chat template), timed like HF rows."""
     from tuneforge.compress.measure import gguf_parameters, gguf_speed, weights_size
+    from tuneforge.quant.llamacpp import LlamaCppRunner, score_with_runner
 
-    llm = Llama(model_path=row.path, n_ctx=2048, n_threads=cfg.gguf_threads or os.cpu_count(), verbose=False, seed=0)
-    budget = cfg.eval.max_new_tokens or task.max_new_tokens
-    preds = []
-    start = time.perf_counter()
-    for r in tqdm(dev_rows, desc=row.name, unit="row"):
-        out = llm.create_chat_completion(messages=task.prompt(r), max_tokens=budget, temperature=0.0)
-        preds.append(task.parse(out["choices"][0]["message"]["content"] or ""))
-    metrics = task.score(preds, [task.reference(r) for r in dev_rows])
-    print(f"{row.name}: {task.primary_metric} = {metrics[task.primary_metric]:.4f} ({time.perf_counter() - start:.0f}s)")
-    prompt = llm.tokenize(
-        ("The film was a quiet surprise: patient, funny and warm, with a cast that never oversells a scene. " * 64).encode(),
-        add_bos=False,
-    )[: cfg.speed.prompt_tokens]
-    speed = gguf_speed(llm, prompt, cfg.speed.new_tokens, cfg.speed.repeats)
-    return {"engine": "llama.cpp", "dtype": Path(row.path).stem.rsplit(".", 1)[-1], "parameters": gguf_parameters(row.path),
-            "nonzero_parameters": None, "size_mb": weights_size(row.path) / 1e6, **speed,
-            "metric": metrics[task.primary_metric]}
+    runner = LlamaCppRunner(row.path, n_threads=cfg.gguf_threads)
+    metrics, _ = score_with_runner(runner, task, dev_rows, max_new_tokens=cfg.eval.max_new_tokens, desc=row.name)
+    print(f"{row.name}: {task.primary_metric} = {metrics[task.primary_metric]:.4f} on {len(dev_rows)} rows")
+    text = "The film was a quiet surprise: patient, funny and warm, with a cast that never oversells a scene. " * 64
+    prompt = runner.llm.tokenize(text.encode("utf-8"), add_bos=False)[: cfg.speed.prompt_tokens]
+    speed = gguf_speed(runner.llm, prompt, cfg.speed.new_tokens, cfg.speed.repeats)
+    return {"engine": "llama.cpp", "dtype": Path(row.path).stem.rsplit(".", 1)[-1].rsplit("-", 1)[-1],
+            "parameters": gguf_parameters(row.path), "nonzero_parameters": None,
+            "size_mb": weights_size(row.path) / 1e6, **speed, "metric": metrics[task.primary_metric]}
 
 
 def table_rows(results: list[dict], primary: str) -> list[dict]:

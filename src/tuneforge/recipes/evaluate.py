@@ -9,7 +9,13 @@ from pathlib import Path
 from tuneforge.config import EvaluateConfig
 from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.generation import generate
-from tuneforge.recipes.common import add_config_arguments, build_task, config_from_args, load_split
+from tuneforge.recipes.common import (
+    add_config_arguments,
+    build_task,
+    config_from_args,
+    load_split,
+    truncate_sources,
+)
 
 
 def score_task(model, tok, task, rows: list[dict], *, strategy: str = "zero_shot", shots: Sequence[dict] = (),
@@ -47,6 +53,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit]
     shots = draw_shots(cfg, task)
     model, tok = load_model(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
+    rows = truncate_sources(task, rows, tok, "dev")
     run_dir = new_run_dir(cfg)
     t0 = time.time()
     metrics, predictions = score_task(model, tok, task, rows, strategy=cfg.eval.strategy, shots=shots,

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tuneforge.config import RunConfig
 from tuneforge.errors import UserError
@@ -36,6 +36,12 @@ class ExportConfig(RunConfig):
     ollama: bool = Field(True, description="format=gguf: write an Ollama Modelfile (TEMPLATE, SYSTEM, stop) next to the file")
     gguf: GGUFSection = Field(default_factory=GGUFSection)
     parity: ExportParitySection = Field(default_factory=ExportParitySection)
+
+    @model_validator(mode="after")
+    def _dtype_is_save_dtype(self):
+        if self.dtype != "auto":
+            raise ValueError("dtype: export merges in float32 and saves in save_dtype; set save_dtype instead")
+        return self
 
 
 # -- Ollama ---------------------------------------------------------------------------------------------

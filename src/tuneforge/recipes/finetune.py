@@ -18,7 +18,13 @@ from tuneforge.config import FinetuneConfig
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir, write_json, write_jsonl
 from tuneforge.recipes import training as T
-from tuneforge.recipes.common import add_config_arguments, build_task, config_from_args, load_split
+from tuneforge.recipes.common import (
+    add_config_arguments,
+    build_task,
+    config_from_args,
+    load_split,
+    truncate_sources,
+)
 from tuneforge.recipes.evaluate import score_task
 
 
@@ -99,6 +105,8 @@ def setup(cfg: FinetuneConfig) -> Setup:
     else:
         model = apply_method(model, cfg)
     model.train()
+    train_rows = truncate_sources(task, train_rows, tok, "train")
+    dev_rows = truncate_sources(task, dev_rows, tok, "dev")
 
     examples = [encode_row(tok, task, row, cfg.train.max_seq_len) for row in tqdm(train_rows, desc="tokenizing", leave=False)]
     truncated = sum(e["truncated"] for e in examples)
@@ -297,8 +305,14 @@ def add_arguments(p):
 
 
 def run(args):
-    cfg = config_from_args(FinetuneConfig, args)
-    run_dir = finetune(cfg)
+    from tuneforge.recipes import classifier
+
+    if classifier.wants_classifier(args):  # `head: classifier`: an encoder with a classification head
+        cfg = config_from_args(classifier.ClassifierConfig, args)
+        run_dir = classifier.finetune_classifier(cfg)
+    else:
+        cfg = config_from_args(FinetuneConfig, args)
+        run_dir = finetune(cfg)
     result = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else None
     if result:
         from tuneforge.recipes.run_report import print_summary

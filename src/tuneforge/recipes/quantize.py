@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tuneforge.config import RunConfig, Section
 from tuneforge.fileio import write_json, write_jsonl
@@ -56,6 +56,12 @@ class QuantizeConfig(RunConfig):
     gguf: GGUFSection = Field(default_factory=GGUFSection)
     parity: ParitySection = Field(default_factory=ParitySection)
     speed: SpeedSection = Field(default_factory=SpeedSection)
+
+    @model_validator(mode="after")
+    def _zero_shot_only(self):
+        if self.eval.strategy != "zero_shot":
+            raise ValueError("eval.strategy: quantize scores zero-shot prompts only (llama.cpp has no few-shot/CoT path here)")
+        return self
 
 
 # -- steps ----------------------------------------------------------------------------------------------

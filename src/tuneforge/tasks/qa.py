@@ -19,7 +19,7 @@ from tuneforge.tasks.prompts import cot_suffix, final_answer, first_line, trunca
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PREFIX = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:：]?\s*", re.IGNORECASE)
+_PREFIX = re.compile(r"^\s*(?:the\s+)?answer(?:\s+is\b\s*[:：]?|\s*[:：])\s*", re.IGNORECASE)
 
 
 @dataclass

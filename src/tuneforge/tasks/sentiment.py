@@ -20,7 +20,7 @@ class SentimentTask:
     name: str = "sentiment"
     primary_metric: str = "accuracy"
     eval_mode: str = "generate"
-    max_new_tokens: int = 4
+    max_new_tokens: int = 8  # the model often answers "The sentiment of this text is positive."
     cot_max_new_tokens: int = 96
     strategies: tuple[str, ...] = ("zero_shot", "few_shot", "cot")
 

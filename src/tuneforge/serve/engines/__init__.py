@@ -36,9 +36,9 @@ def gguf_file(model: str | None) -> Path | None:
 def pick_engine(config: ServeConfig) -> str:
     if config.engine != "auto":
         return config.engine
-    model = config.model or ""
-    if model.lower().endswith(".gguf") or (Path(model).is_dir() and not (Path(model) / "config.json").exists()
-                                           and gguf_file(model)):
+    model = config.model
+    if model and (model.lower().endswith(".gguf") or (Path(model).is_dir() and not (Path(model) / "config.json").exists()
+                                                      and gguf_file(model))):
         return "llamacpp"
     if importlib.util.find_spec("vllm") is not None:
         import torch

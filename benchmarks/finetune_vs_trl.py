@@ -1,0 +1,148 @@
+"""The same LoRA job run by tuneforge and by TRL's SFTTrainer + PEFT, one after the other in this process.
+
+Same model (the embedded SmolLM2-135M-Instruct), same SST-2 rows rendered as the same chat prompt and
+label-word completion, same rank / alpha / targets / batch / epochs / learning rate / schedule.
+Prints tokens/s of each (real, non-padding tokens of the training rows divided by the wall time of the
+training call), their ratio, peak memory during training, and SST-2 dev accuracy of each, scored by the
+same batched greedy evaluation.
+
+TRL runs with its defaults except bf16=False: TRL 1.x turns bf16 on by default, and on a CPU without native
+bf16 (no AVX512-BF16/AMX) that runs ~50x slower than fp32; the issue's reference peer was fp32 too.
+
+    python benchmarks/finetune_vs_trl.py                 # 512 train rows, full dev (872)
+    python benchmarks/finetune_vs_trl.py --rows 128 --dev-limit 200   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from tuneforge.config import FinetuneConfig, validate
+from tuneforge.data.encode import encode_conversation
+from tuneforge.recipes.common import build_task, load_split
+from tuneforge.recipes.evaluate import score_task
+
+SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sentiment" / "sst2"
+
+
+class PeakRSS:
+    """Peak resident memory while the block runs (sampled every 50 ms)."""
+
+    def __enter__(self):
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def job_config(args, out_dir: str) -> FinetuneConfig:
+    cols = {"text_column": "sentence", "label_column": "label"}
+    return validate(FinetuneConfig, {
+        "name": "bench-tuneforge", "output_dir": out_dir, "eval_before": False,
+        "task": {"name": "sentiment", "labels": ["negative", "positive"]},
+        "data": {"train": {"path": str(SST2 / "train.tsv"), **cols, "shuffle": True, "seed": 0, "limit": args.rows},
+                 "dev": {"path": str(SST2 / "dev.tsv"), **cols, "limit": args.dev_limit}},
+        "lora": {"r": args.rank, "alpha": args.alpha, "dropout": 0.0, "target_modules": "all-linear"},
+        "train": {"epochs": 1, "batch_size": 8, "lr": args.lr, "schedule": "linear", "warmup_ratio": 0.0,
+                  "max_seq_len": 256, "log_every": 10},
+        "eval": {"batch_size": 32},
+    })
+
+
+def run_tuneforge(cfg):
+    import json
+
+    from tuneforge.recipes.finetune import finetune
+
+    with PeakRSS() as mem:
+        run_dir = finetune(cfg)
+    result = json.loads((run_dir / "metrics.json").read_text())
+    return {"tokens_per_second": result["train"]["tokens_per_second"], "seconds": result["train"]["seconds"],
+            "tokens": result["train"]["tokens"], "peak_rss_gb": mem.peak / 1e9, "accuracy": result["after"]["accuracy"]}
+
+
+def run_trl(cfg, task, train_rows, dev_rows, tok, out_dir: str):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from tuneforge.models import resolve_model
+
+    def pair(row):
+        conv = task.conversation(row)
+        return {"prompt": conv[:-1], "completion": conv[-1:]}
+
+    data = Dataset.from_list([pair(r) for r in train_rows])
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=torch.float32)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+    sft = SFTConfig(output_dir=out_dir, per_device_train_batch_size=8, num_train_epochs=1, learning_rate=cfg.train.lr,
+                    lr_scheduler_type="linear", report_to="none", bf16=False, save_strategy="no", logging_steps=10,
+                    use_cpu=True, seed=cfg.train.seed)
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=data, processing_class=tok, peft_config=lora)
+    tokens = sum(len(encode_conversation(tok, task.conversation(r), 256)["input_ids"]) for r in train_rows)
+    with PeakRSS() as mem:
+        t0 = time.time()
+        trainer.train()
+        seconds = time.time() - t0
+    trained = trainer.model.eval()
+    metrics, _ = score_task(trained, tok, task, dev_rows, batch_size=32, desc="TRL model on dev")
+    return {"tokens_per_second": tokens / seconds, "seconds": seconds, "tokens": tokens,
+            "peak_rss_gb": mem.peak / 1e9, "accuracy": metrics["accuracy"]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=512)
+    p.add_argument("--dev-limit", type=int, default=None)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=8, help="8 is peft's default, which TRL's example uses")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--only", choices=["both", "tuneforge", "trl"], default="both")
+    args = p.parse_args()
+    if not SST2.is_dir():
+        raise SystemExit(f"SST-2 not found at {SST2}")
+    print(f"torch threads: {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    out = tempfile.mkdtemp(prefix="tf-bench-")
+    cfg = job_config(args, out)
+    task = build_task(cfg)
+    results = {}
+    if args.only in ("both", "tuneforge"):
+        results["tuneforge"] = run_tuneforge(cfg)
+    if args.only in ("both", "trl"):
+        from tuneforge.models import load_tokenizer
+
+        tok = load_tokenizer(cfg.model)
+        train_rows = load_split(task, cfg.data.train, "train")
+        dev_rows = load_split(task, cfg.data.dev, "dev")
+        results["trl"] = run_trl(cfg, task, train_rows, dev_rows, tok, out)
+    print(f"\nLoRA r{args.rank} alpha {args.alpha:g} all-linear, {args.rows} SST-2 rows, batch 8, 1 epoch, lr {args.lr:g}")
+    print(f"{'':10} {'tokens':>8} {'seconds':>8} {'tokens/s':>9} {'peak RSS GB':>12} {'dev acc':>8}")
+    for name, r in results.items():
+        print(f"{name:10} {r['tokens']:>8} {r['seconds']:>8.1f} {r['tokens_per_second']:>9.1f} {r['peak_rss_gb']:>12.2f} {r['accuracy']:>8.4f}")
+    if len(results) == 2:
+        ratio = results["tuneforge"]["tokens_per_second"] / results["trl"]["tokens_per_second"]
+        print(f"\ntuneforge / TRL tokens/s: {ratio:.2f}x (target >= 3x); "
+              f"accuracy difference: {results['tuneforge']['accuracy'] - results['trl']['accuracy']:+.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Bad input through the real CLI: one clear message, exit code 2, no traceback, no complete-looking run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+CLI = [sys.executable, "-m", "tuneforge.cli"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=ENV)
+
+
+def write_recipe(tmp_path, model, data, **extra):
+    lines = [f"model: {model}", "dtype: float32", f"output_dir: {tmp_path / 'runs'}", "name: r",
+             "task: {name: sentiment}",
+             f"data:\n  train: {{path: {data}, text_column: sentence, label_column: label}}",
+             "lora: {r: 2, alpha: 4, dropout: 0.0}", "train: {bf16: 'false', batch_size: 2, log_every: 1}"]
+    lines += [f"{k}: {v}" for k, v in extra.items()]
+    path = tmp_path / "recipe.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("override, expected", [
+    (["train.lrr=1"], "train.lrr: unknown key (did you mean 'lr'?)"),
+    (["train.epochs=lots"], "train.epochs: Input should be a valid number"),
+    (["data.train.path=nope.tsv"], "nope.tsv"),
+    (["data.train.text_column=review"], "review"),
+    (["model=no-such-model"], "model 'no-such-model' not found; tried"),
+    (["data.train.start=100"], "no rows"),
+])
+def test_bad_input_gives_one_message_and_exit_2(tiny_llama_dir, sentiment_tsv, tmp_path, override, expected):
+    recipe = write_recipe(tmp_path, tiny_llama_dir, sentiment_tsv)
+    proc = run_cli("finetune", str(recipe), *override)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "runs").glob("*/metrics.json"))
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_llama_dir, sentiment_tsv, tmp_path):
+    recipe = write_recipe(tmp_path, tiny_llama_dir, sentiment_tsv, eval_before="false")
+    proc = subprocess.Popen([*CLI, "finetune", str(recipe), "train.epochs=2000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    metrics = tmp_path / "runs" / "r" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    checkpoints = list((tmp_path / "runs" / "r" / "checkpoints").glob("step-*"))
+    assert checkpoints and "train.resume=" in err + _
+    step = json.loads((checkpoints[0] / "step.json").read_text())["step"]
+    assert step >= 3 and not (tmp_path / "runs" / "r" / "metrics.json").exists()

@@ -1,0 +1,75 @@
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from tuneforge.cli import VERBS
+from tuneforge.config import FinetuneConfig, RunConfig, load_config, parse_overrides, validate
+from tuneforge.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = {"data": {"train": {"path": "x.tsv"}}}
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(UserError) as e:
+        validate(FinetuneConfig, {**TRAIN, "train": {"lrr": 1e-4}})
+    assert "train.lrr: unknown key (did you mean 'lr'?)" in str(e.value)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(UserError) as e:
+        validate(FinetuneConfig, {**TRAIN, "train": {"lr": "fast", "epochs": -1}, "methd": "lora"})
+    msg = str(e.value)
+    assert "3 problem(s)" in msg and "train.lr" in msg and "train.epochs" in msg and "methd" in msg
+
+
+def test_finetune_needs_train_data():
+    with pytest.raises(UserError, match="data.train is required"):
+        validate(FinetuneConfig, {})
+
+
+def test_overrides_parse_yaml_scalars_and_nest():
+    assert parse_overrides(["train.lr=1e-4", "data.train.limit=5", "name=x", "train.bf16=false"]) == {
+        "train": {"lr": 1e-4, "bf16": False}, "data": {"train": {"limit": 5}}, "name": "x"}
+    with pytest.raises(UserError, match="not key=value"):
+        parse_overrides(["train.lr"])
+
+
+def test_override_beats_file_and_bad_yaml_names_the_line(tmp_path):
+    good = tmp_path / "a.yaml"
+    good.write_text("data:\n  train:\n    path: x.tsv\ntrain:\n  lr: 0.1\n")
+    assert load_config(FinetuneConfig, good, ["train.lr=0.5"]).train.lr == 0.5
+    bad = tmp_path / "b.yaml"
+    bad.write_text("train:\n  lr: [1,\n")
+    with pytest.raises(UserError, match=r"b\.yaml:\d+: not valid YAML"):
+        load_config(FinetuneConfig, bad)
+
+
+def _config_classes(module) -> list[type[BaseModel]]:
+    return [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, RunConfig) and v is not RunConfig]
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates_against_its_verb(recipe):
+    text = recipe.read_text(encoding="utf-8")
+    found = re.search(rf"tuneforge ([a-z-]+) recipes/{re.escape(recipe.name)}", text)
+    assert found, f"{recipe.name} must open with the command that runs it"
+    verb = found.group(1)
+    module = importlib.import_module(VERBS[verb][0])
+    classes = _config_classes(module)
+    if verb == "finetune":
+        from tuneforge.recipes.classifier import ClassifierConfig
+
+        classes.append(ClassifierConfig)
+    assert classes, f"no config class found for verb {verb}"
+    errors = []
+    for cls in classes:
+        try:
+            load_config(cls, recipe)
+            return
+        except UserError as e:
+            errors.append(str(e))
+    pytest.fail(f"{recipe.name} does not validate: {errors}")
