@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 # verb -> (module with add_arguments/run, one-line help)
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # A background launcher may hand us SIGINT ignored; Ctrl-C must still stop training with a checkpoint.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from tuneforge.errors import UserError
 
     parser = build_parser()

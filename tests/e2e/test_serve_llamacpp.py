@@ -24,9 +24,9 @@ def test_gguf_is_served_by_llamacpp_with_its_own_template(gguf_server):
     client = openai.OpenAI(base_url=gguf_server.url + "/v1", api_key="x", max_retries=0, timeout=120)
     model = client.models.list().data[0].id
     assert model == "SmolLM2-135M-Instruct.Q4_1"
-    question = [{"role": "user", "content": "What is the capital of France?"}]
+    question = [{"role": "user", "content": "What is 2+2?"}]
     whole = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=24)
-    assert "Paris" in whole.choices[0].message.content and whole.choices[0].finish_reason == "stop"
+    assert "4" in whole.choices[0].message.content and whole.choices[0].finish_reason == "stop"
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model=model, messages=question, temperature=0, max_tokens=24, stream=True) if c.choices)
     assert streamed == whole.choices[0].message.content
@@ -41,3 +41,17 @@ def test_llamacpp_refuses_adapters_with_advice():
 
     with pytest.raises(UserError, match="tuneforge export"):
         load_engine(ServeConfig(model=embedded_gguf(), adapters={"a": "/nowhere"}))
+
+
+def test_answers_match_raw_llama_cpp_python(gguf_server):
+    """Same GGUF, same chat template, greedy: the server says exactly what llama-cpp-python itself says."""
+    from llama_cpp import Llama
+
+    raw = Llama(model_path=embedded_gguf(), n_ctx=2048, n_threads=1, verbose=False)
+    client = openai.OpenAI(base_url=gguf_server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    for text in ("What is the capital of France?", "Xin chào, bạn là ai?"):
+        messages = [{"role": "user", "content": text}]
+        ours = client.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=messages, temperature=0,
+                                              max_tokens=32).choices[0].message.content
+        theirs = raw.create_chat_completion(messages=messages, temperature=0, max_tokens=32)
+        assert ours == theirs["choices"][0]["message"]["content"]

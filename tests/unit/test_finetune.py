@@ -95,7 +95,7 @@ def test_ddp_two_cpu_processes_stay_in_step(tiny_llama_dir, sentiment_tsv, tmp_p
 
     worker = Path(__file__).with_name("ddp_worker.py")
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(worker), str(tiny_llama_dir), str(sentiment_tsv), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -92,7 +92,8 @@ def resolve_model(name: str | None, *, do_import: bool = True) -> str:
         tried.append(f"local folder {path} (exists but has no config.json)")
     else:
         tried.append(f"local folder {path} (not found)")
-    if "/" in name and not path.exists():
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith(("/", ".", "~"))
+    if looks_like_hub_id and not path.exists():
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(name, "config.json")

@@ -103,8 +103,8 @@ class LlamaCppEngine:
                     emit(Chunk("", n, "stop"))
                     return
                 text = decoder.decode(self.llm.detokenize([token]))
-                if n >= s.max_tokens:
-                    emit(Chunk(text + decoder.decode(b"", final=True), n, "length"))
+                if n >= s.max_tokens:  # bytes of a character cut off by the limit are dropped, not shown as U+FFFD
+                    emit(Chunk(text, n, "length"))
                     return
                 if text:
                     emit(Chunk(text, n))

@@ -25,6 +25,7 @@ class TransformersEngine:
         self.model, self.tokenizer = model, tokenizer
         self.adapters = list(adapters or [])
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        check_full_attention(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.scheduler = BatchScheduler(
             model, tokenizer, max_batch=max_batch, end_ids=end_token_ids(tokenizer, getattr(model, "generation_config", None)),
@@ -71,6 +72,15 @@ class TransformersEngine:
 
     def close(self) -> None:
         self.scheduler.close()
+
+
+def check_full_attention(model) -> None:
+    """The batcher pads and trims KV caches by position, which sliding-window layers do not allow."""
+    from transformers import DynamicCache
+
+    if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers):
+        raise UserError("this model uses sliding-window attention, which the transformers engine's batcher does not "
+                        "support yet: serve it with --engine vllm (GPU) or export it to GGUF for --engine llamacpp")
 
 
 def attach_adapters(net, adapters: dict[str, str]):
