@@ -109,6 +109,14 @@ class FinetuneConfig(RunConfig):
 
 
 class EvaluateConfig(RunConfig):
+    """Scores data.dev. A finetune recipe is accepted as is: its training sections are read and ignored."""
+
+    method: Literal["lora", "full", "freeze"] = Field("lora", description="ignored by evaluate")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="ignored by evaluate")
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="ignored by evaluate")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="ignored by evaluate")
+    eval_before: bool = Field(True, description="ignored by evaluate")
+
     @model_validator(mode="after")
     def _needs_dev(self):
         if self.data.dev is None:
