@@ -17,13 +17,6 @@ from tuneforge.recipes.compare import CompareConfig, ModelRow, check_rows, plot_
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_llama():
     torch.manual_seed(0)

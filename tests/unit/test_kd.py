@@ -16,13 +16,6 @@ P = [0.7, 0.2, 0.1]  # teacher
 Q = [0.4, 0.4, 0.2]  # student
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def logits(probs):
     return torch.tensor([math.log(p) for p in probs]) + 3.0  # any shift: softmax ignores it

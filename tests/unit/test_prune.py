@@ -13,15 +13,6 @@ from tuneforge.compress.masked_lora import add_masked_lora, merge_masked_lora
 from tuneforge.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared machine: one thread avoids OpenMP spin-waiting (40× faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_llama(layers: int = 4, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
