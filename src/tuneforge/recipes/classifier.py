@@ -284,10 +284,8 @@ def finetune_classifier(cfg: ClassifierConfig) -> Path:
 def wants_classifier(args) -> bool:
     """Route `tuneforge finetune` here when the recipe (or an override) says `head: classifier`."""
     from tuneforge.config import merge, parse_overrides, read_yaml
+    from tuneforge.recipes.common import split_config_args
 
-    path, overrides = args.config, list(args.overrides)
-    if path and "=" in path and not path.endswith((".yaml", ".yml")):
-        overrides.insert(0, path)
-        path = None
+    path, overrides = split_config_args(args)
     data = merge(read_yaml(path) if path else {}, parse_overrides(overrides))
     return is_classifier_config(data)

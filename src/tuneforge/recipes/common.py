@@ -15,13 +15,17 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 data.train.limit=500")
 
 
-def config_from_args(cls, args):
-    # argparse puts a leading key=value into `config` when no YAML is given
+def split_config_args(args) -> tuple[str | None, list[str]]:
+    """(YAML path, overrides); argparse puts a leading key=value into `config` when no YAML is given."""
     path, overrides = args.config, list(args.overrides)
     if path and "=" in path and not path.endswith((".yaml", ".yml")):
         overrides.insert(0, path)
         path = None
-    return load_config(cls, path, overrides)
+    return path, overrides
+
+
+def config_from_args(cls, args):
+    return load_config(cls, *split_config_args(args))
 
 
 def build_task(cfg):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,7 +187,7 @@ def fit(s: Setup) -> dict:
             for k, batch in enumerate(micro):
                 batch = {key: v.to(acc.device) for key, v in batch.items()}
                 sync = k == len(micro) - 1
-                ctx = acc.no_sync(s.loss_module) if not sync else _nullcontext()
+                ctx = acc.no_sync(s.loss_module) if not sync else nullcontext()
                 with ctx:
                     loss_sum, _ = s.loss_module(**batch)
                     loss = loss_sum / max(n_targets, 1)  # token-weighted: batch 8 == 8 x batch 1 accumulated
@@ -235,14 +236,6 @@ def fit(s: Setup) -> dict:
     return {"tokens": tokens_seen * acc.num_processes, "seconds": seconds,
             "tokens_per_second": tokens_seen * acc.num_processes / max(seconds, 1e-9),
             "steps": s.total_steps - start_step}
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def validate(s: Setup, desc: str = "dev") -> dict:

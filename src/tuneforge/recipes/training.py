@@ -3,6 +3,7 @@ optimizer/schedule, checkpoints. The loop itself lives in plain sight in recipes
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -128,8 +129,6 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler) -> tup
     state = torch.load(folder / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    import json
-
     return json.loads((folder / "step.json").read_text())["step"], state["rng"]
 
 
