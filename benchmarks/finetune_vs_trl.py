@@ -114,8 +114,8 @@ def main():
     p.add_argument("--rows", type=int, default=512)
     p.add_argument("--dev-limit", type=int, default=None)
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--alpha", type=float, default=8, help="8 is peft's default, which TRL's example uses")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--alpha", type=float, default=32, help="the demo recipe's alpha")
+    p.add_argument("--lr", type=float, default=3e-4, help="the demo recipe's learning rate")
     p.add_argument("--only", choices=["both", "tuneforge", "trl"], default="both")
     args = p.parse_args()
     if not SST2.is_dir():

@@ -124,7 +124,7 @@ def setup(cfg: FinetuneConfig) -> Setup:
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
 
-    loss_module = T.TargetOnlyLoss(model)
+    loss_module = T.TargetOnlyLoss(model, cfg.train.share_prefix)
     optimizer = T.make_optimizer(model, cfg.train)
     scheduler = T.make_scheduler(optimizer, cfg.train, total_steps)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)

@@ -100,7 +100,7 @@ def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path
     linears = target_linears(model, prunable_linears(model), cfg.recovery.target_modules)
     add_masked_lora(model, linears, masks, r=cfg.recovery.r, alpha=cfg.recovery.alpha)
     examples = encode_rows(tok, task, train_rows, cfg.train.max_seq_len)
-    stats = train(cfg, task, model, tok, TargetOnlyLoss(model), examples, run_dir)
+    stats = train(cfg, task, model, tok, TargetOnlyLoss(model, cfg.train.share_prefix), examples, run_dir)
     merge_masked_lora(model)
     return stats
 
