@@ -73,3 +73,28 @@ def test_generation_with_a_shared_prefix_gives_the_same_greedy_answers(embedded_
     shared = generate(model, embedded_tokenizer, convs, max_new_tokens=6, batch_size=2, share_prefix=True)
     assert shared == plain
     assert any(plain)
+
+
+def test_distillation_loss_with_a_shared_prefix_equals_the_plain_one(tiny_llama_dir):
+    import copy
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.compress.blocks import keep_blocks
+    from tuneforge.compress.train import DistillLoss
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    student = keep_blocks(copy.deepcopy(teacher), [1])
+    kd = SimpleNamespace(loss="forward_kl", temperature=2.0, beta=0.5, ratio=0.5, chunk_tokens=4)
+    ids, mask, labels = _batch(vocab=teacher.config.vocab_size)
+    results = []
+    for share in (False, True):
+        student.zero_grad(set_to_none=True)
+        loss, n = DistillLoss(student, teacher, kd, share_prefix=share)(ids, mask, labels)
+        loss.backward()
+        results.append((loss.item(), int(n), {k: p.grad.clone() for k, p in student.named_parameters() if p.grad is not None}))
+    assert results[0][1] == results[1][1] == 6
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    for k, g in results[0][2].items():
+        torch.testing.assert_close(results[1][2][k], g, rtol=1e-4, atol=1e-6)

@@ -17,24 +17,26 @@ from tqdm import tqdm
 from tuneforge.compress.blocks import body
 from tuneforge.compress.kd import distill_loss
 from tuneforge.errors import UserError
+from tuneforge.recipes.training import decoder_states
 
 
 class DistillLoss(nn.Module):
     """Summed ratio·KD + (1 − ratio)·CE over target tokens, from both models' final hidden states."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, kd):
+    def __init__(self, student: nn.Module, teacher: nn.Module, kd, share_prefix: bool = True):
         super().__init__()
         self.model = student
         self.frozen = (teacher,)  # a tuple: not a registered submodule, so DDP and optimizers never see it
         self.kd = kd
+        self.share_prefix = share_prefix
 
     def forward(self, input_ids, attention_mask, labels):
         teacher, kd = self.frozen[0], self.kd
+        s_hidden, start = decoder_states(body(self.model), input_ids, attention_mask, labels, self.share_prefix)
         with torch.no_grad():
-            t_hidden = body(teacher)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        s_hidden = body(self.model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            t_hidden, _ = decoder_states(body(teacher), input_ids, attention_mask, labels, start=start)
         loss, info = distill_loss(
-            s_hidden, t_hidden, labels, self.model.get_output_embeddings(), teacher.get_output_embeddings(),
+            s_hidden, t_hidden, labels[:, start:], self.model.get_output_embeddings(), teacher.get_output_embeddings(),
             kind=kd.loss, temperature=kd.temperature, beta=kd.beta, ratio=kd.ratio, chunk_tokens=kd.chunk_tokens,
         )
         return loss * info["targets"], info["targets"]

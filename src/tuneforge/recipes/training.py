@@ -31,8 +31,6 @@ class TargetOnlyLoss(nn.Module):
     gradients through the shared prefix), for a fraction of the compute: task prompts are mostly prefix.
     """
 
-    MIN_SHARED = 8  # below this, two decoder calls cost more than they save
-
     def __init__(self, model: nn.Module, share_prefix: bool = True):
         super().__init__()
         self.model = model
@@ -43,21 +41,30 @@ class TargetOnlyLoss(nn.Module):
 
     def forward(self, input_ids, attention_mask, labels):
         lm = self.causal_lm()
-        decoder = lm.get_decoder()
-        start = shared_prefix_length(input_ids, attention_mask, labels) if self.share_prefix else 0
-        if start >= self.MIN_SHARED and input_ids.shape[0] > 1 and not lm.config.is_encoder_decoder:
-            prefix = decoder(input_ids=input_ids[:1, :start], use_cache=True)
-            cache = getattr(prefix, "cache", None) or prefix.past_key_values  # renamed in transformers 5.2x
-            cache.batch_repeat_interleave(input_ids.shape[0])
-            hidden = decoder(input_ids=input_ids[:, start:], attention_mask=attention_mask, use_cache=False,
-                             **{cache_kwarg(decoder): cache}).last_hidden_state
-        else:
-            start = 0
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden, start = decoder_states(lm.get_decoder(), input_ids, attention_mask, labels, self.share_prefix)
         targets = labels[:, start + 1:]
         keep = targets != IGNORE
         logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
         return F.cross_entropy(logits, targets[keep], reduction="sum"), keep.sum()
+
+
+MIN_SHARED_PREFIX = 8  # below this, two decoder calls cost more than they save
+
+
+def decoder_states(decoder, input_ids, attention_mask, labels, share_prefix: bool = True, start: int | None = None):
+    """Final hidden states from position `start` on, and `start`: the length of the prefix all rows share,
+    run once and continued from its key/value cache (0 when too short to pay off). Pass `start` to reuse
+    one split for a second model on the same batch (distillation's teacher)."""
+    if start is None:
+        start = shared_prefix_length(input_ids, attention_mask, labels) if share_prefix else 0
+    if start < MIN_SHARED_PREFIX or input_ids.shape[0] < 2 or decoder.config.is_encoder_decoder:
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state, 0
+    prefix = decoder(input_ids=input_ids[:1, :start], use_cache=True)
+    cache = getattr(prefix, "cache", None) or prefix.past_key_values  # renamed in transformers 5.2x
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    hidden = decoder(input_ids=input_ids[:, start:], attention_mask=attention_mask, use_cache=False,
+                     **{cache_kwarg(decoder): cache}).last_hidden_state
+    return hidden, start
 
 
 def shared_prefix_length(input_ids, attention_mask, labels) -> int:
