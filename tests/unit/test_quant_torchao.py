@@ -27,13 +27,14 @@ def logits(model, tok):
 
 
 # Activations quantized per token on top of the weights add noise; a random model amplifies both.
-@pytest.mark.parametrize("method, max_rel", [("int8_weight_only", 0.05), ("int8_dynamic", 0.1)])
-def test_int8_saves_smaller_reloads_identically_and_stays_close(float_folder, tmp_path, method, max_rel):
+@pytest.mark.parametrize("method, group_size, max_rel", [("int8_weight_only", None, 0.05), ("int8_weight_only", 16, 0.05),
+                                                         ("int8_dynamic", None, 0.1)])
+def test_int8_saves_smaller_reloads_identically_and_stays_close(float_folder, tmp_path, method, group_size, max_rel):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(float_folder))
     ref = logits(AutoModelForCausalLM.from_pretrained(str(float_folder), dtype=torch.float32), tok)
-    quantized = quantize_folder(float_folder, method, "float32")
+    quantized = quantize_folder(float_folder, method, "float32", group_size)
     assert is_torchao_quantized(quantized)
     got = logits(quantized, tok)
     save_quantized(quantized, tok, tmp_path / "model")
@@ -48,6 +49,15 @@ def test_int8_saves_smaller_reloads_identically_and_stays_close(float_folder, tm
     assert rel < max_rel, f"relative logit error {rel:.4f}"
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
     assert rel > 0  # it was really quantized
+
+
+def test_int8_groups_of_weights_err_less_than_one_scale_per_row(float_folder, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(float_folder))
+    ref = logits(AutoModelForCausalLM.from_pretrained(str(float_folder), dtype=torch.float32), tok)
+    errors = [(logits(quantize_folder(float_folder, "int8_weight_only", "float32", g), tok) - ref).norm() for g in (None, 8)]
+    assert errors[1] < errors[0]
 
 
 def test_unknown_method_and_missing_folder_are_user_errors(float_folder, tmp_path):

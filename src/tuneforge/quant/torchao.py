@@ -13,25 +13,25 @@ from tuneforge.errors import UserError
 TORCHAO_METHODS = ("int8_weight_only", "int8_dynamic")
 
 
-def torchao_config(method: str):
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+def torchao_config(method: str, group_size: int | None = None):
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, PerGroup, PerRow
     from transformers import TorchAoConfig
 
-    if method == "int8_weight_only":
-        return TorchAoConfig(Int8WeightOnlyConfig())
+    if method == "int8_weight_only":  # one scale per output row, or per `group_size` weights of a row
+        return TorchAoConfig(Int8WeightOnlyConfig(granularity=PerGroup(group_size) if group_size else PerRow()))
     if method == "int8_dynamic":  # int8 activations quantized per token at run time, int8 weights per channel
         return TorchAoConfig(Int8DynamicActivationInt8WeightConfig())
     raise UserError(f"torchao method '{method}' is not one of {', '.join(TORCHAO_METHODS)}")
 
 
-def quantize_folder(float_folder: str | Path, method: str, dtype: str = "auto"):
+def quantize_folder(float_folder: str | Path, method: str, dtype: str = "auto", group_size: int | None = None):
     """Load a float HF folder with its Linear weights quantized by torchao; returns the model."""
     from transformers import AutoModelForCausalLM
 
     from tuneforge.models.loading import pick_dtype
 
     return AutoModelForCausalLM.from_pretrained(
-        str(float_folder), quantization_config=torchao_config(method), dtype=pick_dtype(dtype, "cpu")
+        str(float_folder), quantization_config=torchao_config(method, group_size), dtype=pick_dtype(dtype, "cpu")
     ).eval()
 
 

@@ -52,6 +52,8 @@ class QuantizeConfig(RunConfig):
     method: Literal["int8_weight_only", "int8_dynamic", "gguf_f16", "gguf_q8_0", "gguf_q4_0", "bnb_8bit", "bnb_nf4"] = Field(
         "int8_weight_only", description="torchao int8 (CPU), GGUF for llama.cpp, or bitsandbytes (CUDA)"
     )
+    group_size: int | None = Field(None, ge=8, description="int8_weight_only: weights per scale along a row "
+                                   "(e.g. 64; must divide the hidden sizes); null: one scale per row")
     eval_before: bool = Field(True, description="score the float model on the same rows (the 'before' column)")
     gguf: GGUFSection = Field(default_factory=GGUFSection)
     parity: ParitySection = Field(default_factory=ParitySection)
@@ -102,7 +104,7 @@ def quantize_in_torch(cfg: QuantizeConfig, model, tok, run_dir: Path):
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if cfg.method in torchao.TORCHAO_METHODS:
-            quantized = torchao.quantize_folder(tmp, cfg.method, cfg.dtype)
+            quantized = torchao.quantize_folder(tmp, cfg.method, cfg.dtype, cfg.group_size)
         else:
             quantized = bnb.load_bnb(tmp, cfg.method)
     torchao.save_quantized(quantized, tok, run_dir / "model")
