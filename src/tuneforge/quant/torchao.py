@@ -14,7 +14,12 @@ TORCHAO_METHODS = ("int8_weight_only", "int8_dynamic")
 
 
 def torchao_config(method: str, group_size: int | None = None):
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, PerGroup, PerRow
+    from torchao.quantization import (
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        PerGroup,
+        PerRow,
+    )
     from transformers import TorchAoConfig
 
     if method == "int8_weight_only":  # one scale per output row, or per `group_size` weights of a row
