@@ -74,6 +74,16 @@ def encode_rows(tok, rows: list[dict], max_len: int) -> list[dict]:
     ]
 
 
+def unknown_share(tok, features: list[dict]) -> float:
+    """The share of text tokens (special tokens aside) that the tokenizer mapped to its unknown token."""
+    unk = tok.unk_token_id
+    if unk is None:
+        return 0.0
+    special = set(tok.all_special_ids) - {unk}
+    ids = [i for f in features for i in f["input_ids"] if i not in special]
+    return sum(i == unk for i in ids) / len(ids) if ids else 0.0
+
+
 def batches(features: list[dict], batch_size: int, tok, *, shuffle_seed: int | None = None):
     """Dynamic padding: each batch is padded only to its own longest row. With a seed, rows are shuffled,
     then sorted by length inside windows of 50 batches (far less padding, still a random order of batches)."""
@@ -235,6 +245,10 @@ def finetune_classifier(cfg: ClassifierConfig) -> Path:
     max_len = min(cfg.train.max_seq_len, tok.model_max_length or cfg.train.max_seq_len)
     train_feats = encode_rows(tok, train_rows, max_len)
     dev_feats = encode_rows(tok, dev_rows, max_len)
+    unknown = unknown_share(tok, train_feats)
+    if unknown > 0.5:  # e.g. a tokenizer built without its vocabulary: every text looks the same, nothing is learnt
+        print(f"warning: {unknown:.0%} of the training tokens are the unknown token {tok.unk_token!r}; "
+              "the model cannot tell those words apart: check the tokenizer's vocabulary")
     refs = [r["label"] for r in dev_rows]
     bf16 = use_bf16(cfg.train.bf16, next(model.parameters()).device.type)
     eval_bs = cfg.eval.batch_size * 4  # no generation: scoring is one forward pass
