@@ -60,6 +60,12 @@ class QuantizeConfig(RunConfig):
     speed: SpeedSection = Field(default_factory=SpeedSection)
 
     @model_validator(mode="after")
+    def _group_size_is_weight_only(self):
+        if self.group_size and self.method != "int8_weight_only":
+            raise ValueError(f"group_size applies to method int8_weight_only only, not {self.method}: set group_size=null")
+        return self
+
+    @model_validator(mode="after")
     def _zero_shot_only(self):
         if self.eval.strategy != "zero_shot":
             raise ValueError("eval.strategy: quantize scores zero-shot prompts only (llama.cpp has no few-shot/CoT path here)")
