@@ -4,6 +4,7 @@ prompt prefix every row shares (system prompt, instruction, few-shot examples) c
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 
 import torch
@@ -24,9 +25,19 @@ def stop_token_ids(tok) -> list[int]:
 MIN_SHARED_PREFIX = 16  # shorter common prefixes save less than the extra cache copies cost
 
 
+@functools.cache
+def _cache_kwarg_of(decoder_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
+
+
 def cache_kwarg(decoder) -> str:
     """The keyword a decoder takes its KV cache by (transformers 5.2x renamed past_key_values to cache)."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return _cache_kwarg_of(type(decoder))
+
+
+def output_cache(out):
+    """The KV cache a forward with use_cache=True returned, under either of its names."""
+    return getattr(out, "cache", None) or out.past_key_values
 
 
 def common_prefix_length(sequences: list[list[int]]) -> int:
@@ -45,8 +56,7 @@ def prefix_cache(model, prefix: list[int]):
         return None
     decoder = lm.get_decoder()
     out = decoder(input_ids=torch.tensor([prefix], device=next(model.parameters()).device), use_cache=True)
-    cache = getattr(out, "cache", None) or out.past_key_values
-    return cache_kwarg(decoder), cache
+    return cache_kwarg(decoder), output_cache(out)
 
 
 @torch.inference_mode()

@@ -15,7 +15,7 @@ from torch import nn
 
 from tuneforge.data.encode import IGNORE
 from tuneforge.fileio import atomic_dir, write_json
-from tuneforge.generation import cache_kwarg
+from tuneforge.generation import cache_kwarg, output_cache
 
 
 class TargetOnlyLoss(nn.Module):
@@ -60,7 +60,7 @@ def decoder_states(decoder, input_ids, attention_mask, labels, share_prefix: boo
     if start < MIN_SHARED_PREFIX or input_ids.shape[0] < 2 or decoder.config.is_encoder_decoder:
         return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state, 0
     prefix = decoder(input_ids=input_ids[:1, :start], use_cache=True)
-    cache = getattr(prefix, "cache", None) or prefix.past_key_values  # renamed in transformers 5.2x
+    cache = output_cache(prefix)
     cache.batch_repeat_interleave(input_ids.shape[0])
     hidden = decoder(input_ids=input_ids[:, start:], attention_mask=attention_mask, use_cache=False,
                      **{cache_kwarg(decoder): cache}).last_hidden_state
