@@ -11,12 +11,16 @@ bf16 (no AVX512-BF16/AMX) that runs ~50x slower than fp32; the issue's reference
 
     python benchmarks/finetune_vs_trl.py                 # 512 train rows, full dev (872)
     python benchmarks/finetune_vs_trl.py --rows 128 --dev-limit 200   # quicker
+    python benchmarks/finetune_vs_trl.py --seeds 0,1,2    # mean over seeds: one run's accuracy is noisy
+
+Each seed sets both trainers' seed (LoRA init, data order); the training rows are the same for all seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -52,7 +56,7 @@ class PeakRSS:
         self.thread.join()
 
 
-def job_config(args, out_dir: str) -> FinetuneConfig:
+def job_config(args, out_dir: str, seed: int) -> FinetuneConfig:
     cols = {"text_column": "sentence", "label_column": "label"}
     return validate(FinetuneConfig, {
         "name": "bench-tuneforge", "output_dir": out_dir, "eval_before": False,
@@ -61,7 +65,7 @@ def job_config(args, out_dir: str) -> FinetuneConfig:
                  "dev": {"path": str(SST2 / "dev.tsv"), **cols, "limit": args.dev_limit}},
         "lora": {"r": args.rank, "alpha": args.alpha, "dropout": 0.0, "target_modules": "all-linear"},
         "train": {"epochs": 1, "batch_size": 8, "lr": args.lr, "schedule": "linear", "warmup_ratio": 0.0,
-                  "max_seq_len": 256, "log_every": 10},
+                  "max_seq_len": 256, "log_every": 10, "seed": seed},
         "eval": {"batch_size": 32},
     })
 
@@ -109,6 +113,23 @@ def run_trl(cfg, task, train_rows, dev_rows, tok, out_dir: str):
             "peak_rss_gb": mem.peak / 1e9, "accuracy": metrics["accuracy"]}
 
 
+def run_seed(args, seed: int) -> dict[str, dict]:
+    out = tempfile.mkdtemp(prefix="tf-bench-")
+    cfg = job_config(args, out, seed)
+    results = {}
+    if args.only in ("both", "tuneforge"):
+        results["tuneforge"] = run_tuneforge(cfg)
+    if args.only in ("both", "trl"):
+        from tuneforge.models import load_tokenizer
+
+        task = build_task(cfg)
+        tok = load_tokenizer(cfg.model)
+        train_rows = load_split(task, cfg.data.train, "train")
+        dev_rows = load_split(task, cfg.data.dev, "dev")
+        results["trl"] = run_trl(cfg, task, train_rows, dev_rows, tok, out)
+    return results
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=512)
@@ -116,32 +137,32 @@ def main():
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32, help="the demo recipe's alpha")
     p.add_argument("--lr", type=float, default=3e-4, help="the demo recipe's learning rate")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds; the table shows each and the mean")
     p.add_argument("--only", choices=["both", "tuneforge", "trl"], default="both")
     args = p.parse_args()
     if not SST2.is_dir():
         raise SystemExit(f"SST-2 not found at {SST2}")
     print(f"torch threads: {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    out = tempfile.mkdtemp(prefix="tf-bench-")
-    cfg = job_config(args, out)
-    task = build_task(cfg)
-    results = {}
-    if args.only in ("both", "tuneforge"):
-        results["tuneforge"] = run_tuneforge(cfg)
-    if args.only in ("both", "trl"):
-        from tuneforge.models import load_tokenizer
-
-        tok = load_tokenizer(cfg.model)
-        train_rows = load_split(task, cfg.data.train, "train")
-        dev_rows = load_split(task, cfg.data.dev, "dev")
-        results["trl"] = run_trl(cfg, task, train_rows, dev_rows, tok, out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = {seed: run_seed(args, seed) for seed in seeds}
     print(f"\nLoRA r{args.rank} alpha {args.alpha:g} all-linear, {args.rows} SST-2 rows, batch 8, 1 epoch, lr {args.lr:g}")
-    print(f"{'':10} {'tokens':>8} {'seconds':>8} {'tokens/s':>9} {'peak RSS GB':>12} {'dev acc':>8}")
-    for name, r in results.items():
-        print(f"{name:10} {r['tokens']:>8} {r['seconds']:>8.1f} {r['tokens_per_second']:>9.1f} {r['peak_rss_gb']:>12.2f} {r['accuracy']:>8.4f}")
-    if len(results) == 2:
-        ratio = results["tuneforge"]["tokens_per_second"] / results["trl"]["tokens_per_second"]
-        print(f"\ntuneforge / TRL tokens/s: {ratio:.2f}x (target >= 3x); "
-              f"accuracy difference: {results['tuneforge']['accuracy'] - results['trl']['accuracy']:+.4f}")
+    print(f"{'':10} {'seed':>5} {'tokens':>8} {'seconds':>8} {'tokens/s':>9} {'peak RSS GB':>12} {'dev acc':>8}")
+    for seed, results in runs.items():
+        for name, r in results.items():
+            print(f"{name:10} {seed:>5} {r['tokens']:>8} {r['seconds']:>8.1f} {r['tokens_per_second']:>9.1f} "
+                  f"{r['peak_rss_gb']:>12.2f} {r['accuracy']:>8.4f}")
+    names = list(runs[seeds[0]])
+    mean = {n: {k: statistics.mean(runs[s][n][k] for s in seeds) for k in ("tokens_per_second", "accuracy")}
+            for n in names}
+    if len(seeds) > 1:
+        for n in names:
+            print(f"{n:10} {'mean':>5} {'':>8} {'':>8} {mean[n]['tokens_per_second']:>9.1f} {'':>12} "
+                  f"{mean[n]['accuracy']:>8.4f}")
+    if len(names) == 2:
+        ratio = mean["tuneforge"]["tokens_per_second"] / mean["trl"]["tokens_per_second"]
+        diff = mean["tuneforge"]["accuracy"] - mean["trl"]["accuracy"]
+        print(f"\ntuneforge / TRL tokens/s: {ratio:.2f}x (target >= 3x); accuracy difference "
+              f"(mean of {len(seeds)} seed{'s' * (len(seeds) > 1)}): {diff:+.4f}")
 
 
 if __name__ == "__main__":

@@ -136,11 +136,14 @@ def summarize(results: list[dict], errors: list[str], wall: float, clients: int)
             "ttft_p50": pct(ttft, 50), "p50": pct(lat, 50), "p90": pct(lat, 90), "p99": pct(lat, 99)}
 
 
-def raw_llamacpp(threads: int, requests: int, max_tokens: int, time_limit: float) -> dict:
-    """The peer: llama-cpp-python's own chat completion on the same GGUF, one stream, same prompts."""
+def load_raw_llamacpp(threads: int):
     from llama_cpp import Llama
 
-    llm = Llama(model_path=embedded_gguf(), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
+    return Llama(model_path=embedded_gguf(), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+
+def raw_llamacpp(llm, requests: int, max_tokens: int, time_limit: float) -> dict:
+    """The peer: llama-cpp-python's own chat completion on the same GGUF, one stream, same prompts."""
     results = []
     stop_at = time.monotonic() + time_limit
     t_all = time.perf_counter()
@@ -176,30 +179,41 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=180, help="seconds per level before clients stop sending")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--no-peer", action="store_true", help="skip raw llama-cpp-python")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="one-stream llamacpp vs raw: alternating rounds, so drift in machine speed hits both")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     print(f"{'engine':<14} {'clients':>7} {'reqs':>5} {'err':>4} {'5xx':>4} {'req/s':>7} {'tok/s':>8} "
           f"{'ttft_p50':>8} {'p50_s':>7} {'p90_s':>7} {'p99_s':>7}")
     table: dict[tuple[str, int], dict] = {}
+    with_peer = not args.no_peer and "llamacpp" in args.engines
+    raw = load_raw_llamacpp(args.threads) if with_peer else None
+    pairs: list[tuple[dict, dict]] = []  # (engine, raw) rows of the one-stream rounds
     for engine in args.engines.split(","):
         proc, url = start_server(engine, args.threads)
         try:
             model = openai.OpenAI(base_url=url + "/v1", api_key="bench").models.list().data[0].id
             one_request(openai.OpenAI(base_url=url + "/v1", api_key="bench"), model, PROMPTS[0], 8)  # warm-up
             for clients in levels:
-                table[(engine, clients)] = load_level(url, model, clients, args.requests, args.max_tokens, args.time_limit)
-                show(engine, table[(engine, clients)])
+                paired = engine == "llamacpp" and clients == 1 and raw is not None
+                for _ in range(args.rounds if paired else 1):
+                    if paired:
+                        peer = raw_llamacpp(raw, args.requests, args.max_tokens, args.time_limit)
+                        show("raw llama.cpp", peer)
+                    table[(engine, clients)] = load_level(url, model, clients, args.requests, args.max_tokens,
+                                                          args.time_limit)
+                    show(engine, table[(engine, clients)])
+                    if paired:
+                        pairs.append((table[(engine, clients)], peer))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    peer = None
-    if not args.no_peer and "llamacpp" in args.engines:
-        peer = raw_llamacpp(args.threads, args.requests, args.max_tokens, args.time_limit)
-        show("raw llama.cpp", peer)
     print()
-    if peer and ("llamacpp", 1) in table:
-        ratio = table[("llamacpp", 1)]["tok_s"] / peer["tok_s"]
-        print(f"llamacpp engine / raw llama-cpp-python, one stream: {ratio:.2f} (target >= 0.90: "
+    if pairs:
+        ratios = [e["tok_s"] / r["tok_s"] for e, r in pairs]
+        ratio = statistics.median(ratios)
+        print(f"llamacpp engine / raw llama-cpp-python, one stream, {len(pairs)} alternating rounds: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f} (target >= 0.90: "
               f"{'met' if ratio >= 0.9 else 'NOT met'})")
     if ("transformers", 1) in table and ("transformers", 8) in table:
         ratio = table[("transformers", 8)]["tok_s"] / table[("transformers", 1)]["tok_s"]

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.serve.engines.base import END_OF_TURN_TOKENS, Chunk, GenerationRequest
+from tuneforge.serve.engines.base import END_OF_TURN_TOKENS, Chunk, GenerationRequest, queued_chunks
 
 
 class LlamaCppEngine:
@@ -75,13 +75,8 @@ class LlamaCppEngine:
 
         self.worker.submit(self._generate, request, emit, stop)
         try:
-            while True:
-                item = await inbox.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason:
-                    return
+            async for chunk in queued_chunks(inbox):
+                yield chunk
         finally:
             stop.set()
 

@@ -15,7 +15,14 @@ from collections import deque
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.serve.engines.base import BASE, Chunk, GenerationRequest, IncrementalDecoder, end_token_ids
+from tuneforge.serve.engines.base import (
+    BASE,
+    Chunk,
+    GenerationRequest,
+    IncrementalDecoder,
+    end_token_ids,
+    queued_chunks,
+)
 
 
 class TransformersEngine:
@@ -60,13 +67,8 @@ class TransformersEngine:
                   lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item))
         self.scheduler.submit(job)
         try:
-            while True:
-                item = await inbox.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason:
-                    return
+            async for chunk in queued_chunks(inbox):
+                yield chunk
         finally:
             job.cancelled = True  # a closed stream (client gone, stop string) frees its row at the next step
 
