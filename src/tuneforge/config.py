@@ -101,6 +101,8 @@ class FinetuneConfig(RunConfig):
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval_before: bool = Field(True, description="score the model before training too (the 'before' column)")
+    prompting: str | None = Field(None, description="a `tuneforge prompt-eval` run folder on the same task and dev "
+                                                   "rows: its strategies appear beside before/after in the report")
 
     @model_validator(mode="after")
     def _needs_data(self):
@@ -117,6 +119,7 @@ class EvaluateConfig(RunConfig):
     freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="ignored by evaluate")
     train: TrainConfig = Field(default_factory=TrainConfig, description="ignored by evaluate")
     eval_before: bool = Field(True, description="ignored by evaluate")
+    prompting: str | None = Field(None, description="ignored by evaluate")
 
     @model_validator(mode="after")
     def _needs_dev(self):

@@ -105,3 +105,42 @@ def test_ddp_two_cpu_processes_stay_in_step(tiny_llama_dir, sentiment_tsv, tmp_p
     for name in w0:
         torch.testing.assert_close(w0[name], w1[name])
     assert any(w0[n].abs().sum() > 0 for n in w0 if "lora_B" in n)  # they trained
+
+
+def prompt_eval_run(model_dir, data, out):
+    from tuneforge.recipes.prompt_eval import PromptEvalConfig, prompt_eval
+
+    cols = {"text_column": "sentence", "label_column": "label"}
+    return prompt_eval(validate(PromptEvalConfig, {
+        "name": "pe", "output_dir": str(out), "model": str(model_dir), "dtype": "float32",
+        "task": {"name": "sentiment"}, "strategies": ["zero_shot", "few_shot"],
+        "data": {"train": {"path": str(data), **cols}, "dev": {"path": str(data), **cols}},
+        "eval": {"batch_size": 8, "max_new_tokens": 2, "shots": 2},
+    }))
+
+
+def test_report_shows_prompting_rows_beside_before_and_after(tiny_llama_dir, sentiment_tsv, tmp_path):
+    pe_dir = prompt_eval_run(tiny_llama_dir, sentiment_tsv, tmp_path / "pe")
+    scored = json.loads((pe_dir / "metrics.json").read_text())["strategies"]
+    cfg = make_cfg(tiny_llama_dir, sentiment_tsv, tmp_path / "ft", epochs=1).model_copy(update={"prompting": str(pe_dir)})
+    run_dir = finetune(cfg)
+    result = json.loads((run_dir / "metrics.json").read_text())
+    assert [p["strategy"] for p in result["prompting"]] == ["zero_shot", "few_shot"]
+    assert result["prompting"][1]["metrics"]["accuracy"] == scored["few_shot"]["accuracy"]
+    report = (run_dir / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("|")]
+    arms = [line.split("|")[1].strip() for line in rows]
+    assert arms[-4:] == ["before (zero-shot)", "prompting: zero_shot", "prompting: few_shot", "after (lora)"]
+
+
+def test_prompting_run_on_other_rows_is_refused_before_training(tiny_llama_dir, sentiment_tsv, tmp_path):
+    from tuneforge.errors import UserError
+
+    pe_dir = prompt_eval_run(tiny_llama_dir, sentiment_tsv, tmp_path / "pe")
+    cfg = make_cfg(tiny_llama_dir, sentiment_tsv, tmp_path / "ft").model_copy(update={"prompting": str(pe_dir)})
+    cfg.eval.limit = 3
+    with pytest.raises(UserError, match="dev rows"):
+        finetune(cfg)
+    assert not (tmp_path / "ft").exists()  # refused before a run folder was made
+    with pytest.raises(UserError, match="prompt-eval"):
+        finetune(cfg.model_copy(update={"prompting": str(tmp_path / "missing")}))

@@ -27,6 +27,7 @@ from tuneforge.recipes.common import (
     truncate_sources,
 )
 from tuneforge.recipes.evaluate import score_task
+from tuneforge.recipes.run_report import read_prompting
 
 
 class Interrupted(Exception):
@@ -49,6 +50,7 @@ class Setup:
     run_dir: Path
     total_steps: int
     history: list[dict] = field(default_factory=list)
+    prompting: list[dict] = field(default_factory=list)  # strategies of cfg.prompting, for the report
 
 
 def use_bf16(setting: str, device: str) -> bool:
@@ -92,6 +94,7 @@ def setup(cfg: FinetuneConfig) -> Setup:
     task = build_task(cfg)
     train_rows = load_split(task, cfg.data.train, "train")
     dev_rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
+    prompting = read_prompting(cfg.prompting, task.name, len(dev_rows)) if cfg.prompting else []
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
@@ -130,7 +133,7 @@ def setup(cfg: FinetuneConfig) -> Setup:
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     run_dir = resolve_run_dir(cfg, accelerator)
     return Setup(cfg, task, accelerator, model, tok, loss_module, optimizer, scheduler, examples, batches,
-                 dev_rows, run_dir, total_steps)
+                 dev_rows, run_dir, total_steps, prompting=prompting)
 
 
 def encode_row(tok, task, row, max_len):
@@ -263,6 +266,8 @@ def save_artifact(s: Setup) -> Path:
 
 
 def finetune(cfg: FinetuneConfig) -> Path:
+    from tuneforge.recipes.run_report import write_run_report
+
     s = setup(cfg)
     acc = s.accelerator
     trainable, total = T.count_params(s.model)
@@ -285,9 +290,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         write_jsonl(s.run_dir / "predictions.jsonl", s.last_predictions)
     result = {"task": s.task.name, "method": cfg.method, "model": cfg.model, "primary_metric": s.task.primary_metric,
               "before": headline(before), "after": headline(after), "train": train,
-              "detail": {"before": before, "after": after}, "artifact": str(artifact)}
-    from tuneforge.recipes.run_report import write_run_report
-
+              "detail": {"before": before, "after": after}, "artifact": str(artifact), "prompting": s.prompting}
     write_run_report(s.run_dir, result, s.history)
     write_json(s.run_dir / "metrics.json", result)  # written last: its presence marks a complete run
     return s.run_dir

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from tuneforge.errors import UserError
 from tuneforge.report import format_table, plot_loss, plot_metric_bars, write_report
+
+
+def read_prompting(folder: str, task: str, dev_rows: int) -> list[dict]:
+    """The strategies of a prompt-eval run, checked to be comparable (same task, same number of dev rows)."""
+    path = Path(folder) / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"prompting: {path} not found; run `tuneforge prompt-eval` first, or point at its run folder")
+    try:
+        found = json.loads(path.read_text())
+        strategies = found["strategies"]
+    except (ValueError, KeyError) as e:
+        raise UserError(f"prompting: {path} is not a prompt-eval result ({e})") from e
+    if found.get("task") != task:
+        raise UserError(f"prompting: {folder} scored task '{found.get('task')}', this run trains '{task}'")
+    if found.get("dev_rows") != dev_rows:
+        raise UserError(f"prompting: {folder} scored {found.get('dev_rows')} dev rows, this run scores {dev_rows}; "
+                        "use the same data.dev and eval.limit so the rows compare")
+    return [{"strategy": name, "metrics": metrics} for name, metrics in strategies.items()]
 
 
 def comparison_rows(result: dict) -> list[dict]:
