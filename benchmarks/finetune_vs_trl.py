@@ -65,7 +65,8 @@ def job_config(args, out_dir: str, seed: int) -> FinetuneConfig:
                  "dev": {"path": str(SST2 / "dev.tsv"), **cols, "limit": args.dev_limit}},
         "lora": {"r": args.rank, "alpha": args.alpha, "dropout": 0.0, "target_modules": "all-linear"},
         "train": {"epochs": 1, "batch_size": 8, "lr": args.lr, "schedule": "linear", "warmup_ratio": 0.0,
-                  "max_seq_len": 256, "log_every": 10, "seed": seed},
+                  "max_seq_len": 256, "log_every": 10, "seed": seed,
+                  "group_by_length": not args.random_batches},
         "eval": {"batch_size": 32},
     })
 
@@ -138,6 +139,7 @@ def main():
     p.add_argument("--alpha", type=float, default=32, help="the demo recipe's alpha")
     p.add_argument("--lr", type=float, default=3e-4, help="the demo recipe's learning rate")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds; the table shows each and the mean")
+    p.add_argument("--random-batches", action="store_true", help="tuneforge: train.group_by_length=false")
     p.add_argument("--only", choices=["both", "tuneforge", "trl"], default="both")
     args = p.parse_args()
     if not SST2.is_dir():

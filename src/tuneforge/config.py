@@ -63,6 +63,7 @@ class TrainConfig(Section):
     seed: int = Field(0, description="seeds data order, dropout and init")
     bf16: Literal["auto", "true", "false"] = Field("auto", description="bf16 autocast: auto = where the CPU/GPU supports it")
     share_prefix: bool = Field(True, description="run the prompt prefix all rows of a batch share once per batch (exact)")
+    group_by_length: bool = Field(True, description="batch rows of similar length (less padding); false: random batches")
     log_every: int = Field(5, ge=1, description="optimizer steps between metrics.jsonl lines")
     eval_every: int = Field(0, ge=0, description="optimizer steps between dev evaluations (0: only at the end)")
     save_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: only on interrupt)")

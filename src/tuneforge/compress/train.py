@@ -72,7 +72,7 @@ def train(cfg, task, model: nn.Module, tok, loss_module: nn.Module, examples: li
     bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
     batches = T.group_batches([len(e["input_ids"]) for e in examples], cfg.train.batch_size, cfg.train.seed,
-                              cfg.train.epochs)
+                              cfg.train.epochs, cfg.train.group_by_length)
     usable = len(batches) - len(batches) % cfg.train.grad_accum or len(batches)
     batches = batches[:usable]
     total_steps = max(1, len(batches) // cfg.train.grad_accum)

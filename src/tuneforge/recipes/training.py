@@ -78,11 +78,12 @@ def shared_prefix_length(input_ids, attention_mask, labels) -> int:
     return max(0, min(first_diff, first_target, input_ids.shape[1] - 1))
 
 
-def group_batches(lengths: list[int], batch_size: int, seed: int, epochs: float) -> list[list[int]]:
-    """Shuffled batches of similar-length rows (sorted within windows of 64 batches): almost no padding."""
+def group_batches(lengths: list[int], batch_size: int, seed: int, epochs: float,
+                  by_length: bool = True) -> list[list[int]]:
+    """Shuffled batches; `by_length`: of similar-length rows (sorted within windows of 64 batches), almost no padding."""
     rng = random.Random(seed)
     n = len(lengths)
-    window = batch_size * 64
+    window = batch_size * 64 if by_length else batch_size
     batches: list[list[int]] = []
     per_epoch = math.ceil(n / batch_size)
     for _ in range(math.ceil(epochs)):
