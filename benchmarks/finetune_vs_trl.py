@@ -6,8 +6,10 @@ Prints tokens/s of each (real, non-padding tokens of the training rows divided b
 training call), their ratio, peak memory during training, and SST-2 dev accuracy of each, scored by the
 same batched greedy evaluation.
 
-TRL runs with its defaults except bf16=False: TRL 1.x turns bf16 on by default, and on a CPU without native
-bf16 (no AVX512-BF16/AMX) that runs ~50x slower than fp32; the issue's reference peer was fp32 too.
+TRL runs with its defaults except two: bf16=False (TRL 1.x turns bf16 on by default, and on a CPU without native
+bf16, no AVX512-BF16/AMX, that runs ~50x slower than fp32; the issue's reference peer was fp32 too) and
+gradient_checkpointing=False (TRL's default recomputes activations to save memory, which a 135M model does not
+need and tuneforge does not do). Both start from the same LoRA init (same seed, same seeded steps).
 
     python benchmarks/finetune_vs_trl.py                 # 512 train rows, full dev (872)
     python benchmarks/finetune_vs_trl.py --rows 128 --dev-limit 200   # quicker
@@ -84,25 +86,27 @@ def run_tuneforge(cfg):
 
 
 def run_trl(cfg, task, train_rows, dev_rows, tok, out_dir: str):
+    from accelerate.utils import set_seed
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from tuneforge.models import resolve_model
+    from tuneforge.models import load_model
+    from tuneforge.recipes.finetune import apply_method
 
     def pair(row):
         conv = task.conversation(row)
         return {"prompt": conv[:-1], "completion": conv[-1:]}
 
     data = Dataset.from_list([pair(r) for r in train_rows])
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=torch.float32)
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
+    # The same seeded steps as finetune's setup, so TRL starts from the very same LoRA init as tuneforge:
+    # a paired comparison (the init is the largest source of run-to-run spread at 512 rows).
+    set_seed(cfg.train.seed)
+    model, _ = load_model(cfg.model, dtype="float32", adapter=None, device="cpu")
+    model = apply_method(model, cfg)
     sft = SFTConfig(output_dir=out_dir, per_device_train_batch_size=8, num_train_epochs=1, learning_rate=cfg.train.lr,
                     lr_scheduler_type="linear", report_to="none", bf16=False, save_strategy="no", logging_steps=10,
-                    use_cpu=True, seed=cfg.train.seed)
-    trainer = SFTTrainer(model=model, args=sft, train_dataset=data, processing_class=tok, peft_config=lora)
+                    use_cpu=True, seed=cfg.train.seed, gradient_checkpointing=False)
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=data, processing_class=tok)
     tokens = sum(len(encode_conversation(tok, task.conversation(r), 256)["input_ids"]) for r in train_rows)
     with PeakRSS() as mem:
         t0 = time.time()
