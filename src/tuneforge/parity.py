@@ -47,6 +47,14 @@ class HFRunner:
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
 
+    def next_logits(self, ids: list[int]):
+        """Logits of the token after `ids` (one forward pass, float32)."""
+        import torch
+
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            return self.model(torch.tensor([ids], device=device)).logits[0, -1].float().cpu()
+
     def greedy(self, ids: list[int], max_new_tokens: int, stop_ids=frozenset()) -> list[int]:
         import torch
 
@@ -85,10 +93,21 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+TIE_MARGIN = 0.1  # logits: a lower-precision export may flip a greedy choice the source itself made by less
+
+
 @dataclass
 class ParityResult:
     rows: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # template / stop-token mismatches: these fail an export
+    tie_margin: float = TIE_MARGIN
+
+    @property
+    def equivalent_rate(self) -> float:
+        """Share of answers identical, or first differing where the source's own logit gap was under tie_margin."""
+        ok = [r["tokens_equal"] or (r.get("source_gap") is not None and r["source_gap"] < self.tie_margin)
+              for r in self.rows]
+        return sum(ok) / max(len(ok), 1)
 
     @property
     def exact_match_rate(self) -> float:
@@ -109,6 +128,8 @@ class ParityResult:
             "exact_match_rate": round(self.exact_match_rate, 4),
             "token_agreement": round(self.token_agreement, 4),
             "prompt_match_rate": round(self.prompt_match_rate, 4),
+            "equivalent_rate": round(self.equivalent_rate, 4),
+            "tie_margin": self.tie_margin,
             "problems": list(self.problems),
         }
 
@@ -118,13 +139,18 @@ class ParityResult:
             f"## {title}",
             "",
             f"Greedy answers identical on {sum(r['tokens_equal'] for r in self.rows)}/{s['prompts']} golden prompts "
-            f"(token agreement {s['token_agreement']:.3f}); prompt tokens identical on {s['prompt_match_rate']:.0%}.",
+            f"(token agreement {s['token_agreement']:.3f}); prompt tokens identical on {s['prompt_match_rate']:.0%}. "
+            f"Identical or first differing at a near-tie (the source's own logit gap between the two tokens under "
+            f"{self.tie_margin:g}): {s['equivalent_rate']:.0%}.",
             "",
         ]
         lines += [f"- **problem**: {p}" for p in self.problems] + ([""] if self.problems else [])
-        lines += ["| prompt | same prompt tokens | same answer | first difference | source | export |", "|---|---|---|---|---|---|"]
+        lines += ["| prompt | same prompt tokens | same answer | first difference | source logit gap there | source | export |",
+                  "|---|---|---|---|---|---|---|"]
         for r in self.rows:
-            cells = [r["prompt"], r["prompt_tokens_equal"], r["tokens_equal"], r["first_difference"], r["source_text"], r["export_text"]]
+            gap = r.get("source_gap")
+            cells = [r["prompt"], r["prompt_tokens_equal"], r["tokens_equal"], r["first_difference"],
+                     "" if gap is None else f"{gap:.4f}", r["source_text"], r["export_text"]]
             lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -151,6 +177,10 @@ def run_parity(source, export, prompts: list[list[dict]] | None = None, *, max_n
         out_src = source.greedy(ids_src, max_new_tokens, stops_src)
         out_exp = export.greedy(ids_src, max_new_tokens, stops_exp)
         n = common_prefix(out_src, out_exp)
+        gap = None
+        if out_src != out_exp and n < min(len(out_src), len(out_exp)) and hasattr(source, "next_logits"):
+            logits = source.next_logits(ids_src + out_src[:n])
+            gap = float(logits[out_src[n]] - logits[out_exp[n]])
         result.rows.append(
             {
                 "prompt": messages[-1]["content"],
@@ -158,6 +188,7 @@ def run_parity(source, export, prompts: list[list[dict]] | None = None, *, max_n
                 "tokens_equal": out_src == out_exp,
                 "first_difference": None if out_src == out_exp else n,
                 "agreement": n / max(len(out_src), len(out_exp), 1),
+                "source_gap": gap,  # how much the source preferred its own token where the two first differ
                 "source_tokens": out_src,
                 "export_tokens": out_exp,
                 "source_text": source.decode(out_src),

@@ -213,7 +213,8 @@ def export(cfg: ExportConfig) -> Path:
     artifact = target / artifact.relative_to(out)
     line = f"export: {artifact}"
     if parity:
-        line += f" (golden prompts identical: {parity.exact_match_rate:.0%}, token agreement {parity.token_agreement:.3f})"
+        line += (f" (golden prompts identical: {parity.exact_match_rate:.0%}, identical or first differing at a "
+                 f"near-tie: {parity.equivalent_rate:.0%}, token agreement {parity.token_agreement:.3f})")
     print(line)
     return target
 
@@ -227,7 +228,9 @@ def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, pr
                ("model", cfg.model or "embedded default"), ("adapter", cfg.adapter or "none")]
     tables = []
     if parity:
-        summary += [("golden prompts identical", parity.exact_match_rate), ("token agreement", parity.token_agreement),
+        summary += [("golden prompts identical", parity.exact_match_rate),
+                    ("identical or first differing at a near-tie", parity.equivalent_rate),
+                    ("token agreement", parity.token_agreement),
                     ("prompt tokens identical", parity.prompt_match_rate)]
         tables.append(("Parity on golden prompts (greedy)", [
             {"prompt": r["prompt"], "same prompt tokens": r["prompt_tokens_equal"], "same answer": r["tokens_equal"],
