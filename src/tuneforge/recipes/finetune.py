@@ -27,7 +27,7 @@ from tuneforge.recipes.common import (
     truncate_sources,
 )
 from tuneforge.recipes.evaluate import score_task
-from tuneforge.recipes.run_report import read_prompting
+from tuneforge.recipes.run_report import read_prompting, write_run_report
 
 
 class Interrupted(Exception):
@@ -119,7 +119,8 @@ def setup(cfg: FinetuneConfig) -> Setup:
               f"{cfg.train.max_seq_len} and were cut on the source side")
     if not any(any(label != -100 for label in e["labels"]) for e in examples):
         raise UserError("no training example has a target token: check data.train columns and task settings")
-    batches = T.group_batches([len(e["input_ids"]) for e in examples], cfg.train.batch_size, cfg.train.seed, cfg.train.epochs, cfg.train.group_by_length)
+    batches = T.group_batches([len(e["input_ids"]) for e in examples], cfg.train.batch_size, cfg.train.seed, cfg.train.epochs,
+                              cfg.train.group_by_length)
     world, rank = accelerator.num_processes, accelerator.process_index
     usable = len(batches) - len(batches) % (world * cfg.train.grad_accum) or len(batches)
     batches = batches[:usable][rank::world]
@@ -266,8 +267,6 @@ def save_artifact(s: Setup) -> Path:
 
 
 def finetune(cfg: FinetuneConfig) -> Path:
-    from tuneforge.recipes.run_report import write_run_report
-
     s = setup(cfg)
     acc = s.accelerator
     trainable, total = T.count_params(s.model)
