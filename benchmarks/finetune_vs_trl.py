@@ -6,10 +6,13 @@ Prints tokens/s of each (real, non-padding tokens of the training rows divided b
 training call), their ratio, peak memory during training, and SST-2 dev accuracy of each, scored by the
 same batched greedy evaluation.
 
-TRL runs with its defaults except two: bf16=False (TRL 1.x turns bf16 on by default, and on a CPU without native
-bf16, no AVX512-BF16/AMX, that runs ~50x slower than fp32; the issue's reference peer was fp32 too) and
-gradient_checkpointing=False (TRL's default recomputes activations to save memory, which a 135M model does not
-need and tuneforge does not do). Both start from the same LoRA init (same seed, same seeded steps).
+TRL runs with its defaults (the issue's reference is "TRL's defaults") except bf16=False (TRL 1.x turns bf16 on by
+default, and on a CPU without native bf16, no AVX512-BF16/AMX, that runs ~50x slower than fp32; the reference
+peer was fp32 too). Its defaults include gradient checkpointing, which recomputes activations to save memory
+(tuneforge does not); `--trl-no-gc` turns it off to show the ratio without it. Both start from the same LoRA
+init (same seed, same seeded steps). `--trl-same-batches` gives TRL tuneforge's batches in tuneforge's order:
+with it both reach bit-identical dev accuracy, so any accuracy difference in the default comparison is the luck
+of the data order.
 
     python benchmarks/finetune_vs_trl.py                 # 512 train rows, full dev (872)
     python benchmarks/finetune_vs_trl.py --rows 128 --dev-limit 200   # quicker
@@ -35,6 +38,7 @@ from tuneforge.config import FinetuneConfig, validate
 from tuneforge.data.encode import encode_conversation
 from tuneforge.recipes.common import build_task, load_split
 from tuneforge.recipes.evaluate import score_task
+from tuneforge.recipes.training import group_batches
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sentiment" / "sst2"
 
@@ -85,7 +89,8 @@ def run_tuneforge(cfg):
             "tokens": result["train"]["tokens"], "peak_rss_gb": mem.peak / 1e9, "accuracy": result["after"]["accuracy"]}
 
 
-def run_trl(cfg, task, train_rows, dev_rows, tok, out_dir: str):
+def run_trl(cfg, task, train_rows, dev_rows, tok, out_dir: str, same_batches: bool = False,
+            no_gc: bool = False):
     from accelerate.utils import set_seed
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -97,7 +102,11 @@ def run_trl(cfg, task, train_rows, dev_rows, tok, out_dir: str):
         conv = task.conversation(row)
         return {"prompt": conv[:-1], "completion": conv[-1:]}
 
-    data = Dataset.from_list([pair(r) for r in train_rows])
+    order = list(range(len(train_rows)))
+    if same_batches:  # tuneforge's exact batches, in its order: separates data-order luck from the implementation
+        lengths = [len(encode_conversation(tok, task.conversation(r), 256)["input_ids"]) for r in train_rows]
+        order = [i for b in group_batches(lengths, 8, cfg.train.seed, 1, cfg.train.group_by_length) for i in b]
+    data = Dataset.from_list([pair(train_rows[i]) for i in order])
     # The same seeded steps as finetune's setup, so TRL starts from the very same LoRA init as tuneforge:
     # a paired comparison (the init is the largest source of run-to-run spread at 512 rows).
     set_seed(cfg.train.seed)
@@ -105,7 +114,8 @@ def run_trl(cfg, task, train_rows, dev_rows, tok, out_dir: str):
     model = apply_method(model, cfg)
     sft = SFTConfig(output_dir=out_dir, per_device_train_batch_size=8, num_train_epochs=1, learning_rate=cfg.train.lr,
                     lr_scheduler_type="linear", report_to="none", bf16=False, save_strategy="no", logging_steps=10,
-                    use_cpu=True, seed=cfg.train.seed, gradient_checkpointing=False)
+                    use_cpu=True, seed=cfg.train.seed, gradient_checkpointing=not no_gc,
+                    train_sampling_strategy="sequential" if same_batches else "random")
     trainer = SFTTrainer(model=model, args=sft, train_dataset=data, processing_class=tok)
     tokens = sum(len(encode_conversation(tok, task.conversation(r), 256)["input_ids"]) for r in train_rows)
     with PeakRSS() as mem:
@@ -131,7 +141,9 @@ def run_seed(args, seed: int) -> dict[str, dict]:
         tok = load_tokenizer(cfg.model)
         train_rows = load_split(task, cfg.data.train, "train")
         dev_rows = load_split(task, cfg.data.dev, "dev")
-        results["trl"] = run_trl(cfg, task, train_rows, dev_rows, tok, out)
+        results["trl"] = run_trl(cfg, task, train_rows, dev_rows, tok, out, args.trl_same_batches, args.trl_no_gc)
+    for name, r in results.items():  # per seed as it goes: a long multi-seed run can be read while it runs
+        print(f"seed {seed} {name}: {r['tokens_per_second']:.1f} tokens/s, dev accuracy {r['accuracy']:.4f}", flush=True)
     return results
 
 
@@ -144,6 +156,9 @@ def main():
     p.add_argument("--lr", type=float, default=3e-4, help="the demo recipe's learning rate")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds; the table shows each and the mean")
     p.add_argument("--random-batches", action="store_true", help="tuneforge: train.group_by_length=false")
+    p.add_argument("--trl-same-batches", action="store_true",
+                   help="TRL trains on tuneforge's batches in tuneforge's order (a sequential sampler)")
+    p.add_argument("--trl-no-gc", action="store_true", help="TRL without gradient checkpointing (its default is on)")
     p.add_argument("--only", choices=["both", "tuneforge", "trl"], default="both")
     args = p.parse_args()
     if not SST2.is_dir():
