@@ -8,6 +8,7 @@ from tuneforge.tasks.prompts import (
     draw_shots,
     final_answer,
     first_line,
+    labels_in_turn,
     truncate_field,
     truncate_text,
 )
@@ -65,6 +66,19 @@ def test_draw_shots_is_seeded_and_distinct():
     assert draw_shots(train, 0) == []
     with pytest.raises(UserError):
         draw_shots([], 3)
+
+
+def test_labelled_shots_take_turns_by_label():
+    # 3 of 40 rows positive: random draws of 4 would mostly be all-negative
+    train = [{"i": i, "label": int(i % 13 == 0)} for i in range(40)]
+    shots = draw_shots(train, 4, seed=0)
+    labels = [r["label"] for r in shots]
+    assert sorted(labels) == [0, 0, 1, 1] and labels[0] != labels[1] and labels[2] != labels[3]
+    assert len({r["i"] for r in shots}) == 4
+    three = [{"i": i, "label": i % 3} for i in range(9)]
+    assert sorted(r["label"] for r in draw_shots(three, 3, seed=5)) == [0, 1, 2]
+    unlabelled = [{"i": i} for i in range(10)]  # translation, QA, ...: plain seeded order
+    assert labels_in_turn(unlabelled, [3, 1, 2]) == [3, 1, 2]
 
 
 def test_draw_shots_fit_the_context(tok):

@@ -70,6 +70,21 @@ def truncate_field(rows: list[dict], field: str, tok, max_tokens: int | None) ->
 # -- few-shot ---------------------------------------------------------------------------------------------------
 
 
+def labels_in_turn(rows: Sequence[dict], order: list[int]) -> list[int]:
+    """For labelled rows, `order` re-arranged so the labels take turns (a, b, c, a, b, c, ...).
+
+    Random draws from skewed or unlucky data can give shots of one label only, and a small model then copies
+    that label for every input (SST-2, 4 random shots: every answer "negative", accuracy 0.49).
+    """
+    if not rows or not all(isinstance(r.get("label"), int) for r in rows):
+        return order
+    by_label: dict[int, list[int]] = {}
+    for i in order:  # labels first seen first: the turn order is seeded too
+        by_label.setdefault(rows[i]["label"], []).append(i)
+    queues = list(by_label.values())
+    return [q[j] for j in range(max(map(len, queues))) for q in queues if j < len(q)]
+
+
 def draw_shots(
     train_rows: Sequence[dict],
     k: int,
@@ -81,7 +96,7 @@ def draw_shots(
     eval_rows: Sequence[dict] = (),
     max_new_tokens: int = 0,
 ) -> list[dict]:
-    """k training rows drawn with `seed`, the same for every evaluated row.
+    """k training rows drawn with `seed`, the same for every evaluated row; labelled rows take turns by label.
 
     With `task`, `tok`, `max_len` and `eval_rows`, a drawn row is skipped when adding it would make the
     longest evaluated prompt plus `max_new_tokens` exceed `max_len` tokens; fewer than k come back when
@@ -93,6 +108,7 @@ def draw_shots(
         raise UserError("few_shot needs training rows to draw examples from; set data.train")
     order = list(range(len(train_rows)))
     random.Random(seed).shuffle(order)
+    order = labels_in_turn(train_rows, order)
     if task is None or tok is None or max_len is None or not eval_rows:
         return [train_rows[i] for i in order[:k]]
     longest = max(eval_rows, key=lambda r: count_tokens(tok, task.prompt(r)))
