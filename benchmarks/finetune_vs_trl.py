@@ -102,22 +102,23 @@ def run_trl(cfg, task, train_rows, dev_rows, tok, out_dir: str, same_batches: bo
         conv = task.conversation(row)
         return {"prompt": conv[:-1], "completion": conv[-1:]}
 
+    max_len, batch = cfg.train.max_seq_len, cfg.train.batch_size
+    lengths = [len(encode_conversation(tok, task.conversation(r), max_len)["input_ids"]) for r in train_rows]
     order = list(range(len(train_rows)))
     if same_batches:  # tuneforge's exact batches, in its order: separates data-order luck from the implementation
-        lengths = [len(encode_conversation(tok, task.conversation(r), 256)["input_ids"]) for r in train_rows]
-        order = [i for b in group_batches(lengths, 8, cfg.train.seed, 1, cfg.train.group_by_length) for i in b]
+        order = [i for b in group_batches(lengths, batch, cfg.train.seed, 1, cfg.train.group_by_length) for i in b]
     data = Dataset.from_list([pair(train_rows[i]) for i in order])
     # The same seeded steps as finetune's setup, so TRL starts from the very same LoRA init as tuneforge:
     # a paired comparison (the init is the largest source of run-to-run spread at 512 rows).
     set_seed(cfg.train.seed)
     model, _ = load_model(cfg.model, dtype="float32", adapter=None, device="cpu")
     model = apply_method(model, cfg)
-    sft = SFTConfig(output_dir=out_dir, per_device_train_batch_size=8, num_train_epochs=1, learning_rate=cfg.train.lr,
+    sft = SFTConfig(output_dir=out_dir, per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=cfg.train.lr,
                     lr_scheduler_type="linear", report_to="none", bf16=False, save_strategy="no", logging_steps=10,
                     use_cpu=True, seed=cfg.train.seed, gradient_checkpointing=not no_gc,
                     train_sampling_strategy="sequential" if same_batches else "random")
     trainer = SFTTrainer(model=model, args=sft, train_dataset=data, processing_class=tok)
-    tokens = sum(len(encode_conversation(tok, task.conversation(r), 256)["input_ids"]) for r in train_rows)
+    tokens = sum(lengths)
     with PeakRSS() as mem:
         t0 = time.time()
         trainer.train()

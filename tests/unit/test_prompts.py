@@ -69,7 +69,7 @@ def test_draw_shots_is_seeded_and_distinct():
 
 
 def test_labelled_shots_take_turns_by_label():
-    # 3 of 40 rows positive: random draws of 4 would mostly be all-negative
+    # 4 of 40 rows positive: random draws of 4 would mostly be all-negative
     train = [{"i": i, "label": int(i % 13 == 0)} for i in range(40)]
     shots = draw_shots(train, 4, seed=0)
     labels = [r["label"] for r in shots]

@@ -65,8 +65,9 @@ def prompt_eval(cfg: PromptEvalConfig) -> Path:
         print(f"{task.name} {strategy}: {task.primary_metric}={metrics[task.primary_metric]:.4f} ({seconds:.0f} s)")
 
     notes = [f"dev: {cfg.data.dev.path}, {len(dev)} rows"]
-    if truncate and getattr(task, "max_source_tokens", None):
-        notes.append(f"sources cut to {getattr(task, 'max_source_tokens', None)} tokens: "
+    source_limit = getattr(task, "max_source_tokens", None)
+    if truncate and source_limit:
+        notes.append(f"sources cut to {source_limit} tokens: "
                      f"{sum(r['truncated'] for r in dev)} of {len(dev)} dev rows, "
                      f"{sum(r['truncated'] for r in train)} of {len(train)} train rows")
     for strategy, m in results.items():
