@@ -118,6 +118,10 @@ def test_finetune_classifier_learns_and_writes_a_complete_run(tmp_path, tiny_ber
     assert len(lines) == 24 and json.loads(lines[0])["prediction"] in ("negative", "positive")
     assert (run / "metrics.jsonl").read_text().count("\n") >= 2
     assert not list(run.parent.glob(".*.tmp"))  # the atomic folder was renamed
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert f"tuneforge finetune: {run.name}" in report and "after (" in report  # titled by the run, not the staging folder
+    assert (run / "loss_curve.png").stat().st_size > 0 and (run / "metrics.png").stat().st_size > 0
+    assert metrics["artifact"] == str(run / ("model" if method == "full" else "adapter"))
 
 
 def test_lora_adapter_reloads_with_the_same_predictions(tmp_path, tiny_bert):

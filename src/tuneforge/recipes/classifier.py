@@ -24,6 +24,7 @@ from tqdm import tqdm
 from tuneforge.config import LoraConfig, RunConfig, TrainConfig, to_yaml
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir, write_json, write_jsonl, write_text
+from tuneforge.recipes.run_report import write_run_report
 
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 
@@ -262,10 +263,14 @@ def finetune_classifier(cfg: ClassifierConfig) -> Path:
     preds = predict(model, tok, dev_feats, batch_size=eval_bs, bf16=bf16, desc="dev after")
     after = classification_metrics(preds, refs, labels)
 
+    target = Path(cfg.output_dir) / cfg.name
+    saved = "adapter" if cfg.method == "lora" else "model"
     metrics = {
         "task": task.name,
         "method": cfg.method,
         "model": cfg.model,
+        "primary_metric": task.primary_metric,
+        "artifact": str(target / saved),
         "labels": labels,
         "train_rows": len(train_rows),
         "dev_rows": len(dev_rows),
@@ -275,7 +280,6 @@ def finetune_classifier(cfg: ClassifierConfig) -> Path:
         "after": after,
         "train": {**stats, "trainable_params": trainable, "total_params": total},
     }
-    target = Path(cfg.output_dir) / cfg.name
     with atomic_dir(target) as tmp:
         write_text(tmp / "config.yaml", to_yaml(cfg))
         write_jsonl(tmp / "metrics.jsonl", logged)
@@ -285,12 +289,9 @@ def finetune_classifier(cfg: ClassifierConfig) -> Path:
              for r, p in zip(dev_rows, preds, strict=True)),
         )
         write_json(tmp / "metrics.json", metrics)
-        if cfg.method == "lora":
-            model.save_pretrained(tmp / "adapter")
-            tok.save_pretrained(tmp / "adapter")
-        else:
-            model.save_pretrained(tmp / "model")
-            tok.save_pretrained(tmp / "model")
+        write_run_report(tmp, metrics, logged, name=cfg.name)
+        model.save_pretrained(tmp / saved)
+        tok.save_pretrained(tmp / saved)
     return target
 
 

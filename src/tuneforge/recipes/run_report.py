@@ -38,7 +38,8 @@ def comparison_rows(result: dict) -> list[dict]:
     return [{"arm": r["arm"], **{k: r.get(k) for k in keep}} for r in rows]
 
 
-def write_run_report(run_dir: Path, result: dict, history: list[dict]) -> None:
+def write_run_report(run_dir: Path, result: dict, history: list[dict], *, name: str | None = None) -> None:
+    """`name` titles the report when `run_dir` is a staging folder that is renamed afterwards."""
     images = []
     train_rows = [h for h in history if "loss" in h]
     if train_rows:
@@ -52,7 +53,7 @@ def write_run_report(run_dir: Path, result: dict, history: list[dict]) -> None:
                ("trainable parameters", f"{train['trainable_params']:,} of {train['total_params']:,}"),
                ("train tokens", f"{train['tokens']:,}"), ("train seconds", f"{train['seconds']:.1f}"),
                ("tokens/s", f"{train['tokens_per_second']:.1f}"), ("artifact", result["artifact"])]
-    write_report(run_dir, title=f"tuneforge finetune: {run_dir.name}", summary=summary,
+    write_report(run_dir, title=f"tuneforge finetune: {name or run_dir.name}", summary=summary,
                  tables=[("Dev metrics", rows)], images=images)
 
 
