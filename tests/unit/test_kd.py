@@ -119,6 +119,24 @@ def test_distill_loss_uses_target_tokens_only_and_mixes_ce_by_ratio():
     torch.testing.assert_close(loss2, loss.detach())
 
 
+def test_kd_on_every_token_keeps_ce_on_the_targets():
+    s_head, t_head = heads()
+    s, t, labels = hidden_and_labels()
+    on = torch.ones_like(labels, dtype=torch.bool)
+    on[0, 6:] = False  # row 0's last token is padding
+    loss, info = kd.distill_loss(s, t, labels, s_head, t_head, kind="reverse_kl", ratio=0.4, kd_on=on, chunk_tokens=3)
+    # KD: every position that predicts a marked token, (0, 0..4) and (1, 0..5); CE: the 5 targets as before
+    kd_pos = [(0, i) for i in range(5)] + [(1, i) for i in range(6)]
+    s_log = torch.stack([s_head(s[b, i]) for b, i in kd_pos])
+    t_log = torch.stack([t_head(t[b, i]) for b, i in kd_pos])
+    q, logp = F.softmax(s_log, -1), F.log_softmax(t_log, -1)
+    rev = (q * (q.log() - logp)).sum(-1).mean()
+    ce_pos = [(0, 2, 1), (0, 3, 4), (0, 4, 2), (1, 4, 7), (1, 5, 0)]
+    ce = F.cross_entropy(torch.stack([s_head(s[b, i]) for b, i, _ in ce_pos]), torch.tensor([y for *_, y in ce_pos]))
+    assert info["targets"] == 5 and info["kd_tokens"] == len(kd_pos)
+    torch.testing.assert_close(loss, 0.4 * rev + 0.6 * ce)
+
+
 @pytest.mark.parametrize("kind", kd.KINDS)
 def test_chunked_equals_unchunked_in_value_and_gradient(kind):
     s_head, t_head = heads()
@@ -163,9 +181,18 @@ def test_choose_blocks():
     assert kd.choose_blocks(5, "evenly:3") == [0, 2, 4]
     assert kd.choose_blocks(6, "first:2") == [0, 1]
     assert kd.choose_blocks(6, [5, 1]) == [1, 5]
-    for bad in ("half", "evenly:0", "first:9", [6]):
+    for bad in ("half", "evenly:0", "first:9", "importance:7", [6]):
         with pytest.raises(UserError, match="keep_blocks"):
             kd.choose_blocks(6, bad)
+
+
+def test_choose_blocks_by_importance_keeps_the_blocks_that_change_most():
+    importance = [0.9, 0.05, 0.3, 0.05, 0.01, 0.4]
+    assert kd.needs_importance("importance:3") and not kd.needs_importance("every_other")
+    assert kd.choose_blocks(6, "importance:3", importance) == [0, 2, 5]
+    assert kd.choose_blocks(6, "importance:5", importance) == [0, 1, 2, 3, 5]  # tie at 0.05: the later block goes
+    with pytest.raises(UserError, match="calibration"):
+        kd.choose_blocks(6, "importance:3")
 
 
 def test_student_from_teacher_keeps_blocks_and_weights():

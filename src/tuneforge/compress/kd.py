@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tuneforge.compress.blocks import decoder_blocks, keep_blocks
+from tuneforge.compress.blocks import decoder_blocks, keep_blocks, least_important
 from tuneforge.errors import UserError
 
 KINDS = ("forward_kl", "reverse_kl", "jsd")
@@ -62,10 +62,14 @@ def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     return (log_a.exp() * (log_a - log_b)).nan_to_num(0.0).sum(-1)
 
 
-def target_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states that predict a target token (position i predicts label i+1), and those labels."""
+def target_positions(hidden: torch.Tensor, labels: torch.Tensor,
+                     predicted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states that predict a token (position i predicts token i+1), and those tokens' labels.
+
+    The predicted tokens are the targets (labels ≠ −100), or those marked in `predicted` (a bool mask shaped
+    like labels, a superset): there the label stays −100 when the token is not a target."""
     shifted = labels[:, 1:]
-    keep = shifted != -100
+    keep = shifted != -100 if predicted is None else predicted[:, 1:].bool() | (shifted != -100)
     return hidden[:, :-1][keep], shifted[keep]
 
 
@@ -74,25 +78,29 @@ def _chunk_sums(s_hidden, t_hidden, targets, s_head, t_head, kind, temperature, 
     with torch.no_grad():
         t_logits = t_head(t_hidden).float()
     kd = divergence(s_logits, t_logits, kind=kind, temperature=temperature, beta=beta).sum()
-    ce = F.cross_entropy(s_logits, targets, reduction="sum")
+    ce = F.cross_entropy(s_logits, targets, reduction="sum", ignore_index=-100)  # KD-only positions: −100
     return kd, ce
 
 
 def distill_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, labels: torch.Tensor,
                  student_head: nn.Module, teacher_head: nn.Module, *, kind: str = "forward_kl",
                  temperature: float = 1.0, beta: float = 0.5, ratio: float = 0.5,
-                 chunk_tokens: int = 256) -> tuple[torch.Tensor, dict]:
-    """ratio·KD + (1 − ratio)·CE over target tokens (labels ≠ −100), from final hidden states."""
+                 chunk_tokens: int = 256, kd_on: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """ratio·KD + (1 − ratio)·CE, each averaged over its own tokens, from final hidden states.
+
+    CE is taken on the target tokens (labels ≠ −100); KD on them too, or on every token marked in `kd_on`
+    (e.g. the attention mask: the prompt as well). The teacher's next-token distribution over the whole
+    text is a far denser signal than one answer token, which a student cut from the teacher needs."""
     if not 0 <= ratio <= 1:
         raise UserError(f"kd.ratio must be in [0, 1], got {ratio}")
-    s_h, targets = target_positions(student_hidden, labels)
-    t_h, _ = target_positions(teacher_hidden.detach(), labels)
-    n = targets.numel()
-    if n == 0:
+    s_h, targets = target_positions(student_hidden, labels, kd_on)
+    t_h, _ = target_positions(teacher_hidden.detach(), labels, kd_on)
+    n_kd, n_ce = targets.numel(), int((targets != -100).sum())
+    if n_ce == 0:
         zero = student_hidden.sum() * 0
         return zero, {"kd": 0.0, "ce": 0.0, "targets": 0}
     kd_total = ce_total = 0
-    for start in range(0, n, chunk_tokens):
+    for start in range(0, n_kd, chunk_tokens):
         part = slice(start, start + chunk_tokens)
         args = (s_h[part], t_h[part], targets[part], student_head, teacher_head, kind, temperature, beta)
         if torch.is_grad_enabled() and s_h.requires_grad:
@@ -101,28 +109,39 @@ def distill_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, lab
             kd, ce = _chunk_sums(*args)
         kd_total = kd_total + kd
         ce_total = ce_total + ce
-    kd_mean, ce_mean = kd_total / n, ce_total / n
+    kd_mean, ce_mean = kd_total / n_kd, ce_total / n_ce
     loss = ratio * kd_mean + (1 - ratio) * ce_mean
-    return loss, {"kd": kd_mean.item(), "ce": ce_mean.item(), "targets": n}
+    return loss, {"kd": kd_mean.item(), "ce": ce_mean.item(), "targets": n_ce, "kd_tokens": n_kd}
 
 
 # -- students -----------------------------------------------------------------------------------------
 
 
-def choose_blocks(total: int, spec: str | Sequence[int]) -> list[int]:
+def needs_importance(spec: str | Sequence[int]) -> bool:
+    return isinstance(spec, str) and spec.startswith("importance:")
+
+
+def choose_blocks(total: int, spec: str | Sequence[int], importance: Sequence[float] | None = None) -> list[int]:
     """'every_other' → 0, 2, 4, …; 'evenly:K' → K blocks evenly spread, first and last included;
-    'first:K' → the first K; or an explicit list of block indices."""
+    'first:K' → the first K; 'importance:K' → the K blocks that change the hidden state most (needs
+    `importance`, from blocks.block_importance); or an explicit list of block indices."""
     if isinstance(spec, str):
         if spec == "every_other":
             return list(range(0, total, 2))
         kind, _, count = spec.partition(":")
-        if kind in ("evenly", "first") and count.isdigit() and 0 < int(count) <= total:
+        if kind in ("evenly", "first", "importance") and count.isdigit() and 0 < int(count) <= total:
             k = int(count)
             if kind == "first":
                 return list(range(k))
+            if kind == "importance":
+                if importance is None or len(importance) != total:
+                    raise UserError("student.keep_blocks 'importance:K' needs block importance on calibration rows")
+                dropped = set(least_important(importance, total - k))
+                return [i for i in range(total) if i not in dropped]
             return sorted({round(i * (total - 1) / max(k - 1, 1)) for i in range(k)})
         raise UserError(
-            f"student.keep_blocks '{spec}' must be every_other, evenly:K, first:K (1 ≤ K ≤ {total}) or a list of indices"
+            f"student.keep_blocks '{spec}' must be every_other, evenly:K, first:K, importance:K (1 ≤ K ≤ {total}) "
+            "or a list of indices"
         )
     bad = [i for i in spec if not 0 <= int(i) < total]
     if bad or not spec:
@@ -130,10 +149,11 @@ def choose_blocks(total: int, spec: str | Sequence[int]) -> list[int]:
     return sorted({int(i) for i in spec})
 
 
-def student_from_teacher(teacher: nn.Module, keep: str | Sequence[int]) -> tuple[nn.Module, list[int]]:
+def student_from_teacher(teacher: nn.Module, keep: str | Sequence[int],
+                         importance: Sequence[float] | None = None) -> tuple[nn.Module, list[int]]:
     """A copy of the teacher with only the chosen blocks, initialised from the teacher's weights."""
     _, _, blocks = decoder_blocks(teacher)
-    chosen = choose_blocks(len(blocks), keep)
+    chosen = choose_blocks(len(blocks), keep, importance)
     student = copy.deepcopy(teacher)
     return keep_blocks(student, chosen), chosen
 

@@ -38,6 +38,7 @@ class DistillLoss(nn.Module):
         loss, info = distill_loss(
             s_hidden, t_hidden, labels[:, start:], self.model.get_output_embeddings(), teacher.get_output_embeddings(),
             kind=kd.loss, temperature=kd.temperature, beta=kd.beta, ratio=kd.ratio, chunk_tokens=kd.chunk_tokens,
+            kd_on=attention_mask[:, start:] if kd.tokens == "all" else None,
         )
         return loss * info["targets"], info["targets"]
 

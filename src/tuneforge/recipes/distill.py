@@ -25,7 +25,8 @@ from tuneforge.fileio import write_json, write_jsonl
 
 class StudentSection(Section):
     model: str | None = Field(None, description="another model sharing the teacher's tokenizer; null: build from the teacher's blocks")
-    keep_blocks: str | list[int] = Field("every_other", description="student from teacher: every_other, evenly:K, first:K or a list of block indices")
+    keep_blocks: str | list[int] = Field("every_other", description="student from teacher: every_other, evenly:K, first:K, importance:K (the K blocks that change the hidden state most on calibration rows) or a list of block indices")
+    calibration_rows: int = Field(128, ge=1, description="importance:K: training rows the block importance is measured on")
     trainable: Literal["blocks", "all"] = Field("blocks", description="blocks: train the blocks and final norm, keep embeddings/head frozen; all: everything")
 
 
@@ -34,6 +35,7 @@ class KDSection(Section):
     temperature: float = Field(1.0, gt=0, description="softens both distributions; the loss is scaled by T²")
     beta: float = Field(0.5, ge=0, le=1, description="loss=jsd: mixture weight of the teacher (0 → forward KL, 1 → reverse KL)")
     ratio: float = Field(0.5, ge=0, le=1, description="loss = ratio·KD + (1 − ratio)·cross-entropy on the targets")
+    tokens: Literal["targets", "all"] = Field("targets", description="KD on the answer tokens only, or on every token (the prompt too: a denser signal; CE stays on the answer)")
     chunk_tokens: int = Field(256, ge=1, description="target tokens whose full-vocabulary logits are formed at once")
     sequence_level: bool = Field(False, description="train on the teacher's generated answers instead of the gold ones")
     generate_batch_size: int = Field(16, ge=1, description="sequence_level: prompts per teacher generation batch")
@@ -60,16 +62,24 @@ class DistillConfig(RunConfig):
         return self
 
 
-def build_student(teacher, teacher_tok, cfg: DistillConfig):
-    from tuneforge.compress.kd import check_same_tokenizer, student_from_teacher
+def build_student(teacher, teacher_tok, cfg: DistillConfig, task, train_rows: list[dict]):
+    from tuneforge.compress.kd import check_same_tokenizer, needs_importance, student_from_teacher
     from tuneforge.models import load_model
 
     if cfg.student.model:
         student, tok = load_model(cfg.student.model, dtype=cfg.dtype)
         check_same_tokenizer(teacher_tok, tok, cfg.student.model)
         return student, {"student_model": cfg.student.model}
-    student, kept = student_from_teacher(teacher, cfg.student.keep_blocks)
-    return student, {"kept_blocks": kept}
+    origin: dict = {}
+    if needs_importance(cfg.student.keep_blocks):
+        from tuneforge.compress.blocks import block_importance
+        from tuneforge.compress.common import calibration_batches
+
+        calib = calibration_batches(teacher_tok, task, train_rows[: cfg.student.calibration_rows],
+                                    max_len=cfg.train.max_seq_len, batch_size=8)
+        origin["block_importance"] = block_importance(teacher, calib)
+    student, kept = student_from_teacher(teacher, cfg.student.keep_blocks, origin.get("block_importance"))
+    return student, {"kept_blocks": kept, **origin}
 
 
 def set_trainable(student, which: str) -> None:
@@ -89,10 +99,10 @@ def distill(cfg: DistillConfig) -> Path:
 
     task = get_task(cfg.task.name, **cfg.task.options())
     train_rows, dev_rows = common.load_rows(cfg, task)
+    teacher, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
     run_dir = new_run_dir(cfg)
-    teacher, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)
     teacher.requires_grad_(False)
-    student, origin = build_student(teacher, tok, cfg)
+    student, origin = build_student(teacher, tok, cfg, task, train_rows)
     metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "kd": cfg.kd.model_dump(), **origin}
     if cfg.eval_teacher:
         metrics["teacher"], _ = common.score(teacher, tok, task, dev_rows, cfg.eval, label="teacher")

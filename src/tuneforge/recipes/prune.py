@@ -113,8 +113,8 @@ def prune(cfg: PruneConfig) -> Path:
 
     task = get_task(cfg.task.name, **cfg.task.options())
     train_rows, dev_rows = common.load_rows(cfg, task)
+    model, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
     run_dir = new_run_dir(cfg)
-    model, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)
     metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "method": cfg.prune.method,
                      "pattern": cfg.prune.pattern, "sparsity_target": cfg.prune.sparsity}
     if cfg.eval_before:
