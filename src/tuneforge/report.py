@@ -111,6 +111,13 @@ def _moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
+def loss_scale(losses: Sequence[float]) -> str:
+    """'log' when the losses span more than 30×: a steep first drop (a student cut from its teacher starts
+    near 35, ends near 0.03) would flatten everything after it on a linear axis."""
+    positive = [v for v in losses if v > 0]
+    return "log" if positive and max(positive) > 30 * min(positive) else "linear"
+
+
 def plot_loss(history: Sequence[dict], path: str | Path, title: str = "Training loss") -> Path:
     """Train loss vs step (plus a moving average when long), dev loss points, dev metrics on a right axis."""
     from matplotlib import rc_context
@@ -135,6 +142,9 @@ def plot_loss(history: Sequence[dict], path: str | Path, title: str = "Training 
             ax.text(0.5, 0.5, "no training steps were logged", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
+        if loss_scale([v for _, v in train + dev_loss]) == "log":
+            ax.set_yscale("log")
+            ax.set_ylabel("loss (log scale)")
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         if dev_metrics:

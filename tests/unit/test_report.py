@@ -127,6 +127,14 @@ def test_report_image_path_relative_to_run_dir(tmp_path):
     assert "data:image/png;base64," in html.read_text(encoding="utf-8")
 
 
+def test_loss_axis_turns_logarithmic_when_losses_span_decades():
+    from tuneforge.report import loss_scale
+
+    assert loss_scale([37.5, 4.0, 0.05, 0.02]) == "log"
+    assert loss_scale([2.1, 0.9, 0.4]) == "linear"
+    assert loss_scale([]) == "linear" and loss_scale([0.0, 5.0]) == "linear"
+
+
 @pytest.mark.parametrize("bad", [{"step": 1}, {"loss": 1.0}])
 def test_plot_loss_skips_rows_without_step_or_loss(tmp_path, bad):
     assert_png(plot_loss([bad, {"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.4}], tmp_path / "l.png"))

@@ -50,11 +50,14 @@ def hf_speed(model, prompt_ids: list[int], new_tokens: int = 64, repeats: int = 
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)
     # transformers ≥ 5.24 names the KV cache `cache` (past_key_values is deprecated)
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    params = inspect.signature(model.forward).parameters
+    key = "cache" if "cache" in params else "past_key_values"
+    # as generate() does: the prompt's LM-head logits are needed at its last position only
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     best_prefill = best_decode = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = model(input_ids=ids, use_cache=True)
+        out = model(input_ids=ids, use_cache=True, **last_only)
         t1 = time.perf_counter()
         token = out.logits[:, -1:].argmax(-1)
         for _ in range(new_tokens):
