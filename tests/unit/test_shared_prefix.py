@@ -75,7 +75,8 @@ def test_generation_with_a_shared_prefix_gives_the_same_greedy_answers(embedded_
     assert any(plain)
 
 
-def test_distillation_loss_with_a_shared_prefix_equals_the_plain_one(tiny_llama_dir):
+@pytest.mark.parametrize("tokens", ["targets", "all"])
+def test_distillation_loss_with_a_shared_prefix_equals_the_plain_one(tiny_llama_dir, tokens):
     import copy
     from types import SimpleNamespace
 
@@ -86,7 +87,7 @@ def test_distillation_loss_with_a_shared_prefix_equals_the_plain_one(tiny_llama_
 
     teacher = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     student = keep_blocks(copy.deepcopy(teacher), [1])
-    kd = SimpleNamespace(loss="forward_kl", temperature=2.0, beta=0.5, ratio=0.5, chunk_tokens=4)
+    kd = SimpleNamespace(loss="forward_kl", temperature=2.0, beta=0.5, ratio=0.5, chunk_tokens=4, tokens=tokens)
     ids, mask, labels = _batch(vocab=teacher.config.vocab_size)
     results = []
     for share in (False, True):

@@ -28,7 +28,8 @@ class DistillLoss(nn.Module):
         self.model = student
         self.frozen = (teacher,)  # a tuple: not a registered submodule, so DDP and optimizers never see it
         self.kd = kd
-        self.share_prefix = share_prefix
+        # KD on every token covers the prompt, so the prefix rows share cannot be skipped
+        self.share_prefix = share_prefix and kd.tokens != "all"
 
     def forward(self, input_ids, attention_mask, labels):
         teacher, kd = self.frozen[0], self.kd
