@@ -7,6 +7,7 @@ validated before any work starts and every problem is reported at once, each nam
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,6 +133,30 @@ class EvaluateConfig(RunConfig):
 # -- loading ------------------------------------------------------------------------------------------
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 numbers. PyYAML follows YAML 1.1, where `2:4` is the base-60 integer 124 (so
+    `prune.pattern=2:4` arrived as 124), `1e-4` is a string and `010` is octal 8; here they are '2:4', 0.0001
+    and '010'."""
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F_]+$"), list("-+0123456789"))
+ConfigLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+)$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """['train.lr=1e-4', 'data.train.limit=100'] → nested dict; values parsed as YAML scalars."""
     tree: dict = {}
@@ -140,14 +165,9 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise UserError(f"override '{item}' is not key=value (e.g. train.lr=1e-4)")
         key, _, raw = item.partition("=")
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = load_yaml(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
         node = tree
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -170,7 +190,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise UserError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -34,6 +34,9 @@ def test_finetune_needs_train_data():
 def test_overrides_parse_yaml_scalars_and_nest():
     assert parse_overrides(["train.lr=1e-4", "data.train.limit=5", "name=x", "train.bf16=false"]) == {
         "train": {"lr": 1e-4, "bf16": False}, "data": {"train": {"limit": 5}}, "name": "x"}
+    # YAML 1.1 would read 2:4 as the base-60 integer 124 and 010 as octal 8
+    assert parse_overrides(["prune.pattern=2:4", "a=010", "b=-3", "c=.5", "d=1_000", "e=0x1F"]) == {
+        "prune": {"pattern": "2:4"}, "a": "010", "b": -3, "c": 0.5, "d": 1000, "e": 31}
     with pytest.raises(UserError, match="not key=value"):
         parse_overrides(["train.lr"])
 
@@ -73,3 +76,12 @@ def test_every_shipped_recipe_validates_against_its_verb(recipe):
         except UserError as e:
             errors.append(str(e))
     pytest.fail(f"{recipe.name} does not validate: {errors}")
+
+
+def test_yaml_files_read_numbers_as_yaml_1_2(tmp_path):
+    from tuneforge.config import read_yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text("prune:\n  pattern: 2:4\ntrain:\n  lr: 5e-5\n  max_steps: 250\nname: run-010\n", encoding="utf-8")
+    assert read_yaml(path) == {"prune": {"pattern": "2:4"}, "train": {"lr": 5e-5, "max_steps": 250}, "name": "run-010"}
+
