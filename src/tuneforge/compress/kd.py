@@ -11,9 +11,10 @@ comparable across temperatures):
   taken to mean those two KLs.
 
 `distill_loss` mixes the divergence with the student's cross-entropy on the target tokens,
-ratio·KD + (1 − ratio)·CE, each averaged over its own tokens (KD: the targets, or every token). It works from hidden states: logits are formed
-chunk by chunk through each model's LM head in fp32, and each chunk is recomputed in the backward pass
-(activation checkpointing), so the full-vocabulary logits of a batch never exist in memory at once.
+ratio·KD + (1 − ratio)·CE, each averaged over its own tokens (KD: the targets, or every token). It works
+from hidden states: logits are formed chunk by chunk through each model's LM head in fp32, and each chunk
+is recomputed in the backward pass (activation checkpointing), so the full-vocabulary logits of a batch
+never exist in memory at once.
 """
 
 from __future__ import annotations
