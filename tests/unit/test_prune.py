@@ -103,6 +103,48 @@ def test_wanda_two_four():
     assert all(pr.check_nm(lin.weight, 2, 4) for lin in pr.prunable_linears(model).values())
 
 
+def test_refit_matches_least_squares_by_hand_and_keeps_the_mask():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 8, generator=g) @ torch.randn(8, 8, generator=g)  # correlated input features
+    w = torch.randn(3, 8, generator=g)
+    mask = pr.mask_from_scores(w.abs() * x.pow(2).sum(0).sqrt(), 0.5, scope="row")
+    refit = pr.refit_kept_weights(w, mask, x.T @ x, damp=1e-9)
+    assert torch.equal(refit != 0, mask)
+    for row in range(3):  # each row: ordinary least squares of the dense output on the kept inputs
+        kept = mask[row].nonzero().squeeze(1)
+        by_hand = torch.linalg.lstsq(x[:, kept].double(), (x @ w[row]).double()[:, None]).solution.squeeze(1)
+        torch.testing.assert_close(refit[row, kept], by_hand.float(), atol=1e-3, rtol=1e-3)
+    error = lambda v: float(((x @ v.T - x @ w.T) ** 2).sum())  # noqa: E731
+    assert error(refit) < 0.5 * error(w * mask)
+
+
+def test_refit_damping_pulls_towards_the_original_weights():
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    mask = torch.tensor([[True, False, True, False]])
+    silent = torch.zeros(4, 4)  # no calibration signal: only the damping term is left, so kept weights stay
+    torch.testing.assert_close(pr.refit_kept_weights(w, mask, silent), torch.tensor([[1.0, 0.0, 3.0, 0.0]]))
+
+
+def test_refit_rejects_uneven_rows():
+    with pytest.raises(UserError, match="same number of kept weights"):
+        pr.refit_kept_weights(torch.ones(2, 4), torch.tensor([[True, True, False, False], [True] * 4]), torch.eye(4))
+
+
+def test_wanda_refit_same_mask_and_closer_block_outputs():
+    dense = tiny_llama()
+    plain, refit = tiny_llama(), tiny_llama()
+    masks = pr.wanda_prune(plain, calib_batches(), 0.5)
+    refit_masks = pr.wanda_prune(refit, calib_batches(), 0.5, refit=True)
+    batch = calib_batches(seed=7)[0]
+    with torch.no_grad():
+        logits = {name: m(**batch).logits for name, m in (("dense", dense), ("plain", plain), ("refit", refit))}
+    assert torch.equal(masks["model.layers.0.self_attn.q_proj"], refit_masks["model.layers.0.self_attn.q_proj"])
+    for name, lin in pr.prunable_linears(refit).items():
+        assert torch.equal(lin.weight != 0, refit_masks[name]), name
+    gap = {k: float((logits[k] - logits["dense"]).pow(2).mean()) for k in ("plain", "refit")}
+    assert gap["refit"] < gap["plain"], gap
+
+
 def test_block_removal_drops_the_least_important_block_and_model_still_runs():
     model = tiny_llama(layers=4)
     with torch.no_grad():  # block 2 becomes the identity: its residual branches output zero
@@ -163,3 +205,31 @@ def test_masked_recovery_lora_keeps_pruned_weights_at_zero():
         assert type(lin).__name__ == "Linear"  # the parametrization is gone after merging
         assert torch.equal(lin.weight != 0, masks[name]), name
         assert not torch.equal(lin.weight, before[name])  # the kept weights did train
+
+
+def test_distilled_recovery_moves_towards_the_unpruned_model_and_keeps_zeros():
+    import copy
+
+    from tuneforge.compress.train import DistillLoss
+    from tuneforge.recipes.distill import KDSection
+
+    dense = tiny_llama()
+    model = copy.deepcopy(dense)
+    masks = pr.wanda_prune(model, calib_batches(), 0.5)
+    batch = calib_batches(1, seed=5)[0]
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    loss = DistillLoss(model, dense, KDSection(ratio=1.0, tokens="all"), share_prefix=False)
+    params = add_masked_lora(model, pr.prunable_linears(model), masks, r=4, alpha=8)
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    kd = []
+    for _ in range(5):
+        total, n = loss(batch["input_ids"], batch["attention_mask"], labels)
+        (total / n).backward()
+        opt.step()
+        opt.zero_grad()
+        kd.append((total / n).item())
+    assert kd[0] > 0 and kd[-1] < 0.7 * kd[0], kd
+    assert all(p.grad is None for p in dense.parameters())  # the teacher is never trained
+    merge_masked_lora(model)
+    for name, lin in pr.prunable_linears(model).items():
+        assert torch.equal(lin.weight != 0, masks[name]), name

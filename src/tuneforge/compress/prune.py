@@ -8,6 +8,9 @@ norms are never pruned (the usual practice: they are small or shared, and prunin
   pruned per output row, block by block, so later blocks are calibrated on the already-pruned earlier ones.
 - N:M: in every group of M consecutive input weights of a row, keep the N highest scores (2:4 is what
   sparse tensor cores accelerate); the score is |W| or the Wanda score.
+- Wanda + refit (optional): after the mask is chosen, each row's kept weights are re-fitted by least squares
+  so the layer's output on the calibration inputs moves as little as possible (the weight update of
+  SparseGPT, Frantar & Alistarh 2023, solved exactly for Wanda's mask). The mask and sparsity do not change.
 """
 
 from __future__ import annotations
@@ -82,28 +85,64 @@ def magnitude_masks(model: nn.Module, sparsity: float, *, scope: str = "matrix",
 
 
 @torch.no_grad()
-def wanda_prune(model: nn.Module, batches: Sequence[dict], sparsity: float, *, nm=None) -> dict[str, torch.Tensor]:
+def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Tensor, *, damp: float = 0.01,
+                       rows_per_solve: int = 64) -> torch.Tensor:
+    """Kept weights that best reproduce the dense layer's output on the calibration inputs; pruned ones are 0.
+
+    With H = XᵀX over the calibration tokens, row w and kept set K, minimise ‖X_K v − X w‖² + λ‖v − w_K‖²:
+    (H_KK + λI) v = (H w)_K + λ w_K, where λ = damp · mean(diag H) keeps the solve well-posed when a
+    feature is (nearly) silent. Every row keeps the same number of weights (per-row or N:M masks), so rows
+    are solved in batches of `rows_per_solve` Cholesky systems.
+    """
+    kept = mask.sum(1)
+    if not bool((kept == kept[0]).all()):
+        raise UserError("refitting pruned weights needs the same number of kept weights in every row (per-row or N:M masks)")
+    w = weight.float()
+    h = gram.float()
+    lam = damp * float(h.diagonal().mean()) or damp
+    target = w @ h  # row i: (H w_i)ᵀ
+    eye = torch.eye(int(kept[0]), device=w.device)
+    idx_all = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, : int(kept[0])]  # kept columns, in order
+    out = torch.zeros_like(w)
+    for start in range(0, w.shape[0], rows_per_solve):
+        idx = idx_all[start : start + rows_per_solve]
+        h_kk = h[idx[:, :, None], idx[:, None, :]] + lam * eye
+        w_k = w[start : start + rows_per_solve].gather(1, idx)
+        rhs = target[start : start + rows_per_solve].gather(1, idx) + lam * w_k
+        factor, info = torch.linalg.cholesky_ex(h_kk)
+        if bool(info.any()):  # fp32 lost positive-definiteness: redo this batch in fp64
+            factor = torch.linalg.cholesky(h_kk.double()).float()
+        solved = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
+        out[start : start + rows_per_solve].scatter_(1, idx, solved)
+    return out.to(weight.dtype)
+
+
+@torch.no_grad()
+def wanda_prune(model: nn.Module, batches: Sequence[dict], sparsity: float, *, nm=None,
+                refit: bool = False) -> dict[str, torch.Tensor]:
     """Prune in place with Wanda scores, one block at a time; returns the masks.
 
-    For each block: hooks sum the squared inputs of its linear layers over the real tokens, the block's
-    weights are pruned per output row, then the block is run again (pruned) to give the next block its input.
+    For each block: hooks sum the squared inputs of its linear layers over the real tokens (the whole XᵀX
+    when `refit`), the block's weights are pruned per output row (and the kept ones refitted), then the
+    block is run again (pruned) to give the next block its input.
     """
     _, _, blocks = decoder_blocks(model)
     names = {id(m): n for n, m in prunable_linears(model).items()}
     hidden, block_kwargs = capture_block_inputs(model, batches)
     token_masks = [b["attention_mask"].bool().to(hidden[0].device) for b in batches]
     masks: dict[str, torch.Tensor] = {}
-    sq_norms: dict[int, torch.Tensor] = {}
+    stats: dict[int, torch.Tensor] = {}  # per linear: Σx² per input feature, or XᵀX when refitting
     current: dict = {}
 
     def hook(module, args):
         x = args[0][current["mask"]].float()  # (real tokens, in_features)
-        sq_norms[id(module)] += (x * x).sum(0)
+        stats[id(module)] += x.T @ x if refit else (x * x).sum(0)
 
     for index, block in enumerate(tqdm(blocks, desc="wanda", unit="block")):
         linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
-        sq_norms.clear()
-        sq_norms.update({id(m): torch.zeros(m.in_features, device=m.weight.device) for m in linears})
+        stats.clear()
+        shape = (lambda n: (n, n)) if refit else (lambda n: (n,))
+        stats.update({id(m): torch.zeros(shape(m.in_features), device=m.weight.device) for m in linears})
         handles = [m.register_forward_pre_hook(hook) for m in linears]
         try:
             for b, h in enumerate(hidden):
@@ -113,9 +152,13 @@ def wanda_prune(model: nn.Module, batches: Sequence[dict], sparsity: float, *, n
             for handle in handles:
                 handle.remove()
         for lin in linears:
-            scores = lin.weight.float().abs() * sq_norms[id(lin)].sqrt()[None, :]
+            sq_norm = stats[id(lin)].diagonal() if refit else stats[id(lin)]
+            scores = lin.weight.float().abs() * sq_norm.sqrt()[None, :]
             mask = mask_from_scores(scores, sparsity, scope="row", nm=nm)
-            lin.weight.mul_(mask.to(lin.weight.dtype))
+            if refit:
+                lin.weight.copy_(refit_kept_weights(lin.weight, mask, stats[id(lin)]))
+            else:
+                lin.weight.mul_(mask.to(lin.weight.dtype))
             masks[names[id(lin)]] = mask
         hidden = [run_block(block, h, block_kwargs[index][b]) for b, h in enumerate(hidden)]
     return masks

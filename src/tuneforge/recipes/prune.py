@@ -5,7 +5,8 @@
 
 Methods (prune.method):
 - magnitude: drop the smallest |W| per matrix or per output row (prune.scope), or N:M (prune.pattern=2:4)
-- wanda: |W| × input-activation norm from calibration rows of the task, per output row, block by block
+- wanda: |W| × input-activation norm from calibration rows of the task, per output row, block by block;
+  prune.refit=true then re-fits the kept weights by least squares (same mask, far less damage)
 - blocks: remove whole transformer blocks with the lowest importance (1 − cos(block input, block output))
 
 Recovery keeps pruned weights at zero: the LoRA delta is masked in the forward pass (see
@@ -18,6 +19,7 @@ sparsity.json (per matrix, measured after reloading model/), report.md/html.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 from typing import Literal
@@ -27,6 +29,7 @@ from pydantic import Field, model_validator
 from tuneforge.config import RunConfig, Section, TrainConfig
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
+from tuneforge.recipes.distill import KDSection
 
 
 class PruneSection(Section):
@@ -35,6 +38,7 @@ class PruneSection(Section):
     pattern: str = Field("unstructured", description="unstructured, or N:M semi-structured such as 2:4")
     scope: Literal["matrix", "row"] = Field("row", description="method=magnitude: rank weights in the whole matrix or per output row (wanda is always per row)")
     remove: float = Field(0.25, gt=0, description="method=blocks: fraction of blocks to remove (< 1) or how many (≥ 1)")
+    refit: bool = Field(False, description="method=wanda: re-fit each row's kept weights by least squares on the calibration inputs (SparseGPT's update, same mask)")
     calibration_rows: int = Field(128, ge=1, description="training rows run through the model for Wanda norms and block importance")
     calibration_batch_size: int = Field(8, ge=1, description="rows per calibration forward pass")
 
@@ -44,6 +48,8 @@ class RecoverySection(Section):
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: float = Field(32, gt=0, description="LoRA scale = alpha / r")
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' (every block linear) or names such as [q_proj, v_proj]")
+    distill: bool = Field(False, description="train towards the unpruned model's token distributions (KD, settings in recovery.kd) as well as the gold answers; keeps a dense copy in memory")
+    kd: KDSection = Field(default_factory=KDSection, description="recovery.distill: the KD loss, as in distill's kd section")
 
 
 class PruneConfig(RunConfig):
@@ -56,6 +62,8 @@ class PruneConfig(RunConfig):
     def _needs_data(self):
         if self.data.dev is None:
             raise ValueError("data.dev is required: the pruned model is scored on it")
+        if self.prune.refit and self.prune.method != "wanda":
+            raise ValueError(f"prune.refit needs prune.method: wanda (it re-fits from the calibration inputs); method is {self.prune.method}")
         needs_train = self.prune.method in ("wanda", "blocks") or self.recovery.enabled
         if needs_train and self.data.train is None:
             raise ValueError("data.train is required for calibration (wanda, blocks) and recovery: point it at the task's training split")
@@ -83,24 +91,27 @@ def prune_model(model, cfg: PruneConfig, calib: list[dict]) -> tuple[dict | None
         blk.remove_blocks(model, drop)
         return None, {"block_importance": importance, "removed_blocks": drop, "blocks_left": len(blocks) - len(drop)}
     if p.method == "wanda":
-        masks = pr.wanda_prune(model, calib, p.sparsity, nm=nm)
+        masks = pr.wanda_prune(model, calib, p.sparsity, nm=nm, refit=p.refit)
     else:
         masks = pr.magnitude_masks(model, p.sparsity, scope=p.scope, nm=nm)
         pr.apply_masks(model, masks)
     return masks, {}
 
 
-def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path) -> dict:
-    """Masked LoRA on the block linears, trained with finetune's loop and loss, then merged (zeros kept)."""
+def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path, teacher=None) -> dict:
+    """Masked LoRA on the block linears, trained with finetune's loop, then merged (zeros kept). The loss is
+    finetune's cross-entropy on the answers, or with a `teacher` (the unpruned model) distill's KD + CE mix."""
     from tuneforge.compress.masked_lora import add_masked_lora, merge_masked_lora, target_linears
     from tuneforge.compress.prune import prunable_linears
-    from tuneforge.compress.train import encode_rows, train
+    from tuneforge.compress.train import DistillLoss, encode_rows, train
     from tuneforge.recipes.training import TargetOnlyLoss
 
     linears = target_linears(model, prunable_linears(model), cfg.recovery.target_modules)
     add_masked_lora(model, linears, masks, r=cfg.recovery.r, alpha=cfg.recovery.alpha)
     examples = encode_rows(tok, task, train_rows, cfg.train.max_seq_len)
-    stats = train(cfg, task, model, tok, TargetOnlyLoss(model, cfg.train.share_prefix), examples, run_dir)
+    share = cfg.train.share_prefix
+    loss = DistillLoss(model, teacher, cfg.recovery.kd, share) if teacher is not None else TargetOnlyLoss(model, share)
+    stats = train(cfg, task, model, tok, loss, examples, run_dir)
     merge_masked_lora(model)
     return stats
 
@@ -123,13 +134,16 @@ def prune(cfg: PruneConfig) -> Path:
     if cfg.prune.method != "magnitude":
         calib = common.calibration_batches(tok, task, train_rows[: cfg.prune.calibration_rows],
                                            max_len=cfg.train.max_seq_len, batch_size=cfg.prune.calibration_batch_size)
+    # the unpruned model teaches the recovery; copied now, before pruning changes the weights in place
+    teacher = copy.deepcopy(model).requires_grad_(False) if cfg.recovery.enabled and cfg.recovery.distill else None
     start = time.perf_counter()
     masks, details = prune_model(model, cfg, calib)
     metrics.update(details, prune_seconds=time.perf_counter() - start)
     metrics["pruned"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label="after pruning")
     history: list[dict] = []
     if cfg.recovery.enabled:
-        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir)
+        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir, teacher)
+        del teacher
         history = stats.pop("history")
         metrics["recovery"] = stats
         metrics["recovered"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label="after recovery")
