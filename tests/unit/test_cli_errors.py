@@ -60,3 +60,24 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_llama_dir, sentiment_tsv, tmp
     assert checkpoints and "train.resume=" in err + _
     step = json.loads((checkpoints[0] / "step.json").read_text())["step"]
     assert step >= 3 and not (tmp_path / "runs" / "r" / "metrics.json").exists()
+
+
+def test_missing_adapter_names_the_recipe_that_makes_it(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from tuneforge.errors import UserError
+    from tuneforge.models.loading import attach_adapter
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "sst2_lora.yaml").write_text(
+        "# Run:\n#   tuneforge finetune recipes/sst2_lora.yaml\nname: sst2-lora   # the run folder\n")
+    (tmp_path / "not-an-adapter").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        attach_adapter(None, "runs/sst2-lora/adapter")
+    assert str(err.value) == ("adapter 'runs/sst2-lora/adapter' does not exist: pass a run's adapter/ folder, or make "
+                              "this one first: `tuneforge finetune recipes/sst2_lora.yaml` writes runs/sst2-lora/adapter")
+    with pytest.raises(UserError, match="'runs/other/adapter' does not exist: pass a run's adapter/ folder$"):
+        attach_adapter(None, str(Path("runs/other/adapter")))
+    with pytest.raises(UserError, match="'not-an-adapter' has no adapter_config.json"):
+        attach_adapter(None, "not-an-adapter")

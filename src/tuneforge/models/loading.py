@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 from tuneforge.errors import UserError
@@ -88,5 +89,20 @@ def attach_adapter(net, adapter: str):
 
     path = Path(adapter)
     if not (path / "adapter_config.json").exists():
-        raise UserError(f"adapter '{adapter}' has no adapter_config.json: pass a run's adapter/ folder")
+        problem = "has no adapter_config.json" if path.exists() else "does not exist"
+        raise UserError(f"adapter '{adapter}' {problem}: pass a run's adapter/ folder{recipe_hint(path)}")
     return PeftModel.from_pretrained(net, str(path))
+
+
+def recipe_hint(adapter: Path, recipes: Path = Path("recipes")) -> str:
+    """For runs/<name>/adapter: the shipped recipe whose `name:` is <name>, as the command that makes it."""
+    if adapter.name != "adapter" or not recipes.is_dir():
+        return ""
+    run_name = adapter.parent.name
+    for recipe in sorted(recipes.glob("*.yaml")):
+        text = recipe.read_text(encoding="utf-8")
+        if re.search(rf"^name:\s*{re.escape(run_name)}\s*(#.*)?$", text, re.M):
+            verb = re.search(rf"tuneforge (\w+) {re.escape(recipe.as_posix())}", text)
+            command = f"tuneforge {verb.group(1) if verb else 'finetune'} {recipe.as_posix()}"
+            return f", or make this one first: `{command}` writes {adapter.as_posix()}"
+    return ""
