@@ -233,3 +233,11 @@ def test_distilled_recovery_moves_towards_the_unpruned_model_and_keeps_zeros():
     merge_masked_lora(model)
     for name, lin in pr.prunable_linears(model).items():
         assert torch.equal(lin.weight != 0, masks[name]), name
+
+
+def test_refit_with_another_method_is_a_config_error():
+    from tuneforge.config import validate
+    from tuneforge.recipes.prune import PruneConfig
+
+    with pytest.raises(UserError, match="prune.refit needs prune.method: wanda"):
+        validate(PruneConfig, {"prune": {"method": "magnitude", "refit": True}, "data": {"dev": {"path": "d.tsv"}}})
