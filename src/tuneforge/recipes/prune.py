@@ -6,11 +6,12 @@
 Methods (prune.method):
 - magnitude: drop the smallest |W| per matrix or per output row (prune.scope), or N:M (prune.pattern=2:4)
 - wanda: |W| × input-activation norm from calibration rows of the task, per output row, block by block;
-  prune.refit=true then re-fits the kept weights by least squares (same mask, far less damage)
+  prune.refit=true then re-fits the kept weights by least squares (same mask; on SST-2, -9.5 → -2.6 points)
 - blocks: remove whole transformer blocks with the lowest importance (1 − cos(block input, block output))
 
 Recovery keeps pruned weights at zero: the LoRA delta is masked in the forward pass (see
-tuneforge.compress.masked_lora), so the recovered model has exactly the pruned sparsity.
+tuneforge.compress.masked_lora), so the recovered model has exactly the pruned sparsity. It learns from the
+gold answers (cross-entropy), or with recovery.distill from the unpruned model's token distributions too.
 
 Writes runs/<name>/: config.yaml, model/ (HF layout), metrics.json, metrics.jsonl, predictions.jsonl,
 sparsity.json (per matrix, measured after reloading model/), report.md/html.
