@@ -84,4 +84,3 @@ def test_yaml_files_read_numbers_as_yaml_1_2(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("prune:\n  pattern: 2:4\ntrain:\n  lr: 5e-5\n  max_steps: 250\nname: run-010\n", encoding="utf-8")
     assert read_yaml(path) == {"prune": {"pattern": "2:4"}, "train": {"lr": 5e-5, "max_steps": 250}, "name": "run-010"}
-

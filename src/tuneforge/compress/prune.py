@@ -105,15 +105,14 @@ def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Ten
     idx_all = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, : int(kept[0])]  # kept columns, in order
     out = torch.zeros_like(w)
     for start in range(0, w.shape[0], rows_per_solve):
-        idx = idx_all[start : start + rows_per_solve]
+        rows = slice(start, start + rows_per_solve)
+        idx = idx_all[rows]
         h_kk = h[idx[:, :, None], idx[:, None, :]] + lam * eye
-        w_k = w[start : start + rows_per_solve].gather(1, idx)
-        rhs = target[start : start + rows_per_solve].gather(1, idx) + lam * w_k
+        rhs = target[rows].gather(1, idx) + lam * w[rows].gather(1, idx)
         factor, info = torch.linalg.cholesky_ex(h_kk)
         if bool(info.any()):  # fp32 lost positive-definiteness: redo this batch in fp64
             factor = torch.linalg.cholesky(h_kk.double()).float()
-        solved = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
-        out[start : start + rows_per_solve].scatter_(1, idx, solved)
+        out[rows].scatter_(1, idx, torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1))
     return out.to(weight.dtype)
 
 
@@ -141,8 +140,8 @@ def wanda_prune(model: nn.Module, batches: Sequence[dict], sparsity: float, *, n
     for index, block in enumerate(tqdm(blocks, desc="wanda", unit="block")):
         linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
         stats.clear()
-        shape = (lambda n: (n, n)) if refit else (lambda n: (n,))
-        stats.update({id(m): torch.zeros(shape(m.in_features), device=m.weight.device) for m in linears})
+        stats.update({id(m): torch.zeros((m.in_features,) * (2 if refit else 1), device=m.weight.device)
+                      for m in linears})
         handles = [m.register_forward_pre_hook(hook) for m in linears]
         try:
             for b, h in enumerate(hidden):
