@@ -241,3 +241,46 @@ def test_refit_with_another_method_is_a_config_error():
 
     with pytest.raises(UserError, match="prune.refit needs prune.method: wanda"):
         validate(PruneConfig, {"prune": {"method": "magnitude", "refit": True}, "data": {"dev": {"path": "d.tsv"}}})
+
+
+def test_existing_with_distilled_recovery_needs_a_teacher():
+    from tuneforge.config import validate
+    from tuneforge.recipes.prune import PruneConfig
+
+    base = {"prune": {"method": "existing"}, "data": {"dev": {"path": "d.tsv"}, "train": {"path": "t.tsv"}}}
+    with pytest.raises(UserError, match="needs recovery.teacher"):
+        validate(PruneConfig, {**base, "recovery": {"enabled": True, "distill": True}})
+    with pytest.raises(UserError, match="teacher_adapter needs recovery.teacher"):
+        validate(PruneConfig, {**base, "recovery": {"enabled": True, "teacher_adapter": "runs/x/adapter"}})
+    validate(PruneConfig, {**base, "recovery": {"enabled": True, "distill": False}})  # CE recovery needs none
+
+
+def test_recovery_continues_on_a_pruned_run_with_the_dense_teacher(tiny_llama_dir, sentiment_tsv, tmp_path):
+    """Stage 1 prunes and saves; stage 2 loads that model/, keeps exactly its zeros and distills from the
+    unpruned model named by recovery.teacher."""
+    import json
+
+    from tuneforge.config import validate
+    from tuneforge.recipes.prune import PruneConfig, prune
+
+    common = {"task": {"name": "sentiment", "labels": ["negative", "positive"]}, "output_dir": str(tmp_path),
+              "data": {split: {"path": str(sentiment_tsv), "text_column": "sentence"} for split in ("train", "dev")},
+              "eval": {"limit": 2, "batch_size": 2}, "eval_before": False,
+              "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-2, "max_seq_len": 64, "log_every": 1}}
+    first = prune(validate(PruneConfig, {**common, "name": "s1", "model": str(tiny_llama_dir),
+                                         "prune": {"method": "magnitude", "sparsity": 0.5, "scope": "row"}}))
+    second = prune(validate(PruneConfig, {
+        **common, "name": "s2", "model": str(first / "model"), "prune": {"method": "existing"},
+        "recovery": {"enabled": True, "r": 2, "alpha": 4, "distill": True, "teacher": str(tiny_llama_dir),
+                     "kd": {"tokens": "all", "ratio": 1.0}}}))
+    zeros = [json.loads((run / "sparsity.json").read_text())["per_matrix"] for run in (first, second)]
+    assert zeros[0] == zeros[1] and set(zeros[0].values()) == {0.5}
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["method"] == "existing" and "sparsity_target" not in metrics
+    assert metrics["recovery"]["steps"] == 2 and "recovered" in metrics
+    from safetensors.torch import load_file
+
+    before, after = (load_file(run / "model" / "model.safetensors") for run in (first, second))
+    changed = [k for k in before if "layers" in k and k.endswith("proj.weight") and not torch.equal(before[k], after[k])]
+    assert changed  # the kept weights did train
+    assert all(torch.equal(before[k] == 0, after[k] == 0) for k in changed)

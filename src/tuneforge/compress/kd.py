@@ -159,9 +159,10 @@ def student_from_teacher(teacher: nn.Module, keep: str | Sequence[int],
     return keep_blocks(student, chosen), chosen
 
 
-def check_same_tokenizer(teacher_tok, student_tok, student_name: str) -> None:
+def check_same_tokenizer(teacher_tok, student_tok, name: str, key: str = "student.model") -> None:
     if teacher_tok.get_vocab() != student_tok.get_vocab():
+        hint = ", or use keep_blocks" if key == "student.model" else ""
         raise UserError(
-            f"student.model '{student_name}' does not share the teacher's tokenizer (vocabularies differ); "
-            "logit distillation needs the same tokens: pick a student of the same family, or use keep_blocks"
+            f"{key} '{name}' does not share the other model's tokenizer (vocabularies differ); "
+            f"logit distillation needs the same tokens: pick a model of the same family{hint}"
         )

@@ -8,6 +8,8 @@ Methods (prune.method):
 - wanda: |W| × input-activation norm from calibration rows of the task, per output row, block by block;
   prune.refit=true then re-fits the kept weights by least squares (same mask; on SST-2, -9.5 → -2.6 points)
 - blocks: remove whole transformer blocks with the lowest importance (1 − cos(block input, block output))
+- existing: the loaded model is already pruned (a run's model/); its zeros are the mask, so its recovery can go on
+  (with recovery.distill, recovery.teacher names the unpruned model to learn from)
 
 Recovery keeps pruned weights at zero: the LoRA delta is masked in the forward pass (see
 tuneforge.compress.masked_lora), so the recovered model has exactly the pruned sparsity. It learns from the
@@ -34,7 +36,7 @@ from tuneforge.recipes.distill import KDSection
 
 
 class PruneSection(Section):
-    method: Literal["magnitude", "wanda", "blocks"] = Field("wanda", description="what decides which weights go")
+    method: Literal["magnitude", "wanda", "blocks", "existing"] = Field("wanda", description="what decides which weights go; existing: keep the model's zeros as they are (a model already pruned, e.g. to continue its recovery)")
     sparsity: float = Field(0.5, ge=0, lt=1, description="unstructured: fraction of each block matrix set to zero")
     pattern: str = Field("unstructured", description="unstructured, or N:M semi-structured such as 2:4")
     scope: Literal["matrix", "row"] = Field("row", description="method=magnitude: rank weights in the whole matrix or per output row (wanda is always per row)")
@@ -51,6 +53,8 @@ class RecoverySection(Section):
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' (every block linear) or names such as [q_proj, v_proj]")
     distill: bool = Field(False, description="train towards the unpruned model's token distributions (KD, settings in recovery.kd) as well as the gold answers; keeps a dense copy in memory")
     kd: KDSection = Field(default_factory=KDSection, description="recovery.distill: the KD loss, as in distill's kd section")
+    teacher: str | None = Field(None, description="recovery.distill: the model to learn from; null: the model as loaded, before pruning (needed with prune.method: existing, whose loaded model is already pruned)")
+    teacher_adapter: str | None = Field(None, description="recovery.teacher: a LoRA adapter merged into it")
 
 
 class PruneConfig(RunConfig):
@@ -65,6 +69,12 @@ class PruneConfig(RunConfig):
             raise ValueError("data.dev is required: the pruned model is scored on it")
         if self.prune.refit and self.prune.method != "wanda":
             raise ValueError(f"prune.refit needs prune.method: wanda (it re-fits from the calibration inputs); method is {self.prune.method}")
+        r = self.recovery
+        if self.prune.method == "existing" and r.enabled and r.distill and not r.teacher:
+            raise ValueError("prune.method: existing with recovery.distill needs recovery.teacher (and teacher_adapter): "
+                             "the loaded model is already pruned, so it cannot teach its own recovery")
+        if r.teacher_adapter and not r.teacher:
+            raise ValueError("recovery.teacher_adapter needs recovery.teacher: the model it belongs to")
         needs_train = self.prune.method in ("wanda", "blocks") or self.recovery.enabled
         if needs_train and self.data.train is None:
             raise ValueError("data.train is required for calibration (wanda, blocks) and recovery: point it at the task's training split")
@@ -91,12 +101,31 @@ def prune_model(model, cfg: PruneConfig, calib: list[dict]) -> tuple[dict | None
         drop = blk.least_important(importance, blocks_to_remove(len(blocks), p.remove))
         blk.remove_blocks(model, drop)
         return None, {"block_importance": importance, "removed_blocks": drop, "blocks_left": len(blocks) - len(drop)}
+    if p.method == "existing":
+        return pr.masks_from_zeros(model), {}
     if p.method == "wanda":
         masks = pr.wanda_prune(model, calib, p.sparsity, nm=nm, refit=p.refit)
     else:
         masks = pr.magnitude_masks(model, p.sparsity, scope=p.scope, nm=nm)
         pr.apply_masks(model, masks)
     return masks, {}
+
+
+def recovery_teacher(model, tok, cfg: PruneConfig):
+    """The model recovery distills from: recovery.teacher, or by default the unpruned model, copied now,
+    before pruning changes the weights in place. None without recovery.distill."""
+    from tuneforge.compress.common import load_merged
+
+    r = cfg.recovery
+    if not (r.enabled and r.distill):
+        return None
+    if not r.teacher:
+        return copy.deepcopy(model).requires_grad_(False)
+    from tuneforge.compress.kd import check_same_tokenizer
+
+    teacher, teacher_tok = load_merged(r.teacher, r.teacher_adapter, cfg.dtype)
+    check_same_tokenizer(teacher_tok, tok, r.teacher, key="recovery.teacher")
+    return teacher.requires_grad_(False)
 
 
 def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path, teacher=None) -> dict:
@@ -126,17 +155,17 @@ def prune(cfg: PruneConfig) -> Path:
     task = get_task(cfg.task.name, **cfg.task.options())
     train_rows, dev_rows = common.load_rows(cfg, task)
     model, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
+    teacher = recovery_teacher(model, tok, cfg)
     run_dir = new_run_dir(cfg)
-    metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "method": cfg.prune.method,
-                     "pattern": cfg.prune.pattern, "sparsity_target": cfg.prune.sparsity}
+    metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "method": cfg.prune.method}
+    if cfg.prune.method != "existing":
+        metrics.update(pattern=cfg.prune.pattern, sparsity_target=cfg.prune.sparsity)
     if cfg.eval_before:
         metrics["before"], _ = common.score(model, tok, task, dev_rows, cfg.eval, label="before pruning")
     calib = []
-    if cfg.prune.method != "magnitude":
+    if cfg.prune.method in ("wanda", "blocks"):
         calib = common.calibration_batches(tok, task, train_rows[: cfg.prune.calibration_rows],
                                            max_len=cfg.train.max_seq_len, batch_size=cfg.prune.calibration_batch_size)
-    # the unpruned model teaches the recovery; copied now, before pruning changes the weights in place
-    teacher = copy.deepcopy(model).requires_grad_(False) if cfg.recovery.enabled and cfg.recovery.distill else None
     start = time.perf_counter()
     masks, details = prune_model(model, cfg, calib)
     metrics.update(details, prune_seconds=time.perf_counter() - start)
