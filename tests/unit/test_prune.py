@@ -118,39 +118,6 @@ def test_refit_matches_least_squares_by_hand_and_keeps_the_mask():
     assert error(refit) < 0.5 * error(w * mask)
 
 
-def test_refit_towards_dense_outputs_is_least_squares_on_the_dense_target():
-    g = torch.Generator().manual_seed(4)
-    dense_in = torch.randn(200, 8, generator=g) @ torch.randn(8, 8, generator=g)
-    pruned_in = dense_in + 0.3 * torch.randn(200, 8, generator=g)  # what earlier pruned blocks did to the input
-    w = torch.randn(3, 8, generator=g)
-    mask = pr.mask_from_scores(w.abs(), 0.5, scope="row")
-    refit = pr.refit_kept_weights(w, mask, pruned_in.T @ pruned_in, cross=pruned_in.T @ dense_in, damp=1e-9)
-    assert torch.equal(refit != 0, mask)
-    for row in range(3):  # the kept inputs of the pruned stream, fitted to the dense model's output
-        kept = mask[row].nonzero().squeeze(1)
-        target = (dense_in @ w[row]).double()[:, None]
-        by_hand = torch.linalg.lstsq(pruned_in[:, kept].double(), target).solution.squeeze(1)
-        torch.testing.assert_close(refit[row, kept], by_hand.float(), atol=1e-3, rtol=1e-3)
-    same_inputs = pr.refit_kept_weights(w, mask, pruned_in.T @ pruned_in, damp=1e-9)
-    error = lambda v: float(((pruned_in @ v.T - dense_in @ w.T) ** 2).sum())  # noqa: E731
-    assert error(refit) < error(same_inputs)
-
-
-def test_wanda_dense_target_equals_layer_target_where_nothing_was_pruned_before():
-    layer, dense = tiny_llama(layers=1), tiny_llama(layers=1)
-    masks = pr.wanda_prune(layer, calib_batches(), 0.5, refit=True)
-    dense_masks = pr.wanda_prune(dense, calib_batches(), 0.5, refit=True, refit_target="dense")
-    for name, lin in pr.prunable_linears(dense).items():  # block 0: both streams are the same hidden states
-        assert torch.equal(dense_masks[name], masks[name]), name
-        torch.testing.assert_close(lin.weight, pr.prunable_linears(layer)[name].weight)
-    two = tiny_llama(layers=2)
-    two_masks = pr.wanda_prune(two, calib_batches(), 0.5, refit=True, refit_target="dense")
-    assert pr.sparsity_report(two)["prunable_sparsity"] == pytest.approx(0.5)
-    assert all(torch.equal(lin.weight != 0, two_masks[n]) for n, lin in pr.prunable_linears(two).items())
-    with pytest.raises(UserError, match="refit_target must be layer or dense"):
-        pr.wanda_prune(tiny_llama(layers=1), calib_batches(), 0.5, refit=True, refit_target="outputs")
-
-
 def test_refit_damping_pulls_towards_the_original_weights():
     w = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     mask = torch.tensor([[True, False, True, False]])

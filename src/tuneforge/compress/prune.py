@@ -85,16 +85,14 @@ def magnitude_masks(model: nn.Module, sparsity: float, *, scope: str = "matrix",
 
 
 @torch.no_grad()
-def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Tensor, *, cross: torch.Tensor | None = None,
-                       damp: float = 0.01, rows_per_solve: int = 64) -> torch.Tensor:
+def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Tensor, *, damp: float = 0.01,
+                       rows_per_solve: int = 64) -> torch.Tensor:
     """Kept weights that best reproduce the dense layer's output on the calibration inputs; pruned ones are 0.
 
     With H = XᵀX over the calibration tokens, row w and kept set K, minimise ‖X_K v − X w‖² + λ‖v − w_K‖²:
     (H_KK + λI) v = (H w)_K + λ w_K, where λ = damp · mean(diag H) keeps the solve well-posed when a
-    feature is (nearly) silent. With `cross` = XᵀD, D the unpruned model's inputs to this layer on the same
-    tokens, the target is the unpruned model's output instead, ‖X_K v − D w‖², so the refit also undoes the
-    error earlier pruned blocks left in X: the right side becomes (XᵀD w)_K. Every row keeps the same number
-    of weights (per-row or N:M masks), so rows are solved in batches of `rows_per_solve` Cholesky systems.
+    feature is (nearly) silent. Every row keeps the same number of weights (per-row or N:M masks), so rows
+    are solved in batches of `rows_per_solve` Cholesky systems.
     """
     kept = mask.sum(1)
     if not bool((kept == kept[0]).all()):
@@ -102,7 +100,7 @@ def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Ten
     w = weight.float()
     h = gram.float()
     lam = damp * float(h.diagonal().mean()) or damp
-    target = w @ (h if cross is None else cross.float().T)  # row i: (H w_i)ᵀ or (XᵀD w_i)ᵀ
+    target = w @ h  # row i: (H w_i)ᵀ
     eye = torch.eye(int(kept[0]), device=w.device)
     idx_all = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, : int(kept[0])]  # kept columns, in order
     out = torch.zeros_like(w)
@@ -120,53 +118,34 @@ def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Ten
 
 @torch.no_grad()
 def wanda_prune(model: nn.Module, batches: Sequence[dict], sparsity: float, *, nm=None,
-                refit: bool = False, refit_target: str = "layer") -> dict[str, torch.Tensor]:
+                refit: bool = False) -> dict[str, torch.Tensor]:
     """Prune in place with Wanda scores, one block at a time; returns the masks.
 
     For each block: hooks sum the squared inputs of its linear layers over the real tokens (the whole XᵀX
     when `refit`), the block's weights are pruned per output row (and the kept ones refitted), then the
-    block is run again (pruned) to give the next block its input. With refit_target="dense" an unpruned
-    stream of hidden states is carried beside the pruned one and the refit aims at its outputs (XᵀD; see
-    refit_kept_weights) rather than at each layer's own unpruned output on the pruned inputs.
+    block is run again (pruned) to give the next block its input.
     """
-    if refit_target not in ("layer", "dense"):
-        raise UserError(f"prune.refit_target must be layer or dense, not {refit_target!r}")
     _, _, blocks = decoder_blocks(model)
     names = {id(m): n for n, m in prunable_linears(model).items()}
     hidden, block_kwargs = capture_block_inputs(model, batches)
-    dense_hidden = list(hidden) if refit and refit_target == "dense" else None
     token_masks = [b["attention_mask"].bool().to(hidden[0].device) for b in batches]
     masks: dict[str, torch.Tensor] = {}
     stats: dict[int, torch.Tensor] = {}  # per linear: Σx² per input feature, or XᵀX when refitting
-    cross: dict[int, torch.Tensor] = {}  # per linear, refit_target="dense": XᵀD
-    dense_inputs: dict[int, torch.Tensor] = {}  # per linear: the unpruned stream's inputs of the current batch
-    current: dict = {"dense": False}
+    current: dict = {}
 
     def hook(module, args):
         x = args[0][current["mask"]].float()  # (real tokens, in_features)
-        if current["dense"]:
-            dense_inputs[id(module)] = x
-            return
         stats[id(module)] += x.T @ x if refit else (x * x).sum(0)
-        if dense_hidden is not None:
-            cross[id(module)] += x.T @ dense_inputs[id(module)]
 
     for index, block in enumerate(tqdm(blocks, desc="wanda", unit="block")):
         linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
-        for store, wanted in ((stats, True), (cross, dense_hidden is not None)):
-            store.clear()
-            if wanted:
-                store.update({id(m): torch.zeros((m.in_features,) * (2 if refit else 1), device=m.weight.device)
-                              for m in linears})
-        next_dense = []
+        stats.clear()
+        stats.update({id(m): torch.zeros((m.in_features,) * (2 if refit else 1), device=m.weight.device)
+                      for m in linears})
         handles = [m.register_forward_pre_hook(hook) for m in linears]
         try:
             for b, h in enumerate(hidden):
                 current["mask"] = token_masks[b]
-                if dense_hidden is not None:  # the unpruned block's inputs and outputs first, for this batch
-                    current["dense"] = True
-                    next_dense.append(run_block(block, dense_hidden[b], block_kwargs[index][b]))
-                    current["dense"] = False
                 run_block(block, h, block_kwargs[index][b])
         finally:
             for handle in handles:
@@ -176,12 +155,11 @@ def wanda_prune(model: nn.Module, batches: Sequence[dict], sparsity: float, *, n
             scores = lin.weight.float().abs() * sq_norm.sqrt()[None, :]
             mask = mask_from_scores(scores, sparsity, scope="row", nm=nm)
             if refit:
-                lin.weight.copy_(refit_kept_weights(lin.weight, mask, stats[id(lin)], cross=cross.get(id(lin))))
+                lin.weight.copy_(refit_kept_weights(lin.weight, mask, stats[id(lin)]))
             else:
                 lin.weight.mul_(mask.to(lin.weight.dtype))
             masks[names[id(lin)]] = mask
         hidden = [run_block(block, h, block_kwargs[index][b]) for b, h in enumerate(hidden)]
-        dense_hidden = next_dense if dense_hidden is not None else None
     return masks
 
 

@@ -42,7 +42,6 @@ class PruneSection(Section):
     scope: Literal["matrix", "row"] = Field("row", description="method=magnitude: rank weights in the whole matrix or per output row (wanda is always per row)")
     remove: float = Field(0.25, gt=0, description="method=blocks: fraction of blocks to remove (< 1) or how many (≥ 1)")
     refit: bool = Field(False, description="method=wanda: re-fit each row's kept weights by least squares on the calibration inputs (SparseGPT's update, same mask)")
-    refit_target: Literal["layer", "dense"] = Field("layer", description="prune.refit: match each layer's own unpruned output on the pruned model's inputs (layer, SparseGPT), or the unpruned model's output at that layer (dense: also undoes the error of earlier pruned blocks)")
     calibration_rows: int = Field(128, ge=1, description="training rows run through the model for Wanda norms and block importance")
     calibration_batch_size: int = Field(8, ge=1, description="rows per calibration forward pass")
 
@@ -105,7 +104,7 @@ def prune_model(model, cfg: PruneConfig, calib: list[dict]) -> tuple[dict | None
     if p.method == "existing":
         return pr.masks_from_zeros(model), {}
     if p.method == "wanda":
-        masks = pr.wanda_prune(model, calib, p.sparsity, nm=nm, refit=p.refit, refit_target=p.refit_target)
+        masks = pr.wanda_prune(model, calib, p.sparsity, nm=nm, refit=p.refit)
     else:
         masks = pr.magnitude_masks(model, p.sparsity, scope=p.scope, nm=nm)
         pr.apply_masks(model, masks)
