@@ -260,6 +260,8 @@ def test_recovery_continues_on_a_pruned_run_with_the_dense_teacher(tiny_llama_di
     unpruned model named by recovery.teacher."""
     import json
 
+    from safetensors.torch import load_file
+
     from tuneforge.config import validate
     from tuneforge.recipes.prune import PruneConfig, prune
 
@@ -278,8 +280,6 @@ def test_recovery_continues_on_a_pruned_run_with_the_dense_teacher(tiny_llama_di
     metrics = json.loads((second / "metrics.json").read_text())
     assert metrics["method"] == "existing" and "sparsity_target" not in metrics
     assert metrics["recovery"]["steps"] == 2 and "recovered" in metrics
-    from safetensors.torch import load_file
-
     before, after = (load_file(run / "model" / "model.safetensors") for run in (first, second))
     changed = [k for k in before if "layers" in k and k.endswith("proj.weight") and not torch.equal(before[k], after[k])]
     assert changed  # the kept weights did train

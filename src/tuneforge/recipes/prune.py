@@ -34,6 +34,8 @@ from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.recipes.distill import KDSection
 
+CALIBRATED = ("wanda", "blocks")  # methods that run calibration rows through the model
+
 
 class PruneSection(Section):
     method: Literal["magnitude", "wanda", "blocks", "existing"] = Field("wanda", description="what decides which weights go; existing: keep the model's zeros as they are (a model already pruned, e.g. to continue its recovery)")
@@ -75,7 +77,7 @@ class PruneConfig(RunConfig):
                              "the loaded model is already pruned, so it cannot teach its own recovery")
         if r.teacher_adapter and not r.teacher:
             raise ValueError("recovery.teacher_adapter needs recovery.teacher: the model it belongs to")
-        needs_train = self.prune.method in ("wanda", "blocks") or self.recovery.enabled
+        needs_train = self.prune.method in CALIBRATED or r.enabled
         if needs_train and self.data.train is None:
             raise ValueError("data.train is required for calibration (wanda, blocks) and recovery: point it at the task's training split")
         return self
@@ -115,14 +117,13 @@ def recovery_teacher(model, tok, cfg: PruneConfig):
     """The model recovery distills from: recovery.teacher, or by default the unpruned model, copied now,
     before pruning changes the weights in place. None without recovery.distill."""
     from tuneforge.compress.common import load_merged
+    from tuneforge.compress.kd import check_same_tokenizer
 
     r = cfg.recovery
     if not (r.enabled and r.distill):
         return None
     if not r.teacher:
         return copy.deepcopy(model).requires_grad_(False)
-    from tuneforge.compress.kd import check_same_tokenizer
-
     teacher, teacher_tok = load_merged(r.teacher, r.teacher_adapter, cfg.dtype)
     check_same_tokenizer(teacher_tok, tok, r.teacher, key="recovery.teacher")
     return teacher.requires_grad_(False)
@@ -163,7 +164,7 @@ def prune(cfg: PruneConfig) -> Path:
     if cfg.eval_before:
         metrics["before"], _ = common.score(model, tok, task, dev_rows, cfg.eval, label="before pruning")
     calib = []
-    if cfg.prune.method in ("wanda", "blocks"):
+    if cfg.prune.method in CALIBRATED:
         calib = common.calibration_batches(tok, task, train_rows[: cfg.prune.calibration_rows],
                                            max_len=cfg.train.max_seq_len, batch_size=cfg.prune.calibration_batch_size)
     start = time.perf_counter()
