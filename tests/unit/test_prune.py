@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tuneforge.compress import blocks as blk
 from tuneforge.compress import prune as pr
-from tuneforge.compress.masked_lora import add_masked_lora, merge_masked_lora
+from tuneforge.compress.masked_lora import add_masked_lora, add_masked_weights, merge_masked_lora
 from tuneforge.errors import UserError
 
 
@@ -182,7 +182,8 @@ def test_save_and_reload_keep_zeros_and_removed_blocks(tmp_path):
     assert again["nonzero_parameters"] == report["nonzero_parameters"] < report["parameters"]
 
 
-def test_masked_recovery_lora_keeps_pruned_weights_at_zero():
+@pytest.mark.parametrize("train", ["lora", "weights"])
+def test_masked_recovery_keeps_pruned_weights_at_zero(train):
     model = tiny_llama()
     masks = pr.magnitude_masks(model, 0.5, scope="matrix")
     pr.apply_masks(model, masks)
@@ -190,8 +191,14 @@ def test_masked_recovery_lora_keeps_pruned_weights_at_zero():
     with torch.no_grad():
         pruned_logits = model(**batch).logits
     before = {n: lin.weight.detach().clone() for n, lin in pr.prunable_linears(model).items()}
-    params = add_masked_lora(model, pr.prunable_linears(model), masks, r=4, alpha=8)
-    with torch.no_grad():  # B starts at zero: nothing changes until training
+    linears = pr.prunable_linears(model)
+    if train == "lora":
+        params = add_masked_lora(model, linears, masks, r=4, alpha=8)
+    else:
+        params = add_masked_weights(model, linears, masks)
+        assert sum(p.numel() for p in params) == sum(lin.weight.numel() for lin in linears.values())
+    assert {id(p) for p in params} == {id(p) for p in model.parameters() if p.requires_grad}
+    with torch.no_grad():  # B starts at zero (or the weights are the pruned ones): nothing changes until training
         torch.testing.assert_close(model(**batch).logits, pruned_logits)
     opt = torch.optim.AdamW(params, lr=1e-2)
     for _ in range(3):
@@ -255,9 +262,10 @@ def test_existing_with_distilled_recovery_needs_a_teacher():
     validate(PruneConfig, {**base, "recovery": {"enabled": True, "distill": False}})  # CE recovery needs none
 
 
-def test_recovery_continues_on_a_pruned_run_with_the_dense_teacher(tiny_llama_dir, sentiment_tsv, tmp_path):
+@pytest.mark.parametrize("train", ["lora", "weights"])
+def test_recovery_continues_on_a_pruned_run_with_the_dense_teacher(tiny_llama_dir, sentiment_tsv, tmp_path, train):
     """Stage 1 prunes and saves; stage 2 loads that model/, keeps exactly its zeros and distills from the
-    unpruned model named by recovery.teacher."""
+    unpruned model named by recovery.teacher (with a masked LoRA, or training the masked weights)."""
     import json
 
     from safetensors.torch import load_file
@@ -273,13 +281,16 @@ def test_recovery_continues_on_a_pruned_run_with_the_dense_teacher(tiny_llama_di
                                          "prune": {"method": "magnitude", "sparsity": 0.5, "scope": "row"}}))
     second = prune(validate(PruneConfig, {
         **common, "name": "s2", "model": str(first / "model"), "prune": {"method": "existing"},
-        "recovery": {"enabled": True, "r": 2, "alpha": 4, "distill": True, "teacher": str(tiny_llama_dir),
+        "recovery": {"enabled": True, "train": train, "r": 2, "alpha": 4, "distill": True, "teacher": str(tiny_llama_dir),
                      "kd": {"tokens": "all", "ratio": 1.0}}}))
     zeros = [json.loads((run / "sparsity.json").read_text())["per_matrix"] for run in (first, second)]
     assert zeros[0] == zeros[1] and set(zeros[0].values()) == {0.5}
     metrics = json.loads((second / "metrics.json").read_text())
     assert metrics["method"] == "existing" and "sparsity_target" not in metrics
     assert metrics["recovery"]["steps"] == 2 and "recovered" in metrics
+    block_weights = sum(t.numel() for k, t in load_file(first / "model" / "model.safetensors").items()
+                        if "layers" in k and k.endswith("proj.weight"))
+    assert (metrics["recovery"]["trainable_params"] == block_weights) == (train == "weights")
     before, after = (load_file(run / "model" / "model.safetensors") for run in (first, second))
     changed = [k for k in before if "layers" in k and k.endswith("proj.weight") and not torch.equal(before[k], after[k])]
     assert changed  # the kept weights did train

@@ -12,6 +12,10 @@ writes W_eff into the weight. Pruned positions get zero gradient through ⊙ M a
 
 The price: the weight gradient of each adapted matrix is formed densely (about a third more compute per
 step than an activation-space LoRA), which is small on models of this size.
+
+Since that dense gradient is formed anyway, training the kept weights themselves (`add_masked_weights`,
+W_eff = W ⊙ M with W trainable) costs about the same compute per step and only adds the optimizer's state:
+more capacity than rank r for the recovery, as distill's students train their blocks.
 """
 
 from __future__ import annotations
@@ -44,6 +48,20 @@ class MaskedLoRADelta(nn.Module):
         return out * self.mask.to(out.dtype) if self.mask is not None else out
 
 
+class MaskedWeight(nn.Module):
+    """Parametrization: weight ↦ weight ⊙ mask, the weight itself trained; pruned positions get zero gradient."""
+
+    def __init__(self, mask: torch.Tensor | None, device=None):
+        super().__init__()
+        if mask is not None:
+            self.register_buffer("mask", mask.to(device=device, dtype=torch.bool), persistent=False)
+        else:
+            self.mask = None
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask.to(weight.dtype) if self.mask is not None else weight
+
+
 def target_linears(model: nn.Module, names: dict[str, nn.Linear], target_modules: str | list[str]) -> dict[str, nn.Linear]:
     if target_modules == "all-linear":
         return names
@@ -65,9 +83,24 @@ def add_masked_lora(model: nn.Module, linears: dict[str, nn.Linear], masks: dict
     return params
 
 
+def add_masked_weights(model: nn.Module, linears: dict[str, nn.Linear], masks: dict[str, torch.Tensor] | None) -> list[nn.Parameter]:
+    """Freeze the whole model except the weights of `linears`, trained under their masks; returns them."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = []
+    for name, lin in linears.items():
+        mask = masks.get(name) if masks else None
+        lin.weight.requires_grad_(True)
+        parametrize.register_parametrization(lin, "weight", MaskedWeight(mask, device=lin.weight.device))
+        params.append(lin.parametrizations.weight.original)
+    return params
+
+
 @torch.no_grad()
 def merge_masked_lora(model: nn.Module) -> None:
-    """Write W_eff into each weight and drop the parametrization: a plain model with the same zeros."""
+    """Write W_eff into each weight and drop the parametrization: a plain model with the same zeros.
+    Serves add_masked_weights too."""
     for module in list(model.modules()):
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            module.weight.requires_grad_(False)  # a merged model is for scoring and saving

@@ -11,8 +11,9 @@ Methods (prune.method):
 - existing: the loaded model is already pruned (a run's model/); its zeros are the mask, so its recovery can go on
   (with recovery.distill, recovery.teacher names the unpruned model to learn from)
 
-Recovery keeps pruned weights at zero: the LoRA delta is masked in the forward pass (see
-tuneforge.compress.masked_lora), so the recovered model has exactly the pruned sparsity. It learns from the
+Recovery keeps pruned weights at zero: the LoRA delta (or, with recovery.train=weights, the trained weight
+itself) is masked in the forward pass (see tuneforge.compress.masked_lora), so the recovered model has
+exactly the pruned sparsity. It learns from the
 gold answers (cross-entropy), or with recovery.distill from the unpruned model's token distributions too.
 
 Writes runs/<name>/: config.yaml, model/ (HF layout), metrics.json, metrics.jsonl, predictions.jsonl,
@@ -50,6 +51,7 @@ class PruneSection(Section):
 
 class RecoverySection(Section):
     enabled: bool = Field(False, description="after pruning, train a LoRA whose delta is masked so zeros stay zero")
+    train: Literal["lora", "weights"] = Field("lora", description="lora: a masked LoRA (r, alpha); weights: the kept weights of the block linears themselves, masked (about the same compute per step, more capacity, optimizer state for every block weight)")
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: float = Field(32, gt=0, description="LoRA scale = alpha / r")
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' (every block linear) or names such as [q_proj, v_proj]")
@@ -130,15 +132,24 @@ def recovery_teacher(model, tok, cfg: PruneConfig):
 
 
 def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path, teacher=None) -> dict:
-    """Masked LoRA on the block linears, trained with finetune's loop, then merged (zeros kept). The loss is
-    finetune's cross-entropy on the answers, or with a `teacher` (the unpruned model) distill's KD + CE mix."""
-    from tuneforge.compress.masked_lora import add_masked_lora, merge_masked_lora, target_linears
+    """Masked LoRA (or the masked weights themselves) on the block linears, trained with finetune's loop, then
+    merged (zeros kept). The loss is finetune's cross-entropy on the answers, or with a `teacher` (the
+    unpruned model) distill's KD + CE mix."""
+    from tuneforge.compress.masked_lora import (
+        add_masked_lora,
+        add_masked_weights,
+        merge_masked_lora,
+        target_linears,
+    )
     from tuneforge.compress.prune import prunable_linears
     from tuneforge.compress.train import DistillLoss, encode_rows, train
     from tuneforge.recipes.training import TargetOnlyLoss
 
     linears = target_linears(model, prunable_linears(model), cfg.recovery.target_modules)
-    add_masked_lora(model, linears, masks, r=cfg.recovery.r, alpha=cfg.recovery.alpha)
+    if cfg.recovery.train == "weights":
+        add_masked_weights(model, linears, masks)
+    else:
+        add_masked_lora(model, linears, masks, r=cfg.recovery.r, alpha=cfg.recovery.alpha)
     examples = encode_rows(tok, task, train_rows, cfg.train.max_seq_len)
     share = cfg.train.share_prefix
     loss = DistillLoss(model, teacher, cfg.recovery.kd, share) if teacher is not None else TargetOnlyLoss(model, share)
