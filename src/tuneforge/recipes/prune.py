@@ -13,8 +13,8 @@ Methods (prune.method):
 
 Recovery keeps pruned weights at zero: the LoRA delta (or, with recovery.train=weights, the trained weight
 itself) is masked in the forward pass (see tuneforge.compress.masked_lora), so the recovered model has
-exactly the pruned sparsity. It learns from the
-gold answers (cross-entropy), or with recovery.distill from the unpruned model's token distributions too.
+exactly the pruned sparsity. It learns from the gold answers (cross-entropy), or with recovery.distill from
+the unpruned model's token distributions too.
 
 Writes runs/<name>/: config.yaml, model/ (HF layout), metrics.json, metrics.jsonl, predictions.jsonl,
 sparsity.json (per matrix, measured after reloading model/), report.md/html.
@@ -50,7 +50,7 @@ class PruneSection(Section):
 
 
 class RecoverySection(Section):
-    enabled: bool = Field(False, description="after pruning, train a LoRA whose delta is masked so zeros stay zero")
+    enabled: bool = Field(False, description="after pruning, train a masked LoRA (or the masked weights, see train) so zeros stay zero")
     train: Literal["lora", "weights"] = Field("lora", description="lora: a masked LoRA (r, alpha); weights: the kept weights of the block linears themselves, masked (about the same compute per step, more capacity, optimizer state for every block weight)")
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: float = Field(32, gt=0, description="LoRA scale = alpha / r")
