@@ -263,7 +263,7 @@ def test_existing_with_distilled_recovery_needs_a_teacher():
 
 
 @pytest.mark.parametrize("train", ["lora", "weights"])
-def test_recovery_continues_on_a_pruned_run_with_the_dense_teacher(tiny_llama_dir, sentiment_tsv, tmp_path, train):
+def test_recovery_continues_on_a_pruned_run_with_the_dense_teacher(tiny_llama_dir, sentiment_tsv, tmp_path, train, capsys):
     """Stage 1 prunes and saves; stage 2 loads that model/, keeps exactly its zeros and distills from the
     unpruned model named by recovery.teacher (with a masked LoRA, or training the masked weights)."""
     import json
@@ -283,6 +283,7 @@ def test_recovery_continues_on_a_pruned_run_with_the_dense_teacher(tiny_llama_di
         **common, "name": "s2", "model": str(first / "model"), "prune": {"method": "existing"},
         "recovery": {"enabled": True, "train": train, "r": 2, "alpha": 4, "distill": True, "teacher": str(tiny_llama_dir),
                      "kd": {"tokens": "all", "ratio": 1.0}}}))
+    assert "50.0% of the block matrices' weights are zero and stay zero\n" in capsys.readouterr().out
     zeros = [json.loads((run / "sparsity.json").read_text())["per_matrix"] for run in (first, second)]
     assert zeros[0] == zeros[1] and set(zeros[0].values()) == {0.5}
     metrics = json.loads((second / "metrics.json").read_text())
@@ -295,3 +296,14 @@ def test_recovery_continues_on_a_pruned_run_with_the_dense_teacher(tiny_llama_di
     changed = [k for k in before if "layers" in k and k.endswith("proj.weight") and not torch.equal(before[k], after[k])]
     assert changed  # the kept weights did train
     assert all(torch.equal(before[k] == 0, after[k] == 0) for k in changed)
+
+
+def test_existing_on_an_unpruned_model_says_nothing_is_kept_at_zero(capsys):
+    from tuneforge.config import validate
+    from tuneforge.recipes.prune import PruneConfig, prune_model
+
+    cfg = validate(PruneConfig, {"prune": {"method": "existing"}, "data": {"dev": {"path": "d.tsv"}}})
+    masks, details = prune_model(tiny_llama(), cfg, [])
+    assert details == {} and all(bool(m.all()) for m in masks.values())
+    assert "0.0% of the block matrices' weights are zero" in (out := capsys.readouterr().out)
+    assert "this model is not pruned" in out
