@@ -27,27 +27,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 
-class MaskedLoRADelta(nn.Module):
-    """Parametrization: weight ↦ (weight + scale·B·A) ⊙ mask. B starts at zero, so training starts from W."""
-
-    def __init__(self, out_features: int, in_features: int, r: int, alpha: float, mask: torch.Tensor | None,
-                 dtype=torch.float32, device=None):
-        super().__init__()
-        self.scale = alpha / r
-        self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=dtype, device=device))
-        self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=dtype, device=device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        if mask is not None:
-            self.register_buffer("mask", mask.to(device=device, dtype=torch.bool), persistent=False)
-        else:
-            self.mask = None
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        delta = (self.lora_B @ self.lora_A) * self.scale
-        out = weight + delta.to(weight.dtype)
-        return out * self.mask.to(out.dtype) if self.mask is not None else out
-
-
 class MaskedWeight(nn.Module):
     """Parametrization: weight ↦ weight ⊙ mask, the weight itself trained; pruned positions get zero gradient."""
 
@@ -62,6 +41,22 @@ class MaskedWeight(nn.Module):
         return weight * self.mask.to(weight.dtype) if self.mask is not None else weight
 
 
+class MaskedLoRADelta(MaskedWeight):
+    """Parametrization: weight ↦ (weight + scale·B·A) ⊙ mask. B starts at zero, so training starts from W."""
+
+    def __init__(self, out_features: int, in_features: int, r: int, alpha: float, mask: torch.Tensor | None,
+                 dtype=torch.float32, device=None):
+        super().__init__(mask, device=device)
+        self.scale = alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=dtype, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=dtype, device=device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        delta = (self.lora_B @ self.lora_A) * self.scale
+        return super().forward(weight + delta.to(weight.dtype))
+
+
 def target_linears(model: nn.Module, names: dict[str, nn.Linear], target_modules: str | list[str]) -> dict[str, nn.Linear]:
     if target_modules == "all-linear":
         return names
@@ -69,31 +64,30 @@ def target_linears(model: nn.Module, names: dict[str, nn.Linear], target_modules
     return {n: m for n, m in names.items() if n.rsplit(".", 1)[-1] in wanted}
 
 
+def _parametrize_frozen(model: nn.Module, linears: dict[str, nn.Linear], masks: dict[str, torch.Tensor] | None,
+                        make) -> list[nn.Module]:
+    """Freeze the whole model; register make(linear, its mask or None) as each linear's weight parametrization."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    parts = []
+    for name, lin in linears.items():
+        parts.append(make(lin, masks.get(name) if masks else None))
+        parametrize.register_parametrization(lin, "weight", parts[-1])
+    return parts
+
+
 def add_masked_lora(model: nn.Module, linears: dict[str, nn.Linear], masks: dict[str, torch.Tensor] | None, *,
                     r: int, alpha: float) -> list[nn.Parameter]:
     """Freeze the whole model, attach a masked LoRA to each of `linears`; returns the trainable parameters."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = []
-    for name, lin in linears.items():
-        mask = masks.get(name) if masks else None
-        delta = MaskedLoRADelta(lin.out_features, lin.in_features, r, alpha, mask, device=lin.weight.device)
-        parametrize.register_parametrization(lin, "weight", delta)
-        params += [delta.lora_A, delta.lora_B]
-    return params
+    deltas = _parametrize_frozen(model, linears, masks, lambda lin, mask: MaskedLoRADelta(
+        lin.out_features, lin.in_features, r, alpha, mask, device=lin.weight.device))
+    return [p for d in deltas for p in (d.lora_A, d.lora_B)]
 
 
 def add_masked_weights(model: nn.Module, linears: dict[str, nn.Linear], masks: dict[str, torch.Tensor] | None) -> list[nn.Parameter]:
     """Freeze the whole model except the weights of `linears`, trained under their masks; returns them."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = []
-    for name, lin in linears.items():
-        mask = masks.get(name) if masks else None
-        lin.weight.requires_grad_(True)
-        parametrize.register_parametrization(lin, "weight", MaskedWeight(mask, device=lin.weight.device))
-        params.append(lin.parametrizations.weight.original)
-    return params
+    _parametrize_frozen(model, linears, masks, lambda lin, mask: MaskedWeight(mask, device=lin.weight.device))
+    return [lin.parametrizations.weight.original.requires_grad_(True) for lin in linears.values()]
 
 
 @torch.no_grad()

@@ -106,11 +106,10 @@ def prune_model(model, cfg: PruneConfig, calib: list[dict]) -> tuple[dict | None
         blk.remove_blocks(model, drop)
         return None, {"block_importance": importance, "removed_blocks": drop, "blocks_left": len(blocks) - len(drop)}
     if p.method == "existing":
-        masks = pr.masks_from_zeros(model)
-        kept = sum(int(m.sum()) for m in masks.values()) / max(1, sum(m.numel() for m in masks.values()))
-        print(f"prune.method=existing: {1 - kept:.1%} of the block matrices' weights are zero and stay zero"
-              + ("" if kept < 1 else " (none: this model is not pruned, so its recovery is a plain fine-tune)"))
-        return masks, {}
+        zero = pr.sparsity_report(model)["prunable_sparsity"]
+        print(f"prune.method=existing: {zero:.1%} of the block matrices' weights are zero and stay zero"
+              + ("" if zero else " (none: this model is not pruned, so its recovery is a plain fine-tune)"))
+        return pr.masks_from_zeros(model), {}
     if p.method == "wanda":
         masks = pr.wanda_prune(model, calib, p.sparsity, nm=nm, refit=p.refit)
     else:
