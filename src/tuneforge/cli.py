@@ -44,8 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def drop_known_import_notices() -> None:
+    """Two notices torchao prints on every start that no user can act on: torch 2.13 calls its Enum pytree
+    registrations deprecated (pytorch/ao#4848, open upstream), and on a machine without CUDA its CUDA-only
+    kernels fail to load. On a CUDA machine the second stays visible: there it means something."""
+    import logging
+
+    import torch
+
+    logging.getLogger("torch.utils._pytree").addFilter(
+        lambda record: "is an Enum subclass and is now natively supported" not in record.getMessage())
+    if not torch.cuda.is_available():
+        logging.getLogger("torchao").addFilter(lambda record: not record.getMessage().startswith("Failed to load"))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    drop_known_import_notices()
     # A background launcher may hand us SIGINT ignored; Ctrl-C must still stop training with a checkpoint.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from tuneforge.errors import UserError

@@ -81,3 +81,18 @@ def test_missing_adapter_names_the_recipe_that_makes_it(tmp_path, monkeypatch):
         attach_adapter(None, str(Path("runs/other/adapter")))
     with pytest.raises(UserError, match="'not-an-adapter' has no adapter_config.json"):
         attach_adapter(None, "not-an-adapter")
+
+
+def test_torchao_start_up_notices_are_dropped():
+    """peft imports torchao, which logs two notices no user can act on; the CLI drops exactly those."""
+    def stderr_of(code):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              env=ENV).stderr
+
+    plain = stderr_of("import peft")
+    if "is an Enum subclass" not in plain and "Failed to load" not in plain:
+        pytest.skip("the installed torchao prints neither notice")
+    quiet = stderr_of("from tuneforge.cli import drop_known_import_notices as d; d(); import peft; "
+                      "import logging; logging.getLogger('torchao').warning('kept: other torchao warnings')")
+    assert "is an Enum subclass" not in quiet and "Failed to load" not in quiet
+    assert "kept: other torchao warnings" in quiet
