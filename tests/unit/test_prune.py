@@ -160,6 +160,31 @@ def test_refit_to_dense_targets_matches_least_squares_by_hand():
     assert torch.equal(refit != 0, mask)
 
 
+def test_shared_prefix_counts_once():
+    prefix = [5, 6, 7]
+    first = {"input_ids": torch.tensor([prefix + [1, 2, 0], prefix + [3, 4, 9]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])}
+    second = {"input_ids": torch.tensor([prefix + [8, 0], [5, 6, 2, 2, 2]]),  # row 2 shares only 5, 6
+              "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])}
+    masks = pr.shared_prefix_once([first, second])
+    assert masks[0].tolist() == [[True] * 5 + [False], [False, False, True, True, True, True]]
+    assert masks[1].tolist() == [[False, False, True, True, False], [False, False, True, True, True]]
+    alone = {"input_ids": torch.tensor([prefix]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    assert pr.shared_prefix_once([alone])[0].all()  # one row: nothing is repeated
+
+
+def test_wanda_with_the_prefix_once_sees_other_norms():
+    batches = calib_batches()
+    for b in batches:
+        b["input_ids"][:, :6] = torch.arange(6)  # every row starts with the same 6 tokens
+    plain, once = tiny_llama(), tiny_llama()
+    masks = pr.wanda_prune(plain, batches, 0.5)
+    once_masks = pr.wanda_prune(once, batches, 0.5, prefix_once=True)
+    assert any(not torch.equal(masks[k], once_masks[k]) for k in masks)
+    for name, lin in pr.prunable_linears(once).items():
+        assert ((lin.weight == 0).sum(1) == lin.in_features // 2).all(), name
+
+
 def test_input_groups_follow_the_forward_pass():
     model = tiny_llama(layers=1)
     hidden, kwargs = blk.capture_block_inputs(model, calib_batches(n=1))
@@ -298,6 +323,7 @@ def test_refit_with_another_method_is_a_config_error():
 
 @pytest.mark.parametrize("prune, message", [
     ({"method": "magnitude", "sequential": True}, "prune.sequential needs prune.method: wanda"),
+    ({"method": "blocks", "prefix_once": True}, "prune.prefix_once needs prune.method: wanda"),
     ({"refit_target": "dense"}, "prune.refit_target: dense needs prune.refit: true"),
 ])
 def test_sequential_and_refit_target_config_errors(prune, message):
