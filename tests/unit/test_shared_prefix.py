@@ -75,7 +75,7 @@ def test_generation_with_a_shared_prefix_gives_the_same_greedy_answers(embedded_
     assert any(plain)
 
 
-@pytest.mark.parametrize("tokens", ["targets", "all"])
+@pytest.mark.parametrize("tokens", ["targets", "text", "all"])
 def test_distillation_loss_with_a_shared_prefix_equals_the_plain_one(tiny_llama_dir, tokens):
     import copy
     from types import SimpleNamespace
@@ -99,3 +99,29 @@ def test_distillation_loss_with_a_shared_prefix_equals_the_plain_one(tiny_llama_
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
     for k, g in results[0][2].items():
         torch.testing.assert_close(results[1][2][k], g, rtol=1e-4, atol=1e-6)
+
+
+def test_text_kd_leaves_out_the_shared_prefix(tiny_llama_dir):
+    import copy
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.compress.blocks import keep_blocks
+    from tuneforge.compress.kd import distill_loss
+    from tuneforge.compress.train import DistillLoss
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    student = keep_blocks(copy.deepcopy(teacher), [1])
+    ids, mask, labels = _batch(prefix_len=12, vocab=teacher.config.vocab_size)
+    kd = {t: SimpleNamespace(loss="forward_kl", temperature=1.0, beta=0.5, ratio=1.0, chunk_tokens=8, tokens=t)
+          for t in ("text", "all")}
+    with torch.no_grad():
+        loss = {t: DistillLoss(student, teacher, k, share_prefix=False)(ids, mask, labels)[0].item() for t, k in kd.items()}
+        s_h, t_h = student.model(ids, attention_mask=mask)[0], teacher.model(ids, attention_mask=mask)[0]
+        text_only = mask.clone()
+        text_only[:, :13] = 0  # tokens predicted from the 12 prefix tokens all three rows start with
+        by_hand, info = distill_loss(s_h, t_h, labels, student.lm_head, teacher.lm_head, ratio=1.0, kd_on=text_only)
+    assert info["kd_tokens"] == int(mask.sum()) - 3 * 13
+    assert loss["text"] == pytest.approx(by_hand.item() * info["targets"], rel=1e-5)
+    assert loss["text"] != pytest.approx(loss["all"], rel=1e-3)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from tuneforge.compress.blocks import body
 from tuneforge.compress.kd import distill_loss
 from tuneforge.errors import UserError
-from tuneforge.recipes.training import decoder_states
+from tuneforge.recipes.training import decoder_states, shared_prefix_length
 
 
 class DistillLoss(nn.Module):
@@ -34,12 +34,20 @@ class DistillLoss(nn.Module):
     def forward(self, input_ids, attention_mask, labels):
         teacher, kd = self.frozen[0], self.kd
         s_hidden, start = decoder_states(body(self.model), input_ids, attention_mask, labels, self.share_prefix)
+        kd_on = None
+        if kd.tokens == "all":
+            kd_on = attention_mask[:, start:]
+        elif kd.tokens == "text":  # the predictions made from each row's own tokens (after the shared prefix)
+            prefix = shared_prefix_length(input_ids, attention_mask, labels) if input_ids.shape[0] > 1 else 0
+            kd_on = attention_mask.clone()
+            kd_on[:, :prefix + 1] = 0  # kd_on marks predicted tokens; token `prefix` is predicted from the prefix
+            kd_on = kd_on[:, start:]
         with torch.no_grad():
             t_hidden, _ = decoder_states(body(teacher), input_ids, attention_mask, labels, start=start)
         loss, info = distill_loss(
             s_hidden, t_hidden, labels[:, start:], self.model.get_output_embeddings(), teacher.get_output_embeddings(),
             kind=kd.loss, temperature=kd.temperature, beta=kd.beta, ratio=kd.ratio, chunk_tokens=kd.chunk_tokens,
-            kd_on=attention_mask[:, start:] if kd.tokens == "all" else None,
+            kd_on=kd_on,
         )
         return loss * info["targets"], info["targets"]
 

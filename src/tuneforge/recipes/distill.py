@@ -35,7 +35,7 @@ class KDSection(Section):
     temperature: float = Field(1.0, gt=0, description="softens both distributions; the loss is scaled by T²")
     beta: float = Field(0.5, ge=0, le=1, description="loss=jsd: mixture weight of the teacher (0 → forward KL, 1 → reverse KL)")
     ratio: float = Field(0.5, ge=0, le=1, description="loss = ratio·KD + (1 − ratio)·cross-entropy on the targets")
-    tokens: Literal["targets", "all"] = Field("targets", description="KD on the answer tokens only, or on every token (the prompt too: a denser signal; CE stays on the answer)")
+    tokens: Literal["targets", "text", "all"] = Field("targets", description="KD on the answer tokens only; on every token after the prompt prefix a batch's rows share (each row's own text and answer; the prefix runs once per batch); or on every token (the prompt too). CE stays on the answer")
     chunk_tokens: int = Field(256, ge=1, description="target tokens whose full-vocabulary logits are formed at once")
     sequence_level: bool = Field(False, description="train on the teacher's generated answers instead of the gold ones")
     generate_batch_size: int = Field(16, ge=1, description="sequence_level: prompts per teacher generation batch")
