@@ -145,77 +145,6 @@ def test_wanda_refit_same_mask_and_closer_block_outputs():
     assert gap["refit"] < gap["plain"], gap
 
 
-def test_refit_to_dense_targets_matches_least_squares_by_hand():
-    g = torch.Generator().manual_seed(4)
-    x_dense = torch.randn(200, 8, generator=g) @ torch.randn(8, 8, generator=g)
-    x_pruned = x_dense + 0.3 * torch.randn(200, 8, generator=g)  # the inputs after earlier blocks were pruned
-    w = torch.randn(3, 8, generator=g)
-    mask = pr.mask_from_scores(w.abs() * x_pruned.pow(2).sum(0).sqrt(), 0.5, scope="row")
-    refit = pr.refit_kept_weights(w, mask, x_pruned.T @ x_pruned, cross=x_pruned.T @ x_dense, damp=1e-9)
-    for row in range(3):  # least squares of the dense model's output on the pruned model's kept inputs
-        kept = mask[row].nonzero().squeeze(1)
-        target = (x_dense @ w[row]).double()[:, None]
-        by_hand = torch.linalg.lstsq(x_pruned[:, kept].double(), target).solution.squeeze(1)
-        torch.testing.assert_close(refit[row, kept], by_hand.float(), atol=1e-3, rtol=1e-3)
-    assert torch.equal(refit != 0, mask)
-
-
-def test_shared_prefix_counts_once():
-    prefix = [5, 6, 7]
-    first = {"input_ids": torch.tensor([prefix + [1, 2, 0], prefix + [3, 4, 9]]),
-             "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])}
-    second = {"input_ids": torch.tensor([prefix + [8, 0], [5, 6, 2, 2, 2]]),  # row 2 shares only 5, 6
-              "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])}
-    masks = pr.shared_prefix_once([first, second])
-    assert masks[0].tolist() == [[True] * 5 + [False], [False, False, True, True, True, True]]
-    assert masks[1].tolist() == [[False, False, True, True, False], [False, False, True, True, True]]
-    alone = {"input_ids": torch.tensor([prefix]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
-    assert pr.shared_prefix_once([alone])[0].all()  # one row: nothing is repeated
-
-
-def test_wanda_with_the_prefix_once_sees_other_norms():
-    batches = calib_batches()
-    for b in batches:
-        b["input_ids"][:, :6] = torch.arange(6)  # every row starts with the same 6 tokens
-    plain, once = tiny_llama(), tiny_llama()
-    masks = pr.wanda_prune(plain, batches, 0.5)
-    once_masks = pr.wanda_prune(once, batches, 0.5, prefix_once=True)
-    assert any(not torch.equal(masks[k], once_masks[k]) for k in masks)
-    for name, lin in pr.prunable_linears(once).items():
-        assert ((lin.weight == 0).sum(1) == lin.in_features // 2).all(), name
-
-
-def test_input_groups_follow_the_forward_pass():
-    model = tiny_llama(layers=1)
-    hidden, kwargs = blk.capture_block_inputs(model, calib_batches(n=1))
-    block = blk.decoder_blocks(model)[2][0]
-    name = {m: n for n, m in block.named_modules()}
-    groups = [[name[m] for m in group] for group in pr.input_groups(block, hidden[0], kwargs[0][0])]
-    assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
-                      ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
-
-
-@pytest.mark.parametrize("refit_target", ["pruned", "dense"])
-def test_sequential_wanda_calibrates_later_groups_on_pruned_outputs(refit_target):
-    dense, at_once, sequential = tiny_llama(), tiny_llama(), tiny_llama()
-    refit = refit_target == "dense"
-    masks = pr.wanda_prune(at_once, calib_batches(), 0.5, refit=refit)
-    seq_masks = pr.wanda_prune(sequential, calib_batches(), 0.5, refit=refit, sequential=True,
-                               refit_target=refit_target)
-    first = "model.layers.0.self_attn"
-    assert torch.equal(masks[f"{first}.q_proj"], seq_masks[f"{first}.q_proj"])  # the same inputs
-    assert not torch.equal(masks[f"{first}.o_proj"], seq_masks[f"{first}.o_proj"])  # o sees pruned q/k/v
-    for name, lin in pr.prunable_linears(sequential).items():
-        assert torch.equal(lin.weight != 0, seq_masks[name]), name
-        assert ((lin.weight == 0).sum(1) == lin.in_features // 2).all(), name
-    batch = calib_batches(seed=7)[0]
-    with torch.no_grad():
-        gap = {k: float((m(**batch).logits - dense(**batch).logits).pow(2).mean())
-               for k, m in (("at_once", at_once), ("sequential", sequential))}
-    if refit:  # refitting each group to the dense outputs leaves the model closer to the dense one
-        assert gap["sequential"] < gap["at_once"], gap
-
-
 def test_block_removal_drops_the_least_important_block_and_model_still_runs():
     model = tiny_llama(layers=4)
     with torch.no_grad():  # block 2 becomes the identity: its residual branches output zero
@@ -319,19 +248,6 @@ def test_refit_with_another_method_is_a_config_error():
 
     with pytest.raises(UserError, match="prune.refit needs prune.method: wanda"):
         validate(PruneConfig, {"prune": {"method": "magnitude", "refit": True}, "data": {"dev": {"path": "d.tsv"}}})
-
-
-@pytest.mark.parametrize("prune, message", [
-    ({"method": "magnitude", "sequential": True}, "prune.sequential needs prune.method: wanda"),
-    ({"method": "blocks", "prefix_once": True}, "prune.prefix_once needs prune.method: wanda"),
-    ({"refit_target": "dense"}, "prune.refit_target: dense needs prune.refit: true"),
-])
-def test_sequential_and_refit_target_config_errors(prune, message):
-    from tuneforge.config import validate
-    from tuneforge.recipes.prune import PruneConfig
-
-    with pytest.raises(UserError, match=message):
-        validate(PruneConfig, {"prune": prune, "data": {"dev": {"path": "d.tsv"}}})
 
 
 def test_existing_with_distilled_recovery_needs_a_teacher():

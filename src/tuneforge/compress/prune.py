@@ -85,16 +85,14 @@ def magnitude_masks(model: nn.Module, sparsity: float, *, scope: str = "matrix",
 
 
 @torch.no_grad()
-def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Tensor, *,
-                       cross: torch.Tensor | None = None, damp: float = 0.01, rows_per_solve: int = 64) -> torch.Tensor:
+def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Tensor, *, damp: float = 0.01,
+                       rows_per_solve: int = 64) -> torch.Tensor:
     """Kept weights that best reproduce the dense layer's output on the calibration inputs; pruned ones are 0.
 
     With H = XᵀX over the calibration tokens, row w and kept set K, minimise ‖X_K v − X w‖² + λ‖v − w_K‖²:
     (H_KK + λI) v = (H w)_K + λ w_K, where λ = damp · mean(diag H) keeps the solve well-posed when a
-    feature is (nearly) silent. With `cross` = XᵀX_d, the target is the dense model's own output X_d w (X_d:
-    this layer's inputs in the unpruned model), so the refit also undoes the error of the blocks pruned
-    before: the right side becomes (XᵀX_d w)_K. Every row keeps the same number of weights (per-row or N:M
-    masks), so rows are solved in batches of `rows_per_solve` Cholesky systems.
+    feature is (nearly) silent. Every row keeps the same number of weights (per-row or N:M masks), so rows
+    are solved in batches of `rows_per_solve` Cholesky systems.
     """
     kept = mask.sum(1)
     if not bool((kept == kept[0]).all()):
@@ -102,7 +100,7 @@ def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Ten
     w = weight.float()
     h = gram.float()
     lam = damp * float(h.diagonal().mean()) or damp
-    target = w @ (h if cross is None else cross.float().T)  # row i: (XᵀX_d w_i)ᵀ
+    target = w @ h  # row i: (H w_i)ᵀ
     eye = torch.eye(int(kept[0]), device=w.device)
     idx_all = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, : int(kept[0])]  # kept columns, in order
     out = torch.zeros_like(w)
@@ -118,138 +116,50 @@ def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Ten
     return out.to(weight.dtype)
 
 
-def input_groups(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> list[list[nn.Linear]]:
-    """The block's linears in the order its forward pass calls them, those called one after another on the
-    same input tensor grouped together (Llama: q/k/v, o, gate/up, down)."""
-    calls: list[tuple[int, nn.Linear]] = []
-    linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
-    handles = [m.register_forward_pre_hook(lambda m, args: calls.append((args[0].data_ptr(), m))) for m in linears]
-    try:
-        run_block(block, hidden, kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    groups: list[list[nn.Linear]] = []
-    for i, (ptr, module) in enumerate(calls):
-        if i and ptr == calls[i - 1][0]:
-            groups[-1].append(module)
-        else:
-            groups.append([module])
-    return groups
-
-
-def shared_prefix_once(batches: Sequence[dict]) -> list[torch.Tensor]:
-    """Real-token masks in which the prefix every calibration row starts with (system prompt, instruction)
-    counts once, in the first row, instead of once per row. Task prompts are mostly that prefix (SST-2: 45 of
-    ~66 tokens), so counted per row it would outweigh all the rows' own text in Wanda's norms and the refit."""
-    masks = [b["attention_mask"].bool() for b in batches]
-    if sum(len(m) for m in masks) < 2:
-        return masks
-    ref = batches[0]["input_ids"][0]
-    n = len(ref)
-    for b, m in zip(batches, masks, strict=True):
-        width = min(n, b["input_ids"].shape[1])
-        same = ((b["input_ids"][:, :width] == ref[:width]) & m[:, :width]).all(0)
-        n = int(same.int().cumprod(0).sum())
-    out = []
-    for i, m in enumerate(masks):
-        m = m.clone()
-        m[1 if i == 0 else 0:, :n] = False
-        out.append(m)
-    return out
-
-
-class _InputStats:
-    """Per linear, over the real calibration tokens: Σx² per input feature, or XᵀX when refitting, and
-    XᵀX_d (X_d: the same layer's inputs in the unpruned model) when refitting to dense targets."""
-
-    def __init__(self, linears, refit: bool, dense_twins: dict | None):
-        self.refit, self.twins = refit, dense_twins
-        self.sums = {id(m): torch.zeros((m.in_features,) * (2 if refit else 1), device=m.weight.device) for m in linears}
-        self.cross = {id(m): torch.zeros_like(self.sums[id(m)]) for m in linears} if dense_twins else {}
-        self.dense_inputs: dict[int, torch.Tensor] = {}
-        self.tokens = None
-        self.handles = [m.register_forward_pre_hook(self._add) for m in linears]
-        if dense_twins:
-            self.handles += [twin.register_forward_pre_hook(self._keep_dense(m)) for m, twin in dense_twins.items()]
-
-    def _keep_dense(self, module):
-        def hook(_twin, args):
-            self.dense_inputs[id(module)] = args[0][self.tokens].float()
-        return hook
-
-    def _add(self, module, args):
-        x = args[0][self.tokens].float()  # (real tokens, in_features)
-        self.sums[id(module)] += x.T @ x if self.refit else (x * x).sum(0)
-        if self.twins:
-            self.cross[id(module)] += x.T @ self.dense_inputs.pop(id(module))
-
-    def close(self):
-        for handle in self.handles:
-            handle.remove()
-
-
 @torch.no_grad()
-def wanda_prune(model: nn.Module, batches: Sequence[dict], sparsity: float, *, nm=None, refit: bool = False,
-                sequential: bool = False, refit_target: str = "pruned",
-                prefix_once: bool = False) -> dict[str, torch.Tensor]:
+def wanda_prune(model: nn.Module, batches: Sequence[dict], sparsity: float, *, nm=None,
+                refit: bool = False) -> dict[str, torch.Tensor]:
     """Prune in place with Wanda scores, one block at a time; returns the masks.
 
     For each block: hooks sum the squared inputs of its linear layers over the real tokens (the whole XᵀX
     when `refit`), the block's weights are pruned per output row (and the kept ones refitted), then the
-    block is run again (pruned) to give the next block its input. `sequential` does this one input group at
-    a time inside the block (q/k/v, then o on the pruned q/k/v's output, then gate/up, then down), as
-    SparseGPT's true-sequential mode. refit_target='dense' refits towards the unpruned model's outputs,
-    carried alongside in a second stream, instead of the dense layer applied to the pruned inputs.
-    `prefix_once`: the prompt prefix all rows share counts once (see shared_prefix_once).
+    block is run again (pruned) to give the next block its input.
     """
-    import copy
-
-    if refit_target not in ("pruned", "dense"):
-        raise UserError(f"prune.refit_target '{refit_target}' must be 'pruned' or 'dense'")
-    to_dense = refit and refit_target == "dense"
     _, _, blocks = decoder_blocks(model)
     names = {id(m): n for n, m in prunable_linears(model).items()}
     hidden, block_kwargs = capture_block_inputs(model, batches)
-    dense_hidden = list(hidden)
-    token_masks = shared_prefix_once(batches) if prefix_once else [b["attention_mask"].bool() for b in batches]
-    token_masks = [m.to(hidden[0].device) for m in token_masks]
+    token_masks = [b["attention_mask"].bool().to(hidden[0].device) for b in batches]
     masks: dict[str, torch.Tensor] = {}
+    stats: dict[int, torch.Tensor] = {}  # per linear: Σx² per input feature, or XᵀX when refitting
+    current: dict = {}
+
+    def hook(module, args):
+        x = args[0][current["mask"]].float()  # (real tokens, in_features)
+        stats[id(module)] += x.T @ x if refit else (x * x).sum(0)
 
     for index, block in enumerate(tqdm(blocks, desc="wanda", unit="block")):
-        kwargs = block_kwargs[index]
-        dense_block = copy.deepcopy(block) if to_dense else None
-        if sequential:
-            groups = input_groups(block, hidden[0], kwargs[0])
-        else:
-            groups = [[m for m in block.modules() if isinstance(m, nn.Linear)]]
-        twins_of = {}
-        if to_dense:
-            dense_modules = dict(dense_block.named_modules())
-            twins_of = {m: dense_modules[n] for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-        for group in groups:
-            stats = _InputStats(group, refit, {m: twins_of[m] for m in group} if to_dense else None)
-            try:
-                for b, h in enumerate(hidden):
-                    stats.tokens = token_masks[b]
-                    if to_dense:
-                        run_block(dense_block, dense_hidden[b], kwargs[b])
-                    run_block(block, h, kwargs[b])
-            finally:
-                stats.close()
-            for lin in group:
-                gram = stats.sums[id(lin)]
-                sq_norm = gram.diagonal() if refit else gram
-                scores = lin.weight.float().abs() * sq_norm.sqrt()[None, :]
-                mask = mask_from_scores(scores, sparsity, scope="row", nm=nm)
-                if refit:
-                    lin.weight.copy_(refit_kept_weights(lin.weight, mask, gram, cross=stats.cross.get(id(lin))))
-                else:
-                    lin.weight.mul_(mask.to(lin.weight.dtype))
-                masks[names[id(lin)]] = mask
-        if to_dense:
-            dense_hidden = [run_block(dense_block, h, kwargs[b]) for b, h in enumerate(dense_hidden)]
-        hidden = [run_block(block, h, kwargs[b]) for b, h in enumerate(hidden)]
+        linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+        stats.clear()
+        stats.update({id(m): torch.zeros((m.in_features,) * (2 if refit else 1), device=m.weight.device)
+                      for m in linears})
+        handles = [m.register_forward_pre_hook(hook) for m in linears]
+        try:
+            for b, h in enumerate(hidden):
+                current["mask"] = token_masks[b]
+                run_block(block, h, block_kwargs[index][b])
+        finally:
+            for handle in handles:
+                handle.remove()
+        for lin in linears:
+            sq_norm = stats[id(lin)].diagonal() if refit else stats[id(lin)]
+            scores = lin.weight.float().abs() * sq_norm.sqrt()[None, :]
+            mask = mask_from_scores(scores, sparsity, scope="row", nm=nm)
+            if refit:
+                lin.weight.copy_(refit_kept_weights(lin.weight, mask, stats[id(lin)]))
+            else:
+                lin.weight.mul_(mask.to(lin.weight.dtype))
+            masks[names[id(lin)]] = mask
+        hidden = [run_block(block, h, block_kwargs[index][b]) for b, h in enumerate(hidden)]
     return masks
 
 

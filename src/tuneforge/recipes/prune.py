@@ -45,9 +45,6 @@ class PruneSection(Section):
     scope: Literal["matrix", "row"] = Field("row", description="method=magnitude: rank weights in the whole matrix or per output row (wanda is always per row)")
     remove: float = Field(0.25, gt=0, description="method=blocks: fraction of blocks to remove (< 1) or how many (≥ 1)")
     refit: bool = Field(False, description="method=wanda: re-fit each row's kept weights by least squares on the calibration inputs (SparseGPT's update, same mask)")
-    refit_target: Literal["pruned", "dense"] = Field("pruned", description="prune.refit: reproduce the dense layer applied to the pruned model's inputs (SparseGPT), or the unpruned model's own outputs, which also corrects the error of earlier blocks")
-    sequential: bool = Field(False, description="method=wanda: inside each block, prune the linears one input group at a time (q/k/v, o, gate/up, down), each calibrated on the output of those pruned before it")
-    prefix_once: bool = Field(False, description="method=wanda: the prompt prefix every calibration row starts with counts once, not once per row (it is most of a task prompt's tokens, and the same in every row)")
     calibration_rows: int = Field(128, ge=1, description="training rows run through the model for Wanda norms and block importance")
     calibration_batch_size: int = Field(8, ge=1, description="rows per calibration forward pass")
 
@@ -76,11 +73,6 @@ class PruneConfig(RunConfig):
             raise ValueError("data.dev is required: the pruned model is scored on it")
         if self.prune.refit and self.prune.method != "wanda":
             raise ValueError(f"prune.refit needs prune.method: wanda (it re-fits from the calibration inputs); method is {self.prune.method}")
-        for key in ("sequential", "prefix_once"):
-            if getattr(self.prune, key) and self.prune.method != "wanda":
-                raise ValueError(f"prune.{key} needs prune.method: wanda; method is {self.prune.method}")
-        if self.prune.refit_target == "dense" and not self.prune.refit:
-            raise ValueError("prune.refit_target: dense needs prune.refit: true (it is the target of the refit)")
         r = self.recovery
         if self.prune.method == "existing" and r.enabled and r.distill and not r.teacher:
             raise ValueError("prune.method: existing with recovery.distill needs recovery.teacher (and teacher_adapter): "
@@ -119,8 +111,7 @@ def prune_model(model, cfg: PruneConfig, calib: list[dict]) -> tuple[dict | None
               + ("" if zero else " (none: this model is not pruned, so its recovery is a plain fine-tune)"))
         return pr.masks_from_zeros(model), {}
     if p.method == "wanda":
-        masks = pr.wanda_prune(model, calib, p.sparsity, nm=nm, refit=p.refit, sequential=p.sequential,
-                               refit_target=p.refit_target, prefix_once=p.prefix_once)
+        masks = pr.wanda_prune(model, calib, p.sparsity, nm=nm, refit=p.refit)
     else:
         masks = pr.magnitude_masks(model, p.sparsity, scope=p.scope, nm=nm)
         pr.apply_masks(model, masks)
