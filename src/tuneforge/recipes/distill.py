@@ -4,8 +4,9 @@
         ─► score student "before" ─► [teacher generates answers: sequence-level KD]
         ─► train on ratio·KD(teacher ‖ student) + (1 − ratio)·CE ─► score "after" ─► save model/ ─► speed vs teacher
 
-The KD loss (tuneforge.compress.kd) is taken on the answer tokens (or every token: kd.tokens=all), from
-hidden states chunk by chunk, so full-vocabulary logits of a batch never sit in memory at once.
+The KD loss (tuneforge.compress.kd) is taken on the answer tokens (kd.tokens=targets), on each row's own
+text after the prompt prefix all rows share (text), or on every token (all), from hidden states chunk by
+chunk, so full-vocabulary logits of a batch never sit in memory at once.
 
 Writes runs/<name>/: config.yaml, model/ (HF layout), metrics.json, metrics.jsonl, predictions.jsonl,
 report.md/html.
