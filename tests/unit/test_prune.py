@@ -145,25 +145,6 @@ def test_wanda_refit_same_mask_and_closer_block_outputs():
     assert gap["refit"] < gap["plain"], gap
 
 
-def test_owl_allocation_more_outliers_less_sparsity_same_mean():
-    sparsities = pr.owl_allocation([0.01, 0.04, 0.02, 0.01], 0.5, spread=0.08)
-    # by hand: ratios scaled to [0, 0.16] = [0, 0.16, 0.0533, 0], mean 0.0533; sparsity 0.5 + 0.0533 − scaled
-    assert sparsities == pytest.approx([0.5533333, 0.3933333, 0.5, 0.5533333], abs=1e-6)
-    assert sum(sparsities) / 4 == pytest.approx(0.5)
-    assert pr.owl_allocation([0.02] * 3, 0.5, spread=0.08) == pytest.approx([0.5] * 3)
-
-
-def test_owl_wanda_prunes_each_block_to_its_own_sparsity():
-    model = tiny_llama(layers=4)
-    sparsities = pr.owl_sparsities(model, calib_batches(), 0.5, spread=0.08)
-    assert sum(sparsities) / 4 == pytest.approx(0.5)
-    assert max(sparsities) - min(sparsities) == pytest.approx(0.16)
-    masks = pr.wanda_prune(model, calib_batches(), sparsities)
-    for name, mask in masks.items():
-        block = int(name.split(".")[2])
-        assert ((~mask).sum(1) == int(sparsities[block] * mask.shape[1])).all(), name
-
-
 def test_block_removal_drops_the_least_important_block_and_model_still_runs():
     model = tiny_llama(layers=4)
     with torch.no_grad():  # block 2 becomes the identity: its residual branches output zero
@@ -267,15 +248,6 @@ def test_refit_with_another_method_is_a_config_error():
 
     with pytest.raises(UserError, match="prune.refit needs prune.method: wanda"):
         validate(PruneConfig, {"prune": {"method": "magnitude", "refit": True}, "data": {"dev": {"path": "d.tsv"}}})
-
-
-def test_owl_with_another_method_or_pattern_is_a_config_error():
-    from tuneforge.config import validate
-    from tuneforge.recipes.prune import PruneConfig
-
-    for prune in ({"method": "magnitude", "allocation": "owl"}, {"pattern": "2:4", "allocation": "owl"}):
-        with pytest.raises(UserError, match="prune.allocation: owl needs prune.method: wanda with prune.pattern: unstructured"):
-            validate(PruneConfig, {"prune": prune, "data": {"dev": {"path": "d.tsv"}}})
 
 
 def test_existing_with_distilled_recovery_needs_a_teacher():

@@ -116,82 +116,44 @@ def refit_kept_weights(weight: torch.Tensor, mask: torch.Tensor, gram: torch.Ten
     return out.to(weight.dtype)
 
 
-def _input_stats(block: nn.Module, hidden: Sequence[torch.Tensor], kwargs: Sequence[dict],
-                 token_masks: Sequence[torch.Tensor], *, gram: bool) -> dict[int, torch.Tensor]:
-    """Run the block on every calibration batch; per linear (by id): Σx² per input feature over the real
-    tokens, or the whole XᵀX with `gram`."""
-    linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
-    stats = {id(m): torch.zeros((m.in_features,) * (2 if gram else 1), device=m.weight.device) for m in linears}
-    current: dict = {}
-
-    def hook(module, args):
-        x = args[0][current["mask"]].float()  # (real tokens, in_features)
-        stats[id(module)] += x.T @ x if gram else (x * x).sum(0)
-
-    handles = [m.register_forward_pre_hook(hook) for m in linears]
-    try:
-        for b, h in enumerate(hidden):
-            current["mask"] = token_masks[b]
-            run_block(block, h, kwargs[b])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return stats
-
-
-def _wanda_scores(lin: nn.Linear, sq_norm: torch.Tensor) -> torch.Tensor:
-    return lin.weight.float().abs() * sq_norm.sqrt()[None, :]
-
-
-OWL_OUTLIER = 5.0  # a score is an outlier above 5 × its block's mean score (the OWL paper's M)
-
-
 @torch.no_grad()
-def owl_sparsities(model: nn.Module, batches: Sequence[dict], sparsity: float, *, spread: float = 0.08) -> list[float]:
-    """Per-block sparsities averaging `sparsity` (OWL, Yin et al. 2024): a block with a larger share of outlier
-    Wanda scores keeps more of its weights, linearly within sparsity ± spread. Scored on the unpruned model."""
-    _, _, blocks = decoder_blocks(model)
-    hidden, block_kwargs = capture_block_inputs(model, batches)
-    token_masks = [b["attention_mask"].bool().to(hidden[0].device) for b in batches]
-    ratios = []
-    for index, block in enumerate(tqdm(blocks, desc="owl outliers", unit="block")):
-        stats = _input_stats(block, hidden, block_kwargs[index], token_masks, gram=False)
-        scores = torch.cat([_wanda_scores(m, stats[id(m)]).flatten() for m in block.modules() if isinstance(m, nn.Linear)])
-        ratios.append(float((scores > OWL_OUTLIER * scores.mean()).float().mean()))
-        hidden = [run_block(block, h, block_kwargs[index][b]) for b, h in enumerate(hidden)]
-    return owl_allocation(ratios, sparsity, spread)
-
-
-def owl_allocation(outlier_ratios: Sequence[float], sparsity: float, spread: float) -> list[float]:
-    """Block sparsities from outlier ratios: the most outliers → sparsity − spread, the fewest → sparsity +
-    spread, linear between, shifted so the mean is `sparsity` (blocks of a model are the same size)."""
-    r = torch.tensor(outlier_ratios, dtype=torch.float64)
-    scaled = (r - r.min()) / (r.max() - r.min()) * 2 * spread if r.max() > r.min() else torch.zeros_like(r)
-    keep = scaled - scaled.mean() + (1 - sparsity)  # density: mean 1 − sparsity
-    return [min(max(1 - float(k), 0.0), 0.99) for k in keep]
-
-
-@torch.no_grad()
-def wanda_prune(model: nn.Module, batches: Sequence[dict], sparsity: float | Sequence[float], *, nm=None,
+def wanda_prune(model: nn.Module, batches: Sequence[dict], sparsity: float, *, nm=None,
                 refit: bool = False) -> dict[str, torch.Tensor]:
-    """Prune in place with Wanda scores, one block at a time; returns the masks. `sparsity`: one for every
-    block, or one per block (owl_sparsities).
+    """Prune in place with Wanda scores, one block at a time; returns the masks.
 
     For each block: hooks sum the squared inputs of its linear layers over the real tokens (the whole XᵀX
     when `refit`), the block's weights are pruned per output row (and the kept ones refitted), then the
     block is run again (pruned) to give the next block its input.
     """
     _, _, blocks = decoder_blocks(model)
-    per_block = [sparsity] * len(blocks) if isinstance(sparsity, float | int) else list(sparsity)
     names = {id(m): n for n, m in prunable_linears(model).items()}
     hidden, block_kwargs = capture_block_inputs(model, batches)
     token_masks = [b["attention_mask"].bool().to(hidden[0].device) for b in batches]
     masks: dict[str, torch.Tensor] = {}
+    stats: dict[int, torch.Tensor] = {}  # per linear: Σx² per input feature, or XᵀX when refitting
+    current: dict = {}
+
+    def hook(module, args):
+        x = args[0][current["mask"]].float()  # (real tokens, in_features)
+        stats[id(module)] += x.T @ x if refit else (x * x).sum(0)
+
     for index, block in enumerate(tqdm(blocks, desc="wanda", unit="block")):
-        stats = _input_stats(block, hidden, block_kwargs[index], token_masks, gram=refit)
-        for lin in (m for m in block.modules() if isinstance(m, nn.Linear)):
+        linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+        stats.clear()
+        stats.update({id(m): torch.zeros((m.in_features,) * (2 if refit else 1), device=m.weight.device)
+                      for m in linears})
+        handles = [m.register_forward_pre_hook(hook) for m in linears]
+        try:
+            for b, h in enumerate(hidden):
+                current["mask"] = token_masks[b]
+                run_block(block, h, block_kwargs[index][b])
+        finally:
+            for handle in handles:
+                handle.remove()
+        for lin in linears:
             sq_norm = stats[id(lin)].diagonal() if refit else stats[id(lin)]
-            mask = mask_from_scores(_wanda_scores(lin, sq_norm), per_block[index], scope="row", nm=nm)
+            scores = lin.weight.float().abs() * sq_norm.sqrt()[None, :]
+            mask = mask_from_scores(scores, sparsity, scope="row", nm=nm)
             if refit:
                 lin.weight.copy_(refit_kept_weights(lin.weight, mask, stats[id(lin)]))
             else:

@@ -45,8 +45,6 @@ class PruneSection(Section):
     scope: Literal["matrix", "row"] = Field("row", description="method=magnitude: rank weights in the whole matrix or per output row (wanda is always per row)")
     remove: float = Field(0.25, gt=0, description="method=blocks: fraction of blocks to remove (< 1) or how many (≥ 1)")
     refit: bool = Field(False, description="method=wanda: re-fit each row's kept weights by least squares on the calibration inputs (SparseGPT's update, same mask)")
-    allocation: Literal["uniform", "owl"] = Field("uniform", description="method=wanda, unstructured: the same sparsity in every block, or OWL's per-block sparsities (lower in blocks with more outlier scores, the same mean)")
-    owl_spread: float = Field(0.08, ge=0, lt=0.5, description="allocation=owl: block sparsities lie within sparsity ± this")
     calibration_rows: int = Field(128, ge=1, description="training rows run through the model for Wanda norms and block importance")
     calibration_batch_size: int = Field(8, ge=1, description="rows per calibration forward pass")
 
@@ -75,9 +73,6 @@ class PruneConfig(RunConfig):
             raise ValueError("data.dev is required: the pruned model is scored on it")
         if self.prune.refit and self.prune.method != "wanda":
             raise ValueError(f"prune.refit needs prune.method: wanda (it re-fits from the calibration inputs); method is {self.prune.method}")
-        if self.prune.allocation == "owl" and (self.prune.method != "wanda" or self.prune.pattern != "unstructured"):
-            raise ValueError("prune.allocation: owl needs prune.method: wanda with prune.pattern: unstructured "
-                             f"(method is {self.prune.method}, pattern {self.prune.pattern})")
         r = self.recovery
         if self.prune.method == "existing" and r.enabled and r.distill and not r.teacher:
             raise ValueError("prune.method: existing with recovery.distill needs recovery.teacher (and teacher_adapter): "
@@ -116,12 +111,7 @@ def prune_model(model, cfg: PruneConfig, calib: list[dict]) -> tuple[dict | None
               + ("" if zero else " (none: this model is not pruned, so its recovery is a plain fine-tune)"))
         return pr.masks_from_zeros(model), {}
     if p.method == "wanda":
-        sparsity = p.sparsity
-        if p.allocation == "owl":
-            sparsity = pr.owl_sparsities(model, calib, p.sparsity, spread=p.owl_spread)
-            print("OWL block sparsities: " + " ".join(f"{x:.3f}" for x in sparsity))
-        masks = pr.wanda_prune(model, calib, sparsity, nm=nm, refit=p.refit)
-        return masks, ({"block_sparsities": sparsity} if p.allocation == "owl" else {})
+        masks = pr.wanda_prune(model, calib, p.sparsity, nm=nm, refit=p.refit)
     else:
         masks = pr.magnitude_masks(model, p.sparsity, scope=p.scope, nm=nm)
         pr.apply_masks(model, masks)
