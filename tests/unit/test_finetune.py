@@ -144,3 +144,13 @@ def test_prompting_run_on_other_rows_is_refused_before_training(tiny_llama_dir, 
     assert not (tmp_path / "ft").exists()  # refused before a run folder was made
     with pytest.raises(UserError, match="prompt-eval"):
         finetune(cfg.model_copy(update={"prompting": str(tmp_path / "missing")}))
+
+
+def test_a_second_run_in_one_process_may_use_another_precision():
+    """accelerate refuses a second Accelerator with another precision unless its state is dropped first
+    (a notebook running finetune then prune, or these tests on a CPU where bf16=auto means bf16)."""
+    from tuneforge.recipes.training import make_accelerator
+
+    assert str(make_accelerator(False).mixed_precision) == "no"
+    assert str(make_accelerator(True).mixed_precision) == "bf16"
+    assert str(make_accelerator(False).mixed_precision) == "no"

@@ -73,14 +73,13 @@ def encode_rows(tok, task, rows: Sequence[dict], max_len: int, *, answers: Seque
 def train(cfg, task, model: nn.Module, tok, loss_module: nn.Module, examples: list[dict], run_dir: Path,
           dev_rows: list[dict] = ()) -> dict:
     """Run finetune's loop on `model` (its trainable parameters are those with requires_grad)."""
-    from accelerate import Accelerator
 
     from tuneforge.recipes import training as T
     from tuneforge.recipes.finetune import Setup, fit, use_bf16
 
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
+    accelerator = T.make_accelerator(bf16)
     batches = T.group_batches([len(e["input_ids"]) for e in examples], cfg.train.batch_size, cfg.train.seed,
                               cfg.train.epochs, cfg.train.group_by_length)
     usable = len(batches) - len(batches) % cfg.train.grad_accum or len(batches)

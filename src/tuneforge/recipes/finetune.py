@@ -86,7 +86,6 @@ def apply_method(model, cfg: FinetuneConfig):
 
 
 def setup(cfg: FinetuneConfig) -> Setup:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from tuneforge.models import load_model
@@ -97,7 +96,7 @@ def setup(cfg: FinetuneConfig) -> Setup:
     prompting = read_prompting(cfg.prompting, task.name, len(dev_rows)) if cfg.prompting else []
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
+    accelerator = T.make_accelerator(bf16)
     set_seed(cfg.train.seed)
     # LoRA keeps the frozen base in bf16 where it is fast; full/freeze keep fp32 master weights under autocast.
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if bf16 and cfg.method == "lora" else "float32")

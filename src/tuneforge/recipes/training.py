@@ -67,6 +67,17 @@ def decoder_states(decoder, input_ids, attention_mask, labels, share_prefix: boo
     return hidden, start
 
 
+def make_accelerator(bf16: bool):
+    """The run's Accelerator. accelerate keeps one process-wide state and refuses a second Accelerator with
+    another precision; a second run in one process (a notebook, the tests on a CPU with bf16) may need one,
+    so the old state is dropped first (accelerate has no public call for it; distributed setup is kept)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
+
+
 def shared_prefix_length(input_ids, attention_mask, labels) -> int:
     """Tokens all rows share at the start, stopping before the first position whose next token is a target."""
     same = (input_ids == input_ids[:1]).all(dim=0) & attention_mask.bool().all(dim=0)
