@@ -38,7 +38,8 @@ class DistillLoss(nn.Module):
         if kd.tokens == "all":
             kd_on = attention_mask[:, start:]
         elif kd.tokens == "text":  # the predictions made from each row's own tokens (after the shared prefix)
-            prefix = shared_prefix_length(input_ids, attention_mask, labels) if input_ids.shape[0] > 1 else 0
+            # start is that prefix when decoder_states shared it; else find it (a one-row batch has none)
+            prefix = start or (shared_prefix_length(input_ids, attention_mask, labels) if input_ids.shape[0] > 1 else 0)
             kd_on = attention_mask.clone()
             kd_on[:, :prefix + 1] = 0  # kd_on marks predicted tokens; token `prefix` is predicted from the prefix
             kd_on = kd_on[:, start:]
@@ -73,7 +74,6 @@ def encode_rows(tok, task, rows: Sequence[dict], max_len: int, *, answers: Seque
 def train(cfg, task, model: nn.Module, tok, loss_module: nn.Module, examples: list[dict], run_dir: Path,
           dev_rows: list[dict] = ()) -> dict:
     """Run finetune's loop on `model` (its trainable parameters are those with requires_grad)."""
-
     from tuneforge.recipes import training as T
     from tuneforge.recipes.finetune import Setup, fit, use_bf16
 
