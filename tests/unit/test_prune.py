@@ -307,3 +307,60 @@ def test_existing_on_an_unpruned_model_says_nothing_is_kept_at_zero(capsys):
     assert details == {} and all(bool(m.all()) for m in masks.values())
     assert "0.0% of the block matrices' weights are zero" in (out := capsys.readouterr().out)
     assert "this model is not pruned" in out
+
+
+def test_a_second_wanda_step_keeps_the_first_steps_zeros():
+    """prune.steps relies on this: zeros score 0, so pruning on to 50% prunes them again, plus new ones."""
+    model = tiny_llama()
+    first = pr.wanda_prune(model, calib_batches(seed=1), 0.25, refit=True)
+    second = pr.wanda_prune(model, calib_batches(seed=2), 0.5, refit=True)
+    for name, lin in pr.prunable_linears(model).items():
+        assert not (second[name] & ~first[name]).any(), name  # nothing pruned in step 1 comes back
+        assert (lin.weight == 0).float().mean().item() == pytest.approx(0.5)
+
+
+def test_steps_need_an_unstructured_per_weight_method():
+    from tuneforge.config import validate
+    from tuneforge.recipes.prune import PruneConfig
+
+    base = {"data": {"dev": {"path": "d.tsv"}, "train": {"path": "t.tsv"}}}
+    for prune in ({"steps": 2, "pattern": "2:4"}, {"steps": 2, "method": "blocks"}):
+        with pytest.raises(UserError, match="prune.steps: 2 needs prune.method wanda or magnitude"):
+            validate(PruneConfig, {**base, "prune": prune})
+    validate(PruneConfig, {**base, "prune": {"steps": 2, "method": "magnitude"}})
+
+
+def test_each_step_prunes_further_on_a_fresh_sample_of_rows():
+    from tuneforge.config import validate
+    from tuneforge.recipes.prune import PruneConfig, step_configs
+
+    cfg = validate(PruneConfig, {"data": {"dev": {"path": "d.tsv"}, "train": {"path": "t.tsv", "seed": 5}},
+                                 "prune": {"steps": 3, "sparsity": 0.6}})
+    steps = step_configs(cfg)
+    assert [s.prune.sparsity for s in steps] == pytest.approx([0.2, 0.4, 0.6])
+    assert [s.data.train.seed for s in steps] == [5, 6, 7] and cfg.data.train.seed == 5  # cfg itself unchanged
+
+
+def test_pruning_in_steps_recovers_after_each_and_reports_every_step(tiny_llama_dir, sentiment_tsv, tmp_path):
+    import json
+
+    from tuneforge.config import validate
+    from tuneforge.recipes.prune import PruneConfig, prune
+
+    run = prune(validate(PruneConfig, {
+        "name": "steps", "model": str(tiny_llama_dir), "output_dir": str(tmp_path),
+        "task": {"name": "sentiment", "labels": ["negative", "positive"]},
+        "data": {"train": {"path": str(sentiment_tsv), "text_column": "sentence", "shuffle": True, "seed": 3},
+                 "dev": {"path": str(sentiment_tsv), "text_column": "sentence"}},
+        "prune": {"method": "wanda", "sparsity": 0.5, "steps": 2, "refit": True, "calibration_rows": 4},
+        "recovery": {"enabled": True, "train": "weights", "distill": True, "kd": {"tokens": "text"}},
+        "eval": {"limit": 2, "batch_size": 2}, "eval_before": False,
+        "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-2, "max_seq_len": 64, "log_every": 1}}))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [s["sparsity"] for s in metrics["steps"]] == [0.25, 0.5]
+    assert all({"pruned", "recovered", "recovery"} <= set(s) for s in metrics["steps"])
+    assert metrics["recovered"] == metrics["steps"][-1]["recovered"] and metrics["prunable_sparsity"] == 0.5
+    assert set(json.loads((run / "sparsity.json").read_text())["per_matrix"].values()) == {0.5}
+    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in losses] == [1, 2, 3, 4]  # one curve: step 2's recovery counts on
+    assert "recovered 25.0%" in (run / "report.md").read_text()

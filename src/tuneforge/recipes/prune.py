@@ -47,6 +47,7 @@ class PruneSection(Section):
     refit: bool = Field(False, description="method=wanda: re-fit each row's kept weights by least squares on the calibration inputs (SparseGPT's update, same mask)")
     calibration_rows: int = Field(128, ge=1, description="training rows run through the model for Wanda norms and block importance")
     calibration_batch_size: int = Field(8, ge=1, description="rows per calibration forward pass")
+    steps: int = Field(1, ge=1, description="reach sparsity in this many equal steps (2: 25% then 50%), each calibrated on the model as the last step left it and followed by recovery; step k draws its rows with data.train.seed + k")
 
 
 class RecoverySection(Section):
@@ -71,6 +72,10 @@ class PruneConfig(RunConfig):
     def _needs_data(self):
         if self.data.dev is None:
             raise ValueError("data.dev is required: the pruned model is scored on it")
+        p = self.prune
+        if p.steps > 1 and (p.method not in ("wanda", "magnitude") or p.pattern != "unstructured"):
+            raise ValueError(f"prune.steps: {p.steps} needs prune.method wanda or magnitude with pattern unstructured "
+                             f"(method is {p.method}, pattern {p.pattern}); set prune.steps: 1")
         if self.prune.refit and self.prune.method != "wanda":
             raise ValueError(f"prune.refit needs prune.method: wanda (it re-fits from the calibration inputs); method is {self.prune.method}")
         r = self.recovery
@@ -161,6 +166,21 @@ def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path
     return stats
 
 
+def step_configs(cfg: PruneConfig) -> list[PruneConfig]:
+    """One config per pruning step: equal sparsity increments, step k drawing its rows with seed + k."""
+    n = cfg.prune.steps
+    if n == 1:
+        return [cfg]
+    configs = []
+    for k in range(n):
+        step = cfg.model_copy(deep=True)
+        step.prune.sparsity = cfg.prune.sparsity * (k + 1) / n
+        if step.data.train is not None:
+            step.data.train.seed += k
+        configs.append(step)
+    return configs
+
+
 def prune(cfg: PruneConfig) -> Path:
     from tuneforge.compress import common
     from tuneforge.compress.prune import sparsity_report
@@ -168,7 +188,7 @@ def prune(cfg: PruneConfig) -> Path:
     from tuneforge.tasks import get_task
 
     task = get_task(cfg.task.name, **cfg.task.options())
-    train_rows, dev_rows = common.load_rows(cfg, task)
+    _, dev_rows = common.load_rows(cfg, task)
     model, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
     teacher = recovery_teacher(model, tok, cfg)
     run_dir = new_run_dir(cfg)
@@ -177,21 +197,18 @@ def prune(cfg: PruneConfig) -> Path:
         metrics.update(pattern=cfg.prune.pattern, sparsity_target=cfg.prune.sparsity)
     if cfg.eval_before:
         metrics["before"], _ = common.score(model, tok, task, dev_rows, cfg.eval, label="before pruning")
-    calib = []
-    if cfg.prune.method in CALIBRATED:
-        calib = common.calibration_batches(tok, task, train_rows[: cfg.prune.calibration_rows],
-                                           max_len=cfg.train.max_seq_len, batch_size=cfg.prune.calibration_batch_size)
-    start = time.perf_counter()
-    masks, details = prune_model(model, cfg, calib)
-    metrics.update(details, prune_seconds=time.perf_counter() - start)
-    metrics["pruned"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label="after pruning")
     history: list[dict] = []
-    if cfg.recovery.enabled:
-        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir, teacher)
-        del teacher
-        history = stats.pop("history")
-        metrics["recovery"] = stats
-        metrics["recovered"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label="after recovery")
+    steps = []
+    for k, step_cfg in enumerate(step_configs(cfg)):
+        step, predictions = prune_step(model, tok, task, step_cfg, dev_rows, run_dir, teacher, history,
+                                       label="" if cfg.prune.steps == 1 else f" (step {k + 1}: {step_cfg.prune.sparsity:.1%})")
+        steps.append(step)
+    del teacher
+    metrics.update({k: v for k, v in steps[-1].items() if k != "sparsity"},
+                   prune_seconds=sum(s["prune_seconds"] for s in steps))
+    if len(steps) > 1:
+        metrics["steps"] = steps
+        write_jsonl(run_dir / "metrics.jsonl", history)  # one loss curve over all steps
     common.save_model(model, tok, run_dir / "model")
     del model
     reloaded = common.reload(run_dir / "model", cfg.dtype)
@@ -205,10 +222,37 @@ def prune(cfg: PruneConfig) -> Path:
     return run_dir
 
 
+def prune_step(model, tok, task, cfg: PruneConfig, dev_rows, run_dir: Path, teacher, history: list[dict],
+               label: str = "") -> tuple[dict, list[dict]]:
+    """Prune `model` in place to cfg.prune.sparsity, score it, recover and score again if asked.
+    Appends the recovery's loss history (steps counted on from the last entry). Returns (metrics, predictions)."""
+    from tuneforge.compress import common
+
+    train_rows, _ = common.load_rows(cfg, task)
+    calib = []
+    if cfg.prune.method in CALIBRATED:
+        calib = common.calibration_batches(tok, task, train_rows[: cfg.prune.calibration_rows],
+                                           max_len=cfg.train.max_seq_len, batch_size=cfg.prune.calibration_batch_size)
+    start = time.perf_counter()
+    masks, details = prune_model(model, cfg, calib)
+    step: dict = {"sparsity": cfg.prune.sparsity, **details, "prune_seconds": time.perf_counter() - start}
+    step["pruned"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label=f"after pruning{label}")
+    if cfg.recovery.enabled:
+        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir, teacher)
+        offset = history[-1]["step"] if history else 0
+        history.extend({**row, "step": row["step"] + offset} for row in stats.pop("history"))
+        step["recovery"] = stats
+        step["recovered"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label=f"after recovery{label}")
+    return step, predictions
+
+
 def write_prune_report(run_dir: Path, metrics: dict, primary: str, history: list[dict]) -> None:
     from tuneforge.report import plot_loss, plot_metric_bars, write_report
 
-    stages = {s: {primary: metrics[s][primary]} for s in ("before", "pruned", "recovered") if s in metrics}
+    stages = {"before": {primary: metrics["before"][primary]}} if "before" in metrics else {}
+    steps = [(f" {s['sparsity']:.1%}", s) for s in metrics["steps"]] if "steps" in metrics else [("", metrics)]
+    for suffix, step in steps:  # with prune.steps, every step's scores in order
+        stages.update({f"{s}{suffix}": {primary: step[s][primary]} for s in ("pruned", "recovered") if s in step})
     images = [("Task metric before and after pruning", plot_metric_bars(stages, run_dir / "metrics.png", title=primary))]
     if history:
         images.append(("Recovery loss", plot_loss(history, run_dir / "loss.png", title="Recovery loss")))
