@@ -334,11 +334,16 @@ def test_each_step_prunes_further_on_a_fresh_sample_of_rows():
     from tuneforge.config import validate
     from tuneforge.recipes.prune import PruneConfig, step_configs
 
-    cfg = validate(PruneConfig, {"data": {"dev": {"path": "d.tsv"}, "train": {"path": "t.tsv", "seed": 5}},
-                                 "prune": {"steps": 3, "sparsity": 0.6}})
+    base = {"data": {"dev": {"path": "d.tsv"}, "train": {"path": "t.tsv", "seed": 5}}}
+    cfg = validate(PruneConfig, {**base, "prune": {"steps": 3, "sparsity": 0.6}})
     steps = step_configs(cfg)
     assert [s.prune.sparsity for s in steps] == pytest.approx([0.2, 0.4, 0.6])
     assert [s.data.train.seed for s in steps] == [5, 6, 7] and cfg.data.train.seed == 5  # cfg itself unchanged
+    listed = validate(PruneConfig, {**base, "prune": {"steps": [0.25, 0.375, 0.5], "sparsity": 0.5}})
+    assert [s.prune.sparsity for s in step_configs(listed)] == [0.25, 0.375, 0.5]
+    for steps in ([0.25, 0.4], [0.3, 0.25, 0.5], [], 0):
+        with pytest.raises(UserError, match="prune.steps"):
+            validate(PruneConfig, {**base, "prune": {"steps": steps, "sparsity": 0.5}})
 
 
 def test_pruning_in_steps_recovers_after_each_and_reports_every_step(tiny_llama_dir, sentiment_tsv, tmp_path):

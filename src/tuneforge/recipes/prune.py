@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -47,7 +48,25 @@ class PruneSection(Section):
     refit: bool = Field(False, description="method=wanda: re-fit each row's kept weights by least squares on the calibration inputs (SparseGPT's update, same mask)")
     calibration_rows: int = Field(128, ge=1, description="training rows run through the model for Wanda norms and block importance")
     calibration_batch_size: int = Field(8, ge=1, description="rows per calibration forward pass")
-    steps: int = Field(1, ge=1, description="reach sparsity in this many equal steps (2: 25% then 50%), each calibrated on the model as the last step left it and followed by recovery; step k draws its rows with data.train.seed + k")
+    steps: int | list[float] = Field(1, description="reach sparsity in this many equal steps (2: 25% then 50%) or through the listed sparsities ([0.25, 0.375, 0.5], ending at sparsity), each calibrated on the model as the last step left it and followed by recovery; step k draws its rows with data.train.seed + k")
+
+    def schedule(self) -> list[float]:
+        """The sparsity after each step."""
+        if isinstance(self.steps, list):
+            return list(self.steps)
+        return [self.sparsity * (k + 1) / self.steps for k in range(self.steps)]
+
+    @model_validator(mode="after")
+    def _steps_reach_sparsity(self):
+        steps = self.steps
+        if isinstance(steps, int) and steps < 1:
+            raise ValueError(f"prune.steps must be at least 1, got {steps}")
+        if isinstance(steps, list):
+            rising = all(a < b for a, b in pairwise([0.0, *steps]))
+            if not steps or not rising or abs(steps[-1] - self.sparsity) > 1e-9:
+                raise ValueError(f"prune.steps {steps} must rise step by step and end at prune.sparsity ({self.sparsity}), "
+                                 f"e.g. [0.25, 0.375, {self.sparsity}]")
+        return self
 
 
 class RecoverySection(Section):
@@ -73,7 +92,7 @@ class PruneConfig(RunConfig):
         if self.data.dev is None:
             raise ValueError("data.dev is required: the pruned model is scored on it")
         p = self.prune
-        if p.steps > 1 and (p.method not in ("wanda", "magnitude") or p.pattern != "unstructured"):
+        if len(p.schedule()) > 1 and (p.method not in ("wanda", "magnitude") or p.pattern != "unstructured"):
             raise ValueError(f"prune.steps: {p.steps} needs prune.method wanda or magnitude with pattern unstructured "
                              f"(method is {p.method}, pattern {p.pattern}); set prune.steps: 1")
         if self.prune.refit and self.prune.method != "wanda":
@@ -167,14 +186,14 @@ def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path
 
 
 def step_configs(cfg: PruneConfig) -> list[PruneConfig]:
-    """One config per pruning step: equal sparsity increments, step k drawing its rows with seed + k."""
-    n = cfg.prune.steps
-    if n == 1:
+    """One config per pruning step (prune.schedule()), step k drawing its rows with seed + k."""
+    schedule = cfg.prune.schedule()
+    if len(schedule) == 1:
         return [cfg]
     configs = []
-    for k in range(n):
+    for k, sparsity in enumerate(schedule):
         step = cfg.model_copy(deep=True)
-        step.prune.sparsity = cfg.prune.sparsity * (k + 1) / n
+        step.prune = step.prune.model_copy(update={"sparsity": sparsity, "steps": 1})  # each step is a one-step prune
         if step.data.train is not None:
             step.data.train.seed += k
         configs.append(step)
@@ -199,9 +218,10 @@ def prune(cfg: PruneConfig) -> Path:
         metrics["before"], _ = common.score(model, tok, task, dev_rows, cfg.eval, label="before pruning")
     history: list[dict] = []
     steps = []
-    for k, step_cfg in enumerate(step_configs(cfg)):
-        step, predictions = prune_step(model, tok, task, step_cfg, dev_rows, run_dir, teacher, history,
-                                       label="" if cfg.prune.steps == 1 else f" (step {k + 1}: {step_cfg.prune.sparsity:.1%})")
+    configs = step_configs(cfg)
+    for k, step_cfg in enumerate(configs):
+        label = f" (step {k + 1}: {step_cfg.prune.sparsity:.1%})" if len(configs) > 1 else ""
+        step, predictions = prune_step(model, tok, task, step_cfg, dev_rows, run_dir, teacher, history, label)
         steps.append(step)
     del teacher
     metrics.update({k: v for k, v in steps[-1].items() if k != "sparsity"},
