@@ -207,7 +207,9 @@ def prune(cfg: PruneConfig) -> Path:
     from tuneforge.tasks import get_task
 
     task = get_task(cfg.task.name, **cfg.task.options())
+    configs = step_configs(cfg)
     _, dev_rows = common.load_rows(cfg, task)
+    step_rows = [common.load_rows(c, task)[0] for c in configs]  # bad data fails here, before runs/<name> exists
     model, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
     teacher = recovery_teacher(model, tok, cfg)
     run_dir = new_run_dir(cfg)
@@ -218,10 +220,9 @@ def prune(cfg: PruneConfig) -> Path:
         metrics["before"], _ = common.score(model, tok, task, dev_rows, cfg.eval, label="before pruning")
     history: list[dict] = []
     steps = []
-    configs = step_configs(cfg)
-    for k, step_cfg in enumerate(configs):
+    for k, (step_cfg, train_rows) in enumerate(zip(configs, step_rows, strict=True)):
         label = f" (step {k + 1}: {step_cfg.prune.sparsity:.1%})" if len(configs) > 1 else ""
-        step, predictions = prune_step(model, tok, task, step_cfg, dev_rows, run_dir, teacher, history, label)
+        step, predictions = prune_step(model, tok, task, step_cfg, train_rows, dev_rows, run_dir, teacher, history, label)
         steps.append(step)
     del teacher
     metrics.update({k: v for k, v in steps[-1].items() if k != "sparsity"},
@@ -242,13 +243,12 @@ def prune(cfg: PruneConfig) -> Path:
     return run_dir
 
 
-def prune_step(model, tok, task, cfg: PruneConfig, dev_rows, run_dir: Path, teacher, history: list[dict],
-               label: str = "") -> tuple[dict, list[dict]]:
+def prune_step(model, tok, task, cfg: PruneConfig, train_rows, dev_rows, run_dir: Path, teacher,
+               history: list[dict], label: str = "") -> tuple[dict, list[dict]]:
     """Prune `model` in place to cfg.prune.sparsity, score it, recover and score again if asked.
     Appends the recovery's loss history (steps counted on from the last entry). Returns (metrics, predictions)."""
     from tuneforge.compress import common
 
-    train_rows, _ = common.load_rows(cfg, task)
     calib = []
     if cfg.prune.method in CALIBRATED:
         calib = common.calibration_batches(tok, task, train_rows[: cfg.prune.calibration_rows],
