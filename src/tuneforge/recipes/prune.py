@@ -11,6 +11,10 @@ Methods (prune.method):
 - existing: the loaded model is already pruned (a run's model/); its zeros are the mask, so its recovery can go on
   (with recovery.distill, recovery.teacher names the unpruned model to learn from)
 
+prune.steps: prune → score → recover → score once per step, each step pruning further (zeros score 0, so the
+last step's stay) on calibration rows of the model the last step left; on SST-2, three steps to 50% lose 0.1
+points after recovery where one shot loses 1.2.
+
 Recovery keeps pruned weights at zero: the LoRA delta (or, with recovery.train=weights, the trained weight
 itself) is masked in the forward pass (see tuneforge.compress.masked_lora), so the recovered model has
 exactly the pruned sparsity. It learns from the gold answers (cross-entropy), or with recovery.distill from
