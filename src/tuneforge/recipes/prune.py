@@ -12,7 +12,7 @@ Methods (prune.method):
   (with recovery.distill, recovery.teacher names the unpruned model to learn from)
 
 prune.steps: prune → score → recover → score once per step, each step pruning further (zeros score 0, so the
-last step's stay) on calibration rows of the model the last step left; on SST-2, three steps to 50% lose 0.1
+last step's stay) on calibration rows of the model the last step left; on SST-2, three steps to 50% lose 0.1-0.2
 points after recovery where one shot loses 1.2.
 
 Recovery keeps pruned weights at zero: the LoRA delta (or, with recovery.train=weights, the trained weight
