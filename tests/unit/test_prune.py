@@ -369,3 +369,44 @@ def test_pruning_in_steps_recovers_after_each_and_reports_every_step(tiny_llama_
     losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in losses] == [1, 2, 3, 4]  # one curve: step 2's recovery counts on
     assert "recovered 25.0%" in (run / "report.md").read_text()
+
+
+def test_an_interrupted_recovery_resumes_with_the_command_it_prints(tiny_llama_dir, sentiment_tsv, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in a recovery saves a checkpoint and prints `tuneforge prune <config> train.resume=...`; running
+    that gives the same model as an uninterrupted run."""
+    import re
+
+    from safetensors.torch import load_file
+
+    from tuneforge.config import validate
+    from tuneforge.recipes import training
+    from tuneforge.recipes.finetune import Interrupted
+    from tuneforge.recipes.prune import PruneConfig, prune
+
+    base = {"model": str(tiny_llama_dir), "output_dir": str(tmp_path),
+            "task": {"name": "sentiment", "labels": ["negative", "positive"]},
+            "data": {split: {"path": str(sentiment_tsv), "text_column": "sentence"} for split in ("train", "dev")},
+            "prune": {"method": "magnitude", "sparsity": 0.5}, "recovery": {"enabled": True, "train": "weights"},
+            "eval": {"limit": 2, "batch_size": 2}, "eval_before": False,
+            "train": {"max_steps": 3, "batch_size": 2, "lr": 1e-2, "max_seq_len": 64}}
+    full = prune(validate(PruneConfig, {**base, "name": "full"}))
+    collate, calls = training.collate, []
+
+    def interrupt_at_step_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return collate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "collate", interrupt_at_step_two)
+    with pytest.raises(Interrupted):
+        prune(validate(PruneConfig, {**base, "name": "cut"}))
+    monkeypatch.setattr(training, "collate", collate)
+    hint = re.search(r"resume with: tuneforge prune <config> train\.resume=(\S+)", capsys.readouterr().out)
+    assert hint, "the hint names prune, not finetune"
+    resumed = prune(validate(PruneConfig, {**base, "name": "resumed", "train": {**base["train"], "resume": hint[1]}}))
+    before, after = (load_file(run / "model" / "model.safetensors") for run in (full, resumed))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(UserError, match="a run in steps cannot resume"):
+        validate(PruneConfig, {**base, "prune": {"method": "magnitude", "steps": 2},
+                               "train": {**base["train"], "resume": hint[1]}})

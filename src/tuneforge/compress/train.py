@@ -72,8 +72,9 @@ def encode_rows(tok, task, rows: Sequence[dict], max_len: int, *, answers: Seque
 
 
 def train(cfg, task, model: nn.Module, tok, loss_module: nn.Module, examples: list[dict], run_dir: Path,
-          dev_rows: list[dict] = ()) -> dict:
-    """Run finetune's loop on `model` (its trainable parameters are those with requires_grad)."""
+          dev_rows: list[dict] = (), resume_command: str | None = None) -> dict:
+    """Run finetune's loop on `model` (its trainable parameters are those with requires_grad). On Ctrl-C a
+    checkpoint is saved; `resume_command` (e.g. "tuneforge prune <config>") is how the user resumes from it."""
     from tuneforge.recipes import training as T
     from tuneforge.recipes.finetune import Setup, fit, use_bf16
 
@@ -95,7 +96,7 @@ def train(cfg, task, model: nn.Module, tok, loss_module: nn.Module, examples: li
     trainable, total = T.count_params(model)
     print(f"training {trainable:,} of {total:,} parameters on {len(examples)} rows, {total_steps} steps")
     setup = Setup(cfg, task, accelerator, model, tok, loss_module, optimizer, scheduler, examples, batches,
-                  list(dev_rows), run_dir, total_steps)
+                  list(dev_rows), run_dir, total_steps, resume_command=resume_command)
     stats = fit(setup)
     model.eval()
     return {**stats, "trainable_params": trainable, "total_params": total, "history": setup.history}

@@ -120,7 +120,8 @@ def distill(cfg: DistillConfig) -> Path:
     dtype = next(student.parameters()).dtype
     common.as_float32(student)  # fp32 master weights; the loop runs under bf16 autocast where supported
     set_trainable(student, cfg.student.trainable)
-    stats = train(cfg, task, student, tok, DistillLoss(student, teacher, cfg.kd, cfg.train.share_prefix), examples, run_dir)
+    stats = train(cfg, task, student, tok, DistillLoss(student, teacher, cfg.kd, cfg.train.share_prefix), examples, run_dir,
+                  resume_command="tuneforge distill <config>")
     history = stats.pop("history")
     metrics["train"] = stats
     student.to(dtype)

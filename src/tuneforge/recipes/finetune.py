@@ -51,6 +51,7 @@ class Setup:
     total_steps: int
     history: list[dict] = field(default_factory=list)
     prompting: list[dict] = field(default_factory=list)  # strategies of cfg.prompting, for the report
+    resume_command: str | None = "tuneforge finetune <config>"  # shown on Ctrl-C; None: this run cannot resume
 
 
 def use_bf16(setting: str, device: str) -> bool:
@@ -229,7 +230,8 @@ def fit(s: Setup) -> dict:
         if acc.is_main_process:
             ckpt = T.save_checkpoint(s.run_dir / "checkpoints" / f"step-{step}", s.model, s.optimizer, s.scheduler, step, step_rng)
             print(f"\ninterrupted at step {step}; checkpoint saved to {ckpt}\n"
-                  f"resume with: tuneforge finetune <config> train.resume={ckpt}")
+                  + (f"resume with: {s.resume_command} train.resume={ckpt}" if s.resume_command else
+                     "this run cannot resume from it: run the command again"))
         raise Interrupted() from None
     finally:
         if log:

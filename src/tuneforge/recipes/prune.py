@@ -99,6 +99,9 @@ class PruneConfig(RunConfig):
         if len(p.schedule()) > 1 and (p.method not in ("wanda", "magnitude") or p.pattern != "unstructured"):
             raise ValueError(f"prune.steps: {p.steps} needs prune.method wanda or magnitude with pattern unstructured "
                              f"(method is {p.method}, pattern {p.pattern}); set prune.steps: 1")
+        if len(p.schedule()) > 1 and self.train.resume:
+            raise ValueError("train.resume with prune.steps: a run in steps cannot resume (its checkpoint could be any "
+                             "step's); drop train.resume and run it again, or set prune.steps: 1")
         if self.prune.refit and self.prune.method != "wanda":
             raise ValueError(f"prune.refit needs prune.method: wanda (it re-fits from the calibration inputs); method is {self.prune.method}")
         r = self.recovery
@@ -162,7 +165,8 @@ def recovery_teacher(model, tok, cfg: PruneConfig):
     return teacher.requires_grad_(False)
 
 
-def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path, teacher=None) -> dict:
+def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path, teacher=None,
+            resume_command: str | None = None) -> dict:
     """Masked LoRA (or the masked weights themselves) on the block linears, trained with finetune's loop, then
     merged (zeros kept). The loss is finetune's cross-entropy on the answers, or with a `teacher` (the
     unpruned model) distill's KD + CE mix."""
@@ -184,7 +188,7 @@ def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path
     examples = encode_rows(tok, task, train_rows, cfg.train.max_seq_len)
     share = cfg.train.share_prefix
     loss = DistillLoss(model, teacher, cfg.recovery.kd, share) if teacher is not None else TargetOnlyLoss(model, share)
-    stats = train(cfg, task, model, tok, loss, examples, run_dir)
+    stats = train(cfg, task, model, tok, loss, examples, run_dir, resume_command=resume_command)
     merge_masked_lora(model)
     return stats
 
@@ -226,7 +230,8 @@ def prune(cfg: PruneConfig) -> Path:
     steps = []
     for k, (step_cfg, train_rows) in enumerate(zip(configs, step_rows, strict=True)):
         label = f" (step {k + 1}: {step_cfg.prune.sparsity:.1%})" if len(configs) > 1 else ""
-        step, predictions = prune_step(model, tok, task, step_cfg, train_rows, dev_rows, run_dir, teacher, history, label)
+        step, predictions = prune_step(model, tok, task, step_cfg, train_rows, dev_rows, run_dir, teacher, history, label,
+                                       resumable=len(configs) == 1)
         steps.append(step)
     del teacher
     metrics.update({k: v for k, v in steps[-1].items() if k != "sparsity"},
@@ -248,7 +253,7 @@ def prune(cfg: PruneConfig) -> Path:
 
 
 def prune_step(model, tok, task, cfg: PruneConfig, train_rows, dev_rows, run_dir: Path, teacher,
-               history: list[dict], label: str = "") -> tuple[dict, list[dict]]:
+               history: list[dict], label: str = "", resumable: bool = True) -> tuple[dict, list[dict]]:
     """Prune `model` in place to cfg.prune.sparsity, score it, recover and score again if asked.
     Appends the recovery's loss history (steps counted on from the last entry). Returns (metrics, predictions)."""
     from tuneforge.compress import common
@@ -262,7 +267,10 @@ def prune_step(model, tok, task, cfg: PruneConfig, train_rows, dev_rows, run_dir
     step: dict = {"sparsity": cfg.prune.sparsity, **details, "prune_seconds": time.perf_counter() - start}
     step["pruned"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label=f"after pruning{label}")
     if cfg.recovery.enabled:
-        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir, teacher)
+        # a resumed run prunes again (the same zeros) and loads the checkpoint; with prune.steps the
+        # checkpoint could belong to any step, so such a run cannot resume
+        resume = "tuneforge prune <config>" if resumable else None
+        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir, teacher, resume)
         offset = history[-1]["step"] if history else 0
         history.extend({**row, "step": row["step"] + offset} for row in stats.pop("history"))
         step["recovery"] = stats
