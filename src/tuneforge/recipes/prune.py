@@ -96,10 +96,11 @@ class PruneConfig(RunConfig):
         if self.data.dev is None:
             raise ValueError("data.dev is required: the pruned model is scored on it")
         p = self.prune
-        if len(p.schedule()) > 1 and (p.method not in ("wanda", "magnitude") or p.pattern != "unstructured"):
+        stepped = len(p.schedule()) > 1
+        if stepped and (p.method not in ("wanda", "magnitude") or p.pattern != "unstructured"):
             raise ValueError(f"prune.steps: {p.steps} needs prune.method wanda or magnitude with pattern unstructured "
                              f"(method is {p.method}, pattern {p.pattern}); set prune.steps: 1")
-        if len(p.schedule()) > 1 and self.train.resume:
+        if stepped and self.train.resume:
             raise ValueError("train.resume with prune.steps: a run in steps cannot resume (its checkpoint could be any "
                              "step's); drop train.resume and run it again, or set prune.steps: 1")
         if self.prune.refit and self.prune.method != "wanda":
@@ -195,11 +196,8 @@ def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path
 
 def step_configs(cfg: PruneConfig) -> list[PruneConfig]:
     """One config per pruning step (prune.schedule()), step k drawing its rows with seed + k."""
-    schedule = cfg.prune.schedule()
-    if len(schedule) == 1:
-        return [cfg]
     configs = []
-    for k, sparsity in enumerate(schedule):
+    for k, sparsity in enumerate(cfg.prune.schedule()):
         step = cfg.model_copy(deep=True)
         step.prune = step.prune.model_copy(update={"sparsity": sparsity, "steps": 1})  # each step is a one-step prune
         if step.data.train is not None:
@@ -216,8 +214,8 @@ def prune(cfg: PruneConfig) -> Path:
 
     task = get_task(cfg.task.name, **cfg.task.options())
     configs = step_configs(cfg)
-    _, dev_rows = common.load_rows(cfg, task)
-    step_rows = [common.load_rows(c, task)[0] for c in configs]  # bad data fails here, before runs/<name> exists
+    train_rows, dev_rows = common.load_rows(cfg, task)  # step 1's rows; bad data fails before runs/<name> exists
+    step_rows = [train_rows] + [common.load_rows(c, task)[0] for c in configs[1:]]
     model, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
     teacher = recovery_teacher(model, tok, cfg)
     run_dir = new_run_dir(cfg)
@@ -228,10 +226,11 @@ def prune(cfg: PruneConfig) -> Path:
         metrics["before"], _ = common.score(model, tok, task, dev_rows, cfg.eval, label="before pruning")
     history: list[dict] = []
     steps = []
-    for k, (step_cfg, train_rows) in enumerate(zip(configs, step_rows, strict=True)):
+    # a resumed run prunes again (the same zeros) and loads the checkpoint; in steps it could be any step's
+    resume = "tuneforge prune <config>" if len(configs) == 1 else None
+    for k, (step_cfg, rows) in enumerate(zip(configs, step_rows, strict=True)):
         label = f" (step {k + 1}: {step_cfg.prune.sparsity:.1%})" if len(configs) > 1 else ""
-        step, predictions = prune_step(model, tok, task, step_cfg, train_rows, dev_rows, run_dir, teacher, history, label,
-                                       resumable=len(configs) == 1)
+        step, predictions = prune_step(model, tok, task, step_cfg, rows, dev_rows, run_dir, teacher, history, label, resume)
         steps.append(step)
     del teacher
     metrics.update({k: v for k, v in steps[-1].items() if k != "sparsity"},
@@ -253,7 +252,7 @@ def prune(cfg: PruneConfig) -> Path:
 
 
 def prune_step(model, tok, task, cfg: PruneConfig, train_rows, dev_rows, run_dir: Path, teacher,
-               history: list[dict], label: str = "", resumable: bool = True) -> tuple[dict, list[dict]]:
+               history: list[dict], label: str = "", resume_command: str | None = None) -> tuple[dict, list[dict]]:
     """Prune `model` in place to cfg.prune.sparsity, score it, recover and score again if asked.
     Appends the recovery's loss history (steps counted on from the last entry). Returns (metrics, predictions)."""
     from tuneforge.compress import common
@@ -267,10 +266,7 @@ def prune_step(model, tok, task, cfg: PruneConfig, train_rows, dev_rows, run_dir
     step: dict = {"sparsity": cfg.prune.sparsity, **details, "prune_seconds": time.perf_counter() - start}
     step["pruned"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label=f"after pruning{label}")
     if cfg.recovery.enabled:
-        # a resumed run prunes again (the same zeros) and loads the checkpoint; with prune.steps the
-        # checkpoint could belong to any step, so such a run cannot resume
-        resume = "tuneforge prune <config>" if resumable else None
-        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir, teacher, resume)
+        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir, teacher, resume_command)
         offset = history[-1]["step"] if history else 0
         history.extend({**row, "step": row["step"] + offset} for row in stats.pop("history"))
         step["recovery"] = stats
