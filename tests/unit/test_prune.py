@@ -214,6 +214,21 @@ def test_masked_recovery_keeps_pruned_weights_at_zero(train):
         assert not torch.equal(lin.weight, before[name])  # the kept weights did train
 
 
+def test_masked_lora_weight_is_the_masked_sum_of_weight_and_scaled_delta():
+    model = tiny_llama()
+    masks = pr.magnitude_masks(model, 0.5, scope="row")
+    pr.apply_masks(model, masks)
+    name, lin = next(iter(pr.prunable_linears(model).items()))
+    weight = lin.weight.detach().clone()
+    add_masked_lora(model, {name: lin}, masks, r=4, alpha=8)
+    delta = lin.parametrizations.weight[0]
+    with torch.no_grad():
+        delta.lora_A.normal_()
+        delta.lora_B.normal_()
+    expected = (weight + 2.0 * delta.lora_B.detach() @ delta.lora_A.detach()) * masks[name]  # alpha / r = 2
+    torch.testing.assert_close(lin.weight.detach(), expected)
+
+
 def test_distilled_recovery_moves_towards_the_unpruned_model_and_keeps_zeros():
     import copy
 

@@ -38,7 +38,9 @@ class MaskedWeight(nn.Module):
             self.mask = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask.to(weight.dtype) if self.mask is not None else weight
+        # where, not weight * mask.float(): backward then keeps the bool buffer itself, not a dense float copy
+        # of every mask per step (4 bytes per block weight)
+        return torch.where(self.mask, weight, 0.0) if self.mask is not None else weight
 
 
 class MaskedLoRADelta(MaskedWeight):
@@ -53,8 +55,9 @@ class MaskedLoRADelta(MaskedWeight):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        delta = (self.lora_B @ self.lora_A) * self.scale
-        return super().forward(weight + delta.to(weight.dtype))
+        # one fused weight + scale·B·A: no separate dense delta and scaled copy per matrix per step
+        dtype = weight.dtype
+        return super().forward(torch.addmm(weight, self.lora_B.to(dtype), self.lora_A.to(dtype), alpha=self.scale))
 
 
 def target_linears(model: nn.Module, names: dict[str, nn.Linear], target_modules: str | list[str]) -> dict[str, nn.Linear]:
