@@ -76,8 +76,8 @@ class PruneSection(Section):
 class RecoverySection(Section):
     enabled: bool = Field(False, description="after pruning, train a masked LoRA (or the masked weights, see train) so zeros stay zero")
     train: Literal["lora", "weights"] = Field("lora", description="lora: a masked LoRA (r, alpha); weights: the kept weights of the block linears themselves, masked (about the same compute per step, more capacity, optimizer state for every block weight)")
-    r: int = Field(16, ge=1, description="LoRA rank")
-    alpha: float = Field(32, gt=0, description="LoRA scale = alpha / r")
+    r: int = Field(16, ge=1, description="recovery.train=lora: LoRA rank (not used with train: weights)")
+    alpha: float = Field(32, gt=0, description="recovery.train=lora: LoRA scale = alpha / r (not used with train: weights)")
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' (every block linear) or names such as [q_proj, v_proj]")
     distill: bool = Field(False, description="train towards the unpruned model's token distributions (KD, settings in recovery.kd) as well as the gold answers; keeps a dense copy in memory")
     kd: KDSection = Field(default_factory=KDSection, description="recovery.distill: the KD loss, as in distill's kd section")
