@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tuneforge.compress import measure
@@ -26,7 +27,8 @@ def tiny_llama():
 
 
 def result(name, metric, decode, baseline=False, nonzero=1_000_000):
-    return {"name": name, "baseline": baseline, "engine": "transformers", "dtype": "bfloat16", "parameters": 2_000_000,
+    return {"name": name, "baseline": baseline, "engine": "transformers", "dtype": "float32", "stored": "bf16",
+            "parameters": 2_000_000,
             "nonzero_parameters": nonzero, "size_mb": 4.0, "prefill_tok_s": 500.0, "decode_tok_s": decode,
             "metric": metric}
 
@@ -34,13 +36,14 @@ def result(name, metric, decode, baseline=False, nonzero=1_000_000):
 def test_table_rows_fields_and_deltas_from_the_marked_baseline():
     rows = table_rows([result("pruned", 0.85, 30.0), result("base", 0.88, 20.0, baseline=True),
                        result("gguf", 0.87, 90.0, nonzero=None)], "accuracy")
-    assert list(rows[0]) == ["model", "engine", "dtype", "params (M)", "non-zero (M)", "size (MB)", "prefill tok/s",
+    assert list(rows[0]) == ["model", "engine", "runs in", "stored", "params (M)", "non-zero (M)", "size (MB)", "prefill tok/s",
                              "decode tok/s", "decode ×", "accuracy", "Δ accuracy"]
     assert rows[0]["Δ accuracy"] == pytest.approx(-0.03)
     assert rows[0]["decode ×"] == pytest.approx(1.5)
     assert rows[1]["Δ accuracy"] == 0 and rows[1]["decode ×"] == 1
     assert rows[0]["params (M)"] == 2.0 and rows[0]["non-zero (M)"] == 1.0
     assert rows[2]["non-zero (M)"] is None
+    assert rows[0]["runs in"] == "float32" and rows[0]["stored"] == "bf16"
 
 
 def test_first_row_is_the_baseline_when_none_is_marked():
@@ -61,6 +64,19 @@ def test_parameters_nonzeros_size_and_speed_of_a_pruned_model(tmp_path):
     assert measure.weights_size(tmp_path) == (tmp_path / "model.safetensors").stat().st_size
     speed = measure.hf_speed(model, list(range(1, 17)), new_tokens=4, repeats=1)
     assert speed["prefill_tok_s"] > 0 and speed["decode_tok_s"] > 0
+
+
+def test_stored_dtypes_name_what_the_files_hold_most_bytes_first(tmp_path):
+    model = tiny_llama()
+    model.save_pretrained(tmp_path / "f32")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    (tmp_path / "mixed").mkdir()
+    save_file({"q": torch.zeros(64, 64, dtype=torch.int8), "scale": torch.zeros(64, dtype=torch.bfloat16)},
+              tmp_path / "mixed" / "model.safetensors")
+    assert measure.stored_dtypes(tmp_path / "f32") == "f32"
+    assert measure.stored_dtypes(tmp_path / "bf16") == "bf16"
+    assert measure.stored_dtypes(tmp_path / "mixed") == "i8+bf16"  # 4096 bytes of int8 before 128 of bf16
+    assert measure.stored_dtypes(tmp_path / "no-such-folder") is None
 
 
 def test_chart_is_written(tmp_path):

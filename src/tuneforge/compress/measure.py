@@ -7,6 +7,7 @@ prompt; decode = generated tokens / time of the one-token steps after it (KV cac
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -21,6 +22,23 @@ def weights_size(path: str | Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+
+
+def stored_dtypes(path: str | Path) -> str | None:
+    """The dtypes a folder's safetensors files store, most bytes first ("bf16", "i8+bf16"): the size column's
+    cause, which the dtype a model runs in does not show. None where there are no safetensors files."""
+    from safetensors import safe_open
+
+    size = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+    by_dtype: dict[str, int] = {}
+    for file in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
+        with safe_open(file, "np") as f:
+            for name in f.keys():
+                part = f.get_slice(name)
+                dtype, n = part.get_dtype(), math.prod(part.get_shape())
+                by_dtype[dtype] = by_dtype.get(dtype, 0) + n * size.get(dtype, 1)
+    ranked = sorted(by_dtype, key=by_dtype.get, reverse=True)
+    return "+".join(d.lower() for d in ranked) or None
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int | None]:

@@ -75,7 +75,13 @@ def check_rows(rows: list[ModelRow]) -> None:
 
 def measure_hf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
     from tuneforge.compress.common import load_merged, score
-    from tuneforge.compress.measure import count_parameters, hf_speed, speed_prompt_ids, weights_size
+    from tuneforge.compress.measure import (
+        count_parameters,
+        hf_speed,
+        speed_prompt_ids,
+        stored_dtypes,
+        weights_size,
+    )
     from tuneforge.models import resolve_model
 
     model, tok = load_merged(row.path, row.adapter, cfg.dtype)
@@ -84,7 +90,8 @@ def measure_hf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     metrics, _ = score(model, tok, task, dev_rows, cfg.eval, label=row.name)
     speed = hf_speed(model, speed_prompt_ids(tok, cfg.speed.prompt_tokens), cfg.speed.new_tokens, cfg.speed.repeats)
-    return {"engine": "transformers", "dtype": dtype, "parameters": total, "nonzero_parameters": nonzero,
+    return {"engine": "transformers", "dtype": dtype, "stored": stored_dtypes(resolve_model(row.path)),
+            "parameters": total, "nonzero_parameters": nonzero,
             "size_mb": size / 1e6, **speed, "metric": metrics[task.primary_metric]}
 
 
@@ -99,7 +106,8 @@ def measure_gguf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
     text = "The film was a quiet surprise: patient, funny and warm, with a cast that never oversells a scene. " * 64
     prompt = runner.llm.tokenize(text.encode("utf-8"), add_bos=False)[: cfg.speed.prompt_tokens]
     speed = gguf_speed(runner.llm, prompt, cfg.speed.new_tokens, cfg.speed.repeats)
-    return {"engine": "llama.cpp", "dtype": Path(row.path).stem.rsplit(".", 1)[-1].rsplit("-", 1)[-1],
+    qtype = Path(row.path).stem.rsplit(".", 1)[-1].rsplit("-", 1)[-1]
+    return {"engine": "llama.cpp", "dtype": qtype, "stored": qtype,
             "parameters": gguf_parameters(row.path), "nonzero_parameters": None,
             "size_mb": weights_size(row.path) / 1e6, **speed, "metric": metrics[task.primary_metric]}
 
@@ -113,7 +121,8 @@ def table_rows(results: list[dict], primary: str) -> list[dict]:
         out.append({
             "model": r["name"],
             "engine": r["engine"],
-            "dtype": r["dtype"],
+            "runs in": r["dtype"],
+            "stored": r.get("stored"),
             "params (M)": r["parameters"] / 1e6,
             "non-zero (M)": nz / 1e6 if nz is not None else None,
             "size (MB)": r["size_mb"],
@@ -174,7 +183,9 @@ def compare(cfg: CompareConfig) -> Path:
         summary=[("task", task.name), ("dev rows", len(dev_rows)), ("metric", task.primary_metric)],
         tables=[("Size, speed and quality", rows)], images=[("Quality and decode speed", chart)],
         notes=["Speed: one stream, greedy, best of the timed runs on this machine; adapters are merged first.",
-               "Size counts weight files only (safetensors/bin/gguf), base model plus adapter where there is one."],
+               "Size counts weight files only (safetensors/bin/gguf), base model plus adapter where there is one.",
+               "stored: the dtypes in those files, most bytes first (a bf16-saved model is half the size of the same "
+               "model in f32); runs in: the dtype it was loaded, scored and timed in (the config's dtype)."],
     )
     print(format_table(rows))
     return run_dir
