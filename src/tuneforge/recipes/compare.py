@@ -136,7 +136,7 @@ def table_rows(results: list[dict], primary: str) -> list[dict]:
 
 
 def plot_compare(rows: list[dict], primary: str, path: Path) -> Path:
-    """Left: the task metric per model; right: decode tokens/s per model (bar labels give the values)."""
+    """Per model: the task metric, size on disk and decode tokens/s, side by side (bar labels give the values)."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
@@ -144,9 +144,9 @@ def plot_compare(rows: list[dict], primary: str, path: Path) -> Path:
 
     names = [r["model"] for r in rows]
     with rc_context(FONT):
-        fig = Figure(figsize=(max(8.0, 1.4 * len(rows) + 3), 4.4), layout="constrained")
-        left, right = fig.subplots(1, 2)
-        for ax, key, color in ((left, primary, "C0"), (right, "decode tok/s", "C1")):
+        fig = Figure(figsize=(max(12.0, 2.0 * len(rows) + 4), 4.6), layout="constrained")
+        panels = ((primary, "C0"), ("size (MB)", "C2"), ("decode tok/s", "C1"))
+        for ax, (key, color) in zip(fig.subplots(1, len(panels)), panels, strict=True):
             values = [r[key] if r[key] is not None else math.nan for r in rows]
             bars = ax.bar(range(len(rows)), values, color=color)
             ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, fontsize=8)
@@ -155,7 +155,7 @@ def plot_compare(rows: list[dict], primary: str, path: Path) -> Path:
             ax.grid(axis="y", alpha=0.3)
             ax.set_axisbelow(True)
             ax.margins(y=0.15)
-        fig.suptitle("Compression: quality and speed on the same task and data")
+        fig.suptitle("Compression: quality, size and speed on the same task and data")
         return _save(fig, path)
 
 
