@@ -11,13 +11,19 @@ from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir
 
 
-def load_rows(cfg, task) -> tuple[list[dict], list[dict]]:
-    """(train rows or [], dev rows cut to eval.limit) through the lead's reader (tasks may read their own files)."""
+def load_train_rows(cfg, task) -> list[dict]:
+    """data.train's rows (or []) through the lead's reader (tasks may read their own files)."""
     from tuneforge.recipes.common import load_split
 
-    train = load_split(task, cfg.data.train, "train") if cfg.data.train else []
+    return load_split(task, cfg.data.train, "train") if cfg.data.train else []
+
+
+def load_rows(cfg, task) -> tuple[list[dict], list[dict]]:
+    """(train rows or [], dev rows cut to eval.limit)."""
+    from tuneforge.recipes.common import load_split
+
     dev = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
-    return train, dev
+    return load_train_rows(cfg, task), dev
 
 
 def score(model, tok, task, rows: list[dict], eval_cfg, *, label: str) -> tuple[dict, list[dict]]:

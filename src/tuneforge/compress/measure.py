@@ -7,7 +7,7 @@ prompt; decode = generated tokens / time of the one-token steps after it (KV cac
 
 from __future__ import annotations
 
-import math
+import json
 import time
 from pathlib import Path
 
@@ -27,16 +27,14 @@ def weights_size(path: str | Path) -> int:
 def stored_dtypes(path: str | Path) -> str | None:
     """The dtypes a folder's safetensors files store, most bytes first ("bf16", "i8+bf16"): the size column's
     cause, which the dtype a model runs in does not show. None where there are no safetensors files."""
-    from safetensors import safe_open
-
-    size = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
     by_dtype: dict[str, int] = {}
     for file in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
-        with safe_open(file, "np") as f:
-            for name in f.keys():
-                part = f.get_slice(name)
-                dtype, n = part.get_dtype(), math.prod(part.get_shape())
-                by_dtype[dtype] = by_dtype.get(dtype, 0) + n * size.get(dtype, 1)
+        with open(file, "rb") as f:  # the header alone (8-byte length, JSON): exact byte ranges, no dtype-size table
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        for name, info in header.items():
+            if name != "__metadata__":
+                start, end = info["data_offsets"]
+                by_dtype[info["dtype"]] = by_dtype.get(info["dtype"], 0) + end - start
     ranked = sorted(by_dtype, key=by_dtype.get, reverse=True)
     return "+".join(d.lower() for d in ranked) or None
 

@@ -86,11 +86,12 @@ def measure_hf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
 
     model, tok = load_merged(row.path, row.adapter, cfg.dtype)
     total, nonzero = count_parameters(model)
-    size = weights_size(resolve_model(row.path)) + (weights_size(row.adapter) if row.adapter else 0)
+    folder = resolve_model(row.path)
+    size = weights_size(folder) + (weights_size(row.adapter) if row.adapter else 0)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     metrics, _ = score(model, tok, task, dev_rows, cfg.eval, label=row.name)
     speed = hf_speed(model, speed_prompt_ids(tok, cfg.speed.prompt_tokens), cfg.speed.new_tokens, cfg.speed.repeats)
-    return {"engine": "transformers", "dtype": dtype, "stored": stored_dtypes(resolve_model(row.path)),
+    return {"engine": "transformers", "dtype": dtype, "stored": stored_dtypes(folder),
             "parameters": total, "nonzero_parameters": nonzero,
             "size_mb": size / 1e6, **speed, "metric": metrics[task.primary_metric]}
 

@@ -215,7 +215,7 @@ def prune(cfg: PruneConfig) -> Path:
     task = get_task(cfg.task.name, **cfg.task.options())
     configs = step_configs(cfg)
     train_rows, dev_rows = common.load_rows(cfg, task)  # step 1's rows; bad data fails before runs/<name> exists
-    step_rows = [train_rows] + [common.load_rows(c, task)[0] for c in configs[1:]]
+    step_rows = [train_rows] + [common.load_train_rows(c, task) for c in configs[1:]]  # each step's seed
     model, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
     teacher = recovery_teacher(model, tok, cfg)
     run_dir = new_run_dir(cfg)
