@@ -98,7 +98,9 @@ class RunConfig(Section):
 
 
 class FinetuneConfig(RunConfig):
-    method: Literal["lora", "full", "freeze"] = Field("lora", description="what is trained")
+    method: Literal["lora", "qlora", "full", "freeze"] = Field(
+        "lora", description="what is trained: lora; qlora (the same LoRA on a base loaded in 4-bit NF4 by bitsandbytes: "
+        "a CUDA GPU, or a CPU with bitsandbytes >= 0.46); full; freeze")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -116,7 +118,7 @@ class FinetuneConfig(RunConfig):
 class EvaluateConfig(RunConfig):
     """Scores data.dev. A finetune recipe is accepted as is: its training sections are read and ignored."""
 
-    method: Literal["lora", "full", "freeze"] = Field("lora", description="ignored by evaluate")
+    method: Literal["lora", "qlora", "full", "freeze"] = Field("lora", description="ignored by evaluate")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="ignored by evaluate")
     freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="ignored by evaluate")
     train: TrainConfig = Field(default_factory=TrainConfig, description="ignored by evaluate")

@@ -1,5 +1,6 @@
 """The finetune recipe on a tiny random Llama: masking, resume, invariance, artifacts, bad input."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -154,3 +155,89 @@ def test_a_second_run_in_one_process_may_use_another_precision():
     assert str(make_accelerator(False).mixed_precision) == "no"
     assert str(make_accelerator(True).mixed_precision) == "bf16"
     assert str(make_accelerator(False).mixed_precision) == "no"
+
+
+needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes (tuneforge[bnb])")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_64_dir(tmp_path_factory, embedded_tokenizer):
+    """Like tiny_llama_dir but 64 wide: bitsandbytes' CPU kernel packs rows in blocks of 64 inputs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = embedded_tokenizer
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    folder = tmp_path_factory.mktemp("tiny-llama-64")
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@needs_bnb
+def test_qlora_trains_lora_on_an_nf4_base_and_the_adapter_loads_on_the_float_base(tiny_llama_64_dir, sentiment_tsv, tmp_path):
+    import bitsandbytes as bnb
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_cfg(tiny_llama_64_dir, sentiment_tsv, tmp_path)
+    cfg.method = "qlora"
+    s = setup(cfg)
+    bases = [m for n, m in s.model.named_modules() if n.endswith("proj.base_layer")]
+    assert len(bases) == 2 * 7 and all(isinstance(m, bnb.nn.Linear4bit) for m in bases)  # 7 linears per block
+    assert bases[0].weight.quant_state.quant_type == "nf4"
+    trainable = [n for n, p in s.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    run_dir = finetune(cfg)
+    seen = losses(run_dir)
+    assert len(seen) == 8 and sum(seen[-2:]) < sum(seen[:2])  # it learns through the 4-bit base
+    result = json.loads((run_dir / "metrics.json").read_text())
+    assert result["method"] == "qlora" and {"accuracy"} <= set(result["after"])
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_64_dir), str(run_dir / "adapter"))
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in loaded.named_parameters())  # a plain LoRA adapter
+
+
+@needs_bnb
+def test_qlora_gradients_are_the_same_after_a_dev_evaluation(tiny_llama_64_dir, sentiment_tsv, tmp_path):
+    """Scoring the dev set between steps (eval mode, no gradients) must not change what training computes.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks NF4 weights for inference there, and the repacked layers
+    passed no gradient to their inputs until finetune turned that off.
+    """
+    from tuneforge.recipes import training as T
+    from tuneforge.recipes.finetune import validate as score_dev
+
+    cfg = make_cfg(tiny_llama_64_dir, sentiment_tsv, tmp_path)
+    cfg.method = "qlora"
+    s = setup(cfg)
+    batch = T.collate(s.examples[:4], s.tok.pad_token_id)
+
+    def gradients():
+        s.model.zero_grad()
+        s.loss_module(**batch)[0].backward()
+        return {n: p.grad.clone() for n, p in s.model.named_parameters() if p.grad is not None}
+
+    s.model.train()
+    first = gradients()
+    score_dev(s)
+    second = gradients()
+    assert first.keys() == second.keys() and any("layers.0." in n and "lora_A" in n for n in first)
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@needs_bnb
+def test_qlora_without_kernels_here_is_refused_before_any_work(tiny_llama_dir, sentiment_tsv, tmp_path, monkeypatch):
+    from tuneforge.errors import UserError
+    from tuneforge.quant import bnb
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU refusal")
+    monkeypatch.setattr(bnb, "cpu_probe", lambda m: "RuntimeError: no CPU kernel")  # an old bitsandbytes build
+    cfg = make_cfg(tiny_llama_dir, sentiment_tsv, tmp_path / "runs")
+    cfg.method = "qlora"
+    with pytest.raises(UserError, match="bnb_nf4 needs a CUDA GPU, or bitsandbytes >= 0.46"):
+        finetune(cfg)
+    assert not (tmp_path / "runs").exists()

@@ -1,8 +1,10 @@
-"""`tuneforge quantize` end to end on a tiny model and a few sentiment rows; bitsandbytes refused on CPU."""
+"""`tuneforge quantize` end to end on a tiny model and a few sentiment rows, torchao and bitsandbytes (CPU)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from test_gguf_tiny import tiny_chat_model
 
 from tuneforge.config import validate
 from tuneforge.errors import UserError
+from tuneforge.quant.torchao import load_quantized
 from tuneforge.recipes.quantize import QuantizeConfig, quantize
 
 ROWS = [
@@ -51,12 +54,46 @@ def test_int8_weight_only_run_folder(setup):
     assert len((run / "predictions.jsonl").read_text().splitlines()) == len(ROWS)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
+needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes (tuneforge[bnb])")
+
+
+@needs_bnb
+@pytest.mark.parametrize("method, layer", [("bnb_nf4", "Linear4bit"), ("bnb_8bit", "Linear8bitLt")])
+def test_bitsandbytes_run_folder_reloads_quantized_layers(setup, method, layer):
+    run = quantize(config(setup, method))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["size_after_bytes"] < metrics["size_before_bytes"]
+    assert set(metrics["after"]) >= {"accuracy"} and metrics["speed_after"]["decode_tok_s"] > 0
+    reloaded = load_quantized(run / "model")  # what a user loads: bitsandbytes layers, from config.json alone
+    kinds = {type(m).__name__ for m in reloaded.modules()}
+    assert layer in kinds and "Linear" not in {type(m).__name__ for m in reloaded.model.layers.modules()}
+
+
+@needs_bnb
 @pytest.mark.parametrize("method", ["bnb_8bit", "bnb_nf4"])
-def test_bitsandbytes_needs_a_gpu(setup, method):
-    with pytest.raises(UserError, match=f"{method} needs a CUDA GPU.*int8_weight_only"):
-        quantize(config(setup, method))
-    assert not (setup / "runs" / method).exists()  # refused before any work
+def test_bitsandbytes_without_kernels_here_is_refused_before_any_work(setup, method, monkeypatch):
+    from tuneforge.quant import bnb
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU refusal")
+    monkeypatch.setattr(bnb, "cpu_probe", lambda m: "RuntimeError: no CPU kernel")  # an old bitsandbytes build
+    with pytest.raises(UserError, match=f"{method} needs a CUDA GPU, or bitsandbytes >= 0.46.*no CPU kernel.*int8_weight_only"):
+        quantize(config(setup, method, name=f"refused-{method}"))
+    assert not (setup / "runs" / f"refused-{method}").exists()
+
+
+def test_bitsandbytes_missing_is_one_install_line(setup, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
+    with pytest.raises(UserError, match=r"bnb_nf4 needs bitsandbytes: `pip install 'tuneforge\[bnb\]'`"):
+        quantize(config(setup, "bnb_nf4"))
+
+
+@needs_bnb
+@pytest.mark.parametrize("method", ["bnb_8bit", "bnb_nf4"])
+def test_cpu_probe_runs_a_real_bitsandbytes_layer(method):
+    from tuneforge.quant.bnb import cpu_probe
+
+    assert cpu_probe(method) is None  # bitsandbytes >= 0.46 (the bnb extra's floor) has CPU kernels
 
 
 def test_unknown_method_is_a_config_error(setup):

@@ -59,8 +59,9 @@ def load_model(
     device: str | None = None,
     kind: str = "causal",
     num_labels: int | None = None,
+    quantization: str | None = None,
 ):
-    """Return (model, tokenizer). `kind`: causal | seq2seq | classifier."""
+    """Return (model, tokenizer). `kind`: causal | seq2seq | classifier. `quantization`: bnb_8bit | bnb_nf4."""
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSeq2SeqLM,
@@ -72,6 +73,10 @@ def load_model(
     torch_dtype = pick_dtype(dtype, device)
     cls = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "classifier": AutoModelForSequenceClassification}[kind]
     extra = {"num_labels": num_labels} if kind == "classifier" and num_labels else {}
+    if quantization:
+        from tuneforge.quant.bnb import bnb_load_arguments
+
+        extra |= bnb_load_arguments(quantization, device)
     try:
         net = cls.from_pretrained(source, dtype=torch_dtype, **extra)
     except OSError as e:
@@ -79,7 +84,8 @@ def load_model(
     tok = load_tokenizer(model)
     if adapter:
         net = attach_adapter(net, adapter)
-    net.to(device)
+    if not quantization:  # bitsandbytes placed the weights while loading (and refuses .to())
+        net.to(device)
     net.eval()
     return net, tok
 

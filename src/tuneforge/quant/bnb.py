@@ -1,4 +1,8 @@
-"""bitsandbytes 8-bit (LLM.int8) and 4-bit NF4 loading; these kernels exist only for CUDA GPUs."""
+"""bitsandbytes 8-bit (LLM.int8) and 4-bit NF4 loading, for `quantize` and for QLoRA in `finetune`.
+
+bitsandbytes >= 0.46 also runs these layers on CPU (plain PyTorch kernels), so a CPU is refused only when the
+installed bitsandbytes cannot run them there; a short probe finds that out before minutes of work.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +11,90 @@ from pathlib import Path
 from tuneforge.errors import UserError
 
 BNB_METHODS = ("bnb_8bit", "bnb_nf4")
+INSTALL = "pip install 'tuneforge[bnb]'"
 
 
-def require_cuda(method: str) -> None:
+def cpu_probe(method: str) -> str | None:
+    """None when a tiny bitsandbytes layer of this kind runs forward and backward on CPU; else the error text."""
+    import warnings
+
+    import bitsandbytes as bnb
     import torch
 
-    if not torch.cuda.is_available():
-        raise UserError(
-            f"method {method} needs a CUDA GPU (bitsandbytes 8-bit/NF4 kernels); this machine has none. "
-            "On CPU use method=int8_weight_only, int8_dynamic or gguf_q8_0"
-        )
     try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"method {method} needs bitsandbytes: `pip install 'tuneforge[cuda]'`") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if method == "bnb_nf4":
+                layer = bnb.nn.Linear4bit(64, 8, bias=False, quant_type="nf4", compute_dtype=torch.float32)
+                layer.weight = bnb.nn.Params4bit(torch.randn(8, 64), requires_grad=False, quant_type="nf4")
+            else:
+                layer = bnb.nn.Linear8bitLt(64, 8, bias=False, has_fp16_weights=False)
+                layer.weight = bnb.nn.Int8Params(torch.randn(8, 64), requires_grad=False, has_fp16_weights=False)
+            x = torch.randn(2, 64, requires_grad=True)
+            layer.to("cpu")(x).sum().backward()
+    except Exception as e:  # any failure means: this build has no CPU kernels for it
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no CPU kernel'}"
+    return None
 
 
-def bnb_config(method: str):
+def require_bnb(method: str) -> str:
+    """The device bitsandbytes will use ('cuda' or 'cpu'), or one clear error saying what to install or use."""
     import torch
+
+    try:
+        import bitsandbytes
+    except ImportError as e:
+        raise UserError(f"method {method} needs bitsandbytes: `{INSTALL}`") from e
+    if torch.cuda.is_available():
+        return "cuda"
+    problem = cpu_probe(method)
+    if problem:
+        raise UserError(
+            f"method {method} needs a CUDA GPU, or bitsandbytes >= 0.46 whose CPU backend runs it; bitsandbytes "
+            f"{bitsandbytes.__version__} cannot here ({problem}). Upgrade it (`{INSTALL}`), or on CPU use "
+            "method=int8_weight_only, int8_dynamic or gguf_q8_0"
+        )
+    return "cpu"
+
+
+def bnb_config(method: str, device: str = "cuda"):
     from transformers import BitsAndBytesConfig
+
+    from tuneforge.models.loading import pick_dtype
 
     if method == "bnb_8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if method == "bnb_nf4":
-        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            # NF4 dequantizes to this: bf16 where the hardware runs it natively, else fp16 (GPU) or fp32 (CPU)
+            bnb_4bit_compute_dtype=pick_dtype("auto", device),
         )
     raise UserError(f"bitsandbytes method '{method}' is not one of {', '.join(BNB_METHODS)}")
 
 
+def bnb_load_arguments(method: str, device: str | None = None) -> dict:
+    """from_pretrained keyword arguments that quantize the Linear layers while loading, onto one device."""
+    device = device or require_bnb(method)
+    return {"quantization_config": bnb_config(method, device), "device_map": {"": device}}
+
+
 def load_bnb(float_folder: str | Path, method: str):
-    """Load a float HF folder onto the GPU with bitsandbytes-quantized Linear layers."""
-    require_cuda(method)
+    """Load a float HF folder with bitsandbytes-quantized Linear layers (on the GPU, or on CPU where supported)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        str(float_folder), quantization_config=bnb_config(method), device_map={"": 0}
-    ).eval()
+    return AutoModelForCausalLM.from_pretrained(str(float_folder), **bnb_load_arguments(method)).eval()
+
+
+def keep_nf4_layers_trainable(model) -> None:
+    """Stop bitsandbytes from repacking NF4 weights into its CPU inference format; QLoRA trains through them.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit weight at its first forward in eval mode
+    without gradients (the dev scoring before training). From then on that layer passes no gradient to its
+    input, so LoRA learns from wrong gradients: SST-2 QLoRA loss rose to 7.7 and dev accuracy fell to 0.51.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False

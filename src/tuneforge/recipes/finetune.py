@@ -63,7 +63,7 @@ def use_bf16(setting: str, device: str) -> bool:
 
 
 def apply_method(model, cfg: FinetuneConfig):
-    if cfg.method == "lora":
+    if cfg.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -91,6 +91,11 @@ def setup(cfg: FinetuneConfig) -> Setup:
 
     from tuneforge.models import load_model
 
+    quantization = "bnb_nf4" if cfg.method == "qlora" else None
+    if quantization:
+        from tuneforge.quant.bnb import require_bnb
+
+        require_bnb(quantization)  # before minutes of reading data and loading the model
     task = build_task(cfg)
     train_rows = load_split(task, cfg.data.train, "train")
     dev_rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
@@ -100,8 +105,16 @@ def setup(cfg: FinetuneConfig) -> Setup:
     accelerator = T.make_accelerator(bf16)
     set_seed(cfg.train.seed)
     # LoRA keeps the frozen base in bf16 where it is fast; full/freeze keep fp32 master weights under autocast.
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if bf16 and cfg.method == "lora" else "float32")
-    model, tok = load_model(cfg.model, dtype=dtype, adapter=None, device=str(accelerator.device))
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if bf16 and cfg.method in ("lora", "qlora") else "float32")
+    model, tok = load_model(cfg.model, dtype=dtype, adapter=None, device=str(accelerator.device), quantization=quantization)
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        from tuneforge.quant.bnb import keep_nf4_layers_trainable
+
+        keep_nf4_layers_trainable(model)
+        # fp32 norms and embeddings, inputs that carry gradients; no activation checkpointing (speed over memory)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.adapter:  # continue training an existing adapter
         from peft import PeftModel
 

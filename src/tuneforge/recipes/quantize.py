@@ -8,7 +8,7 @@ Methods (`method`):
   `AutoModelForCausalLM.from_pretrained` reloads (the quantization settings live in its config.json).
 - gguf_f16, gguf_q8_0, gguf_q4_0: one GGUF file for llama.cpp, scored through llama-cpp-python, and
   compared token by token with the float model on the golden prompts (tuneforge.parity).
-- bnb_8bit, bnb_nf4: bitsandbytes on a CUDA GPU (a clear error elsewhere).
+- bnb_8bit, bnb_nf4: bitsandbytes on a CUDA GPU, or on CPU where bitsandbytes >= 0.46 runs them.
 
 Writes runs/<name>/: config.yaml, model/ or model-<type>.gguf, metrics.json, predictions.jsonl,
 parity.json (GGUF), report.md/html.
@@ -50,7 +50,7 @@ class SpeedSection(Section):
 
 class QuantizeConfig(RunConfig):
     method: Literal["int8_weight_only", "int8_dynamic", "gguf_f16", "gguf_q8_0", "gguf_q4_0", "bnb_8bit", "bnb_nf4"] = Field(
-        "int8_weight_only", description="torchao int8 (CPU), GGUF for llama.cpp, or bitsandbytes (CUDA)"
+        "int8_weight_only", description="torchao int8 (CPU), GGUF for llama.cpp, or bitsandbytes (CUDA; CPU with bitsandbytes >= 0.46)"
     )
     group_size: int | None = Field(None, ge=8, description="int8_weight_only: weights per scale along a row "
                                    "(e.g. 64; must divide the hidden sizes); null: one scale per row")
@@ -127,9 +127,9 @@ def quantize(cfg: QuantizeConfig) -> Path:
 
     is_gguf = cfg.method.startswith("gguf_")
     if cfg.method.startswith("bnb_"):
-        from tuneforge.quant.bnb import require_cuda
+        from tuneforge.quant.bnb import require_bnb
 
-        require_cuda(cfg.method)  # before minutes of loading and scoring
+        require_bnb(cfg.method)  # before minutes of loading and scoring
     task = build_task(cfg)
     rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
     # GGUF is written from fp32 weights and compared with them; F16 rounding then matches llama.cpp's.
