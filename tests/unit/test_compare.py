@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,20 @@ def test_parameters_nonzeros_size_and_speed_of_a_pruned_model(tmp_path):
     assert measure.weights_size(tmp_path) == (tmp_path / "model.safetensors").stat().st_size
     speed = measure.hf_speed(model, list(range(1, 17)), new_tokens=4, repeats=1)
     assert speed["prefill_tok_s"] > 0 and speed["decode_tok_s"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes (tuneforge[bnb])")
+def test_a_4bit_model_counts_its_weights_not_its_packed_bytes(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.quant.bnb import bnb_load_arguments
+
+    model = tiny_llama()
+    model.save_pretrained(tmp_path)
+    total, _ = measure.count_parameters(model)
+    nf4 = AutoModelForCausalLM.from_pretrained(tmp_path, **bnb_load_arguments("bnb_nf4"))
+    assert any(getattr(p, "quant_state", None) is not None for p in nf4.parameters())  # two weights per byte
+    assert measure.count_parameters(nf4) == (total, None)
 
 
 def test_stored_dtypes_name_what_the_files_hold_most_bytes_first(tmp_path):
