@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from peak_memory import run_tuneforge
 
 
 def run_recovery(config: str, mode: str, steps: int, out: Path) -> dict:
@@ -27,15 +26,9 @@ def run_recovery(config: str, mode: str, steps: int, out: Path) -> dict:
     overrides = [*chosen, "prune.method=magnitude", "prune.refit=false", "prune.steps=1",
                  f"train.max_steps={steps}", f"data.train.limit={steps * 8}", "eval_before=false", "eval.limit=8",
                  f"output_dir={out}", f"name={mode}"]
-    proc = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "prune", config, *overrides],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = proc.stderr.read()  # drained first, so a chatty run cannot block on a full pipe
-    _, status, usage = os.wait4(proc.pid, 0)  # wait4, not Popen.wait: it also returns this child's own peak RSS
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        sys.exit(f"recovery.train={mode} failed (exit {proc.returncode}):\n{err[-2000:]}")
+    peak = run_tuneforge(["prune", config, *overrides], f"recovery.train={mode}")
     recovery = json.loads((out / mode / "metrics.json").read_text()).get("recovery", {})
-    return {"peak_rss_gb": usage.ru_maxrss / 2**20, **recovery}
+    return {"peak_rss_gb": peak, **recovery}
 
 
 def main() -> None:

@@ -45,15 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def drop_known_import_notices() -> None:
-    """Two notices torchao prints on every start that no user can act on: torch 2.13 calls its Enum pytree
-    registrations deprecated (pytorch/ao#4848, open upstream), and on a machine without CUDA its CUDA-only
-    kernels fail to load. On a CUDA machine the second stays visible: there it means something."""
+    """Notices printed on every start (peft imports torchao and bitsandbytes) that no user can act on: torch 2.13
+    calls torchao's Enum pytree registrations deprecated (pytorch/ao#4848, open upstream); on a machine without
+    CUDA torchao's CUDA-only kernels fail to load; and bitsandbytes cannot fetch an optional faster CPU kernel
+    from the Hugging Face Hub (the `kernels` package), so it uses its PyTorch kernels, which work offline. On a
+    CUDA machine torchao's notice stays visible: there it means something."""
     import logging
+    import warnings
 
     import torch
 
     logging.getLogger("torch.utils._pytree").addFilter(
         lambda record: "is an Enum subclass and is now natively supported" not in record.getMessage())
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community"))
+    # transformers' bitsandbytes loading and peft's k-bit preparation still read a property transformers renamed
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if not torch.cuda.is_available():
         logging.getLogger("torchao").addFilter(lambda record: not record.getMessage().startswith("Failed to load"))
 

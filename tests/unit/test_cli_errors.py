@@ -84,7 +84,7 @@ def test_missing_adapter_names_the_recipe_that_makes_it(tmp_path, monkeypatch):
 
 
 def test_torchao_start_up_notices_are_dropped():
-    """peft imports torchao, which logs two notices no user can act on; the CLI drops exactly those."""
+    """peft imports torchao and bitsandbytes, which log notices no user can act on; the CLI drops exactly those."""
     def stderr_of(code):
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                               env=ENV).stderr

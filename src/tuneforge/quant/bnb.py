@@ -14,27 +14,12 @@ BNB_METHODS = ("bnb_8bit", "bnb_nf4")
 INSTALL = "pip install 'tuneforge[bnb]'"
 
 
-def import_bitsandbytes():
-    """bitsandbytes, without its import-time warning that the optional `kernels` package is missing.
-
-    That package fetches a faster CPU kernel from the Hugging Face Hub at run time; without it bitsandbytes uses
-    its PyTorch kernels, which is what tuneforge measures and what works offline.
-    """
-    import logging
-
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    import bitsandbytes
-
-    return bitsandbytes
-
-
 def cpu_probe(method: str) -> str | None:
     """None when a tiny bitsandbytes layer of this kind runs forward and backward on CPU; else the error text."""
     import warnings
 
+    import bitsandbytes as bnb
     import torch
-
-    bnb = import_bitsandbytes()
 
     try:
         with warnings.catch_warnings():
@@ -57,7 +42,7 @@ def require_bnb(method: str) -> str:
     import torch
 
     try:
-        bitsandbytes = import_bitsandbytes()
+        import bitsandbytes
     except ImportError as e:
         raise UserError(f"method {method} needs bitsandbytes: `{INSTALL}`") from e
     if torch.cuda.is_available():
@@ -108,7 +93,7 @@ def keep_nf4_layers_trainable(model) -> None:
     without gradients (the dev scoring before training). From then on that layer passes no gradient to its
     input, so LoRA learns from wrong gradients: SST-2 QLoRA loss rose to 7.7 and dev accuracy fell to 0.51.
     """
-    bnb = import_bitsandbytes()
+    import bitsandbytes as bnb
 
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
