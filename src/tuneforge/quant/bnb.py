@@ -37,22 +37,25 @@ def cpu_probe(method: str) -> str | None:
     return None
 
 
-def require_bnb(method: str) -> str:
-    """The device bitsandbytes will use ('cuda' or 'cpu'), or one clear error saying what to install or use."""
+def require_bnb(method: str, *, what: str = "", instead: str = "method=int8_weight_only, int8_dynamic or gguf_q8_0") -> str:
+    """The device bitsandbytes will use ('cuda' or 'cpu'), or one clear error saying what to install or use.
+
+    `what` names the user's setting when it is not `method: bnb_*` itself (QLoRA), `instead` what works on CPU.
+    """
     import torch
 
+    what = what or f"method {method}"
     try:
         import bitsandbytes
     except ImportError as e:
-        raise UserError(f"method {method} needs bitsandbytes: `{INSTALL}`") from e
+        raise UserError(f"{what} needs bitsandbytes: `{INSTALL}`") from e
     if torch.cuda.is_available():
         return "cuda"
     problem = cpu_probe(method)
     if problem:
         raise UserError(
-            f"method {method} needs a CUDA GPU, or bitsandbytes >= 0.46 whose CPU backend runs it; bitsandbytes "
-            f"{bitsandbytes.__version__} cannot here ({problem}). Upgrade it (`{INSTALL}`), or on CPU use "
-            "method=int8_weight_only, int8_dynamic or gguf_q8_0"
+            f"{what} needs a CUDA GPU, or bitsandbytes >= 0.46 whose CPU backend runs it; bitsandbytes "
+            f"{bitsandbytes.__version__} cannot here ({problem}). Upgrade it (`{INSTALL}`), or on CPU use {instead}"
         )
     return "cpu"
 

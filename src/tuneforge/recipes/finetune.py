@@ -95,7 +95,7 @@ def setup(cfg: FinetuneConfig) -> Setup:
     if quantization:
         from tuneforge.quant.bnb import require_bnb
 
-        require_bnb(quantization)  # before minutes of reading data and loading the model
+        require_bnb(quantization, what="method qlora", instead="method=lora")  # before minutes of reading data
     task = build_task(cfg)
     train_rows = load_split(task, cfg.data.train, "train")
     dev_rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
