@@ -1,12 +1,13 @@
-"""Peak memory and speed of LoRA on the float base against QLoRA (the same LoRA on an NF4 base).
+"""Peak memory and speed of LoRA on the float base against QLoRA (the same LoRA on an NF4 base), with and
+without gradient checkpointing.
 
     python benchmarks/qlora_memory.py
     python benchmarks/qlora_memory.py --config recipes/sst2_lora.yaml --steps 30
 
-Each method runs the recipe's training (batch, rank, dtype as the recipe sets them) for --steps steps in its
+Each arm runs the recipe's training (batch, rank, dtype as the recipe sets them) for --steps steps in its
 own `tuneforge finetune` process, so each peak resident set size (ru_maxrss from os.wait4) is that run's
 alone. On CPU the float base is bf16 where the CPU has it (`dtype: auto`), else fp32. Printed: peak RSS and
-training tokens/s of each, and QLoRA's ratio to LoRA. On a GPU the RSS says little: read the GPU's own peak.
+training tokens/s of each, and each arm's ratio to LoRA. On a GPU the RSS says little: read the GPU's own peak.
 """
 
 from __future__ import annotations
@@ -18,28 +19,31 @@ from pathlib import Path
 
 from peak_memory import run_tuneforge
 
+ARMS = {"lora": ["method=lora"], "qlora": ["method=qlora"],
+        "qlora+checkpointing": ["method=qlora", "train.gradient_checkpointing=true"]}
 
-def run_method(config: str, method: str, steps: int, out: Path) -> dict:
-    overrides = [f"method={method}", f"train.max_steps={steps}", f"data.train.limit={steps * 8}", "eval_before=false",
-                 "eval.limit=8", "train.save_every=0", f"output_dir={out}", f"name={method}"]
-    peak = run_tuneforge(["finetune", config, *overrides], f"method={method}")
-    train = json.loads((out / method / "metrics.json").read_text())["train"]
+
+def run_arm(config: str, arm: str, steps: int, out: Path) -> dict:
+    name = arm.replace("+", "-")
+    overrides = [*ARMS[arm], f"train.max_steps={steps}", f"data.train.limit={steps * 8}", "eval_before=false",
+                 "eval.limit=8", "train.save_every=0", f"output_dir={out}", f"name={name}"]
+    peak = run_tuneforge(["finetune", config, *overrides], arm)
+    train = json.loads((out / name / "metrics.json").read_text())["train"]
     return {"peak_rss_gb": peak, **train}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="recipes/sst2_lora.yaml")
-    p.add_argument("--steps", type=int, default=30, help="training steps per method")
+    p.add_argument("--steps", type=int, default=30, help="training steps per arm")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {m: run_method(args.config, m, args.steps, Path(tmp)) for m in ("lora", "qlora")}
-    for method, r in results.items():
-        print(f"{method:6s} peak RSS {r['peak_rss_gb']:.2f} GB  {r['tokens_per_second']:.0f} tokens/s  "
-              f"{r['trainable_params'] / 1e6:.1f}M trainable")
-    lora, qlora = results["lora"], results["qlora"]
-    print(f"qlora / lora: memory {qlora['peak_rss_gb'] / lora['peak_rss_gb']:.2f}x, "
-          f"speed {qlora['tokens_per_second'] / lora['tokens_per_second']:.2f}x")
+        results = {arm: run_arm(args.config, arm, args.steps, Path(tmp)) for arm in ARMS}
+    lora = results["lora"]
+    for arm, r in results.items():
+        print(f"{arm:20s} peak RSS {r['peak_rss_gb']:.2f} GB  {r['tokens_per_second']:.0f} tokens/s  "
+              f"{r['trainable_params'] / 1e6:.1f}M trainable  vs lora: memory {r['peak_rss_gb'] / lora['peak_rss_gb']:.2f}x, "
+              f"speed {r['tokens_per_second'] / lora['tokens_per_second']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,12 @@ class TrainConfig(Section):
         return data
 
 
+class FinetuneTrainConfig(TrainConfig):
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each block's activations during backward: less memory for about a third more "
+        "compute; turns train.share_prefix off (a checkpointed block drops the shared prefix's key/value cache)")
+
+
 class EvalConfig(Section):
     batch_size: int = Field(16, ge=1, description="prompts per generation batch")
     limit: int | None = Field(None, ge=1, description="score only the first N dev rows")
@@ -103,7 +109,7 @@ class FinetuneConfig(RunConfig):
         "a CUDA GPU, or a CPU with bitsandbytes >= 0.46); full; freeze")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: FinetuneTrainConfig = Field(default_factory=FinetuneTrainConfig)
     eval_before: bool = Field(True, description="score the model before training too (the 'before' column)")
     prompting: str | None = Field(None, description="a `tuneforge prompt-eval` run folder on the same task and dev "
                                                    "rows: its strategies appear beside before/after in the report")
@@ -121,7 +127,7 @@ class EvaluateConfig(RunConfig):
     method: Literal["lora", "qlora", "full", "freeze"] = Field("lora", description="ignored by evaluate")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="ignored by evaluate")
     freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="ignored by evaluate")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="ignored by evaluate")
+    train: FinetuneTrainConfig = Field(default_factory=FinetuneTrainConfig, description="ignored by evaluate")
     eval_before: bool = Field(True, description="ignored by evaluate")
     prompting: str | None = Field(None, description="ignored by evaluate")
 

@@ -113,8 +113,11 @@ def setup(cfg: FinetuneConfig) -> Setup:
         from tuneforge.quant.bnb import keep_nf4_layers_trainable
 
         keep_nf4_layers_trainable(model)
-        # fp32 norms and embeddings, inputs that carry gradients; no activation checkpointing (speed over memory)
+        # fp32 norms and embeddings, inputs that carry gradients; checkpointing is train.gradient_checkpointing's
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.train.gradient_checkpointing:
+        # non-reentrant: gradients reach LoRA inside a block without the inputs themselves requiring grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.adapter:  # continue training an existing adapter
         from peft import PeftModel
 
@@ -141,7 +144,10 @@ def setup(cfg: FinetuneConfig) -> Setup:
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
 
-    loss_module = T.TargetOnlyLoss(model, cfg.train.share_prefix)
+    share_prefix = cfg.train.share_prefix and not cfg.train.gradient_checkpointing
+    if cfg.train.share_prefix and not share_prefix:
+        accelerator.print("note: train.gradient_checkpointing turns train.share_prefix off (each row runs its whole prompt)")
+    loss_module = T.TargetOnlyLoss(model, share_prefix)
     optimizer = T.make_optimizer(model, cfg.train)
     scheduler = T.make_scheduler(optimizer, cfg.train, total_steps)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
