@@ -195,7 +195,10 @@ def test_qlora_trains_lora_on_an_nf4_base_and_the_adapter_loads_on_the_float_bas
     assert len(seen) == 8 and sum(seen[-2:]) < sum(seen[:2])  # it learns through the 4-bit base
     result = json.loads((run_dir / "metrics.json").read_text())
     assert result["method"] == "qlora" and {"accuracy"} <= set(result["after"])
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_64_dir), str(run_dir / "adapter"))
+    float_model = AutoModelForCausalLM.from_pretrained(tiny_llama_64_dir)
+    train = result["train"]  # weights counted, not the bytes 4-bit packs them in
+    assert train["total_params"] == sum(p.numel() for p in float_model.parameters()) + train["trainable_params"]
+    loaded = PeftModel.from_pretrained(float_model, str(run_dir / "adapter"))
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in loaded.named_parameters())  # a plain LoRA adapter
 
 

@@ -41,12 +41,12 @@ def stored_dtypes(path: str | Path) -> str | None:
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int | None]:
     """(parameters, non-zero parameters); tied weights count once. Non-zeros are None for quantized weights
-    (torchao tensor subclasses, bitsandbytes' packed 4-bit) that cannot be counted element-wise."""
+    (torchao tensor subclasses, bitsandbytes 4-bit and 8-bit) that cannot be counted element-wise."""
+    from tuneforge.quant.bnb import weight_count
+
     params = list({id(p): p for p in model.parameters()}.values())
-    quantized = [p for p in params if type(p).__name__ in ("Params4bit", "Int8Params")]  # bitsandbytes
-    packed = [p for p in quantized if getattr(p, "quant_state", None) is not None]  # 4-bit: two weights per byte
-    total = sum(p.numel() for p in params) + sum(p.quant_state.shape.numel() - p.numel() for p in packed)
-    if quantized:  # zeros there are rounding, not pruning
+    total = sum(weight_count(p) for p in params)
+    if any(type(p).__name__ in ("Params4bit", "Int8Params") for p in params):  # bitsandbytes: zeros are rounding
         return total, None
     try:
         nonzero = sum(int(torch.count_nonzero(p.detach())) for p in params)

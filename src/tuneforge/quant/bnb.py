@@ -14,6 +14,12 @@ BNB_METHODS = ("bnb_8bit", "bnb_nf4")
 INSTALL = "pip install 'tuneforge[bnb]'"
 
 
+def weight_count(param) -> int:
+    """How many weights a parameter holds: a bitsandbytes 4-bit one packs two per byte (its quant_state has the shape)."""
+    state = getattr(param, "quant_state", None)
+    return state.shape.numel() if state is not None else param.numel()
+
+
 def cpu_probe(method: str) -> str | None:
     """None when a tiny bitsandbytes layer of this kind runs forward and backward on CPU; else the error text."""
     import warnings

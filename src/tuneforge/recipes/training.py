@@ -136,8 +136,10 @@ def make_scheduler(optimizer, train_cfg, total_steps: int):
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
+    from tuneforge.quant.bnb import weight_count
+
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(weight_count(p) for p in model.parameters())
     return trainable, total
 
 
