@@ -1,4 +1,4 @@
-"""Run by test_finetune.py under torchrun: trains the tiny model on 2 ranks and dumps each rank's LoRA weights."""
+"""Run by test_finetune.py under torchrun: trains the tiny model (lora or qlora) on 2 ranks and dumps each rank's LoRA weights."""
 
 import sys
 from pathlib import Path
@@ -12,9 +12,10 @@ from tuneforge.recipes.finetune import finetune, setup  # noqa: E402, F401
 
 
 def main():
-    model_dir, data, out = sys.argv[1:4]
+    model_dir, data, out, method = sys.argv[1:5]
     cfg = make_cfg(model_dir, data, out, epochs=1)
     cfg.eval_before = False
+    cfg.method = method
     from tuneforge.recipes import finetune as F
 
     s = F.setup(cfg)

@@ -90,24 +90,6 @@ def test_full_and_freeze_train_the_right_parameters(tiny_llama_dir, sentiment_ts
         assert any("layers.1." in n for n in trainable) and not any("layers.0." in n for n in trainable)
 
 
-def test_ddp_two_cpu_processes_stay_in_step(tiny_llama_dir, sentiment_tsv, tmp_path):
-    """torchrun --nproc_per_node 2 (gloo): both ranks end with identical LoRA weights."""
-    from pathlib import Path
-
-    worker = Path(__file__).with_name("ddp_worker.py")
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(worker), str(tiny_llama_dir), str(sentiment_tsv), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    w0 = torch.load(out / "rank0.pt")
-    w1 = torch.load(out / "rank1.pt")
-    assert w0.keys() == w1.keys() and w0
-    for name in w0:
-        torch.testing.assert_close(w0[name], w1[name])
-    assert any(w0[n].abs().sum() > 0 for n in w0 if "lora_B" in n)  # they trained
-
-
 def prompt_eval_run(model_dir, data, out):
     from tuneforge.recipes.prompt_eval import PromptEvalConfig, prompt_eval
 
@@ -266,3 +248,23 @@ def test_qlora_without_kernels_here_is_refused_before_any_work(tiny_llama_dir, s
     with pytest.raises(UserError, match="method qlora needs a CUDA GPU, or bitsandbytes >= 0.46.*use method=lora"):
         finetune(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", pytest.param("qlora", marks=needs_bnb)])
+def test_ddp_two_cpu_processes_stay_in_step(request, sentiment_tsv, tmp_path, method):
+    """torchrun --nproc_per_node 2 (gloo): both ranks end with identical LoRA weights (QLoRA: on an NF4 base)."""
+    from pathlib import Path
+
+    tiny_llama_dir = request.getfixturevalue("tiny_llama_64_dir" if method == "qlora" else "tiny_llama_dir")
+    worker = Path(__file__).with_name("ddp_worker.py")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(worker), str(tiny_llama_dir), str(sentiment_tsv), str(out), method]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0 = torch.load(out / "rank0.pt")
+    w1 = torch.load(out / "rank1.pt")
+    assert w0.keys() == w1.keys() and w0
+    for name in w0:
+        torch.testing.assert_close(w0[name], w1[name])
+    assert any(w0[n].abs().sum() > 0 for n in w0 if "lora_B" in n)  # they trained
