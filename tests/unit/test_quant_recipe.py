@@ -101,3 +101,32 @@ def test_unknown_method_is_a_config_error(setup):
         config(setup, "int4_awq")
     with pytest.raises(UserError, match="zero-shot"):
         config(setup, "gguf_q8_0", eval={"strategy": "few_shot"})
+
+
+@needs_bnb
+def test_an_nf4_run_folder_serves_like_the_model_it_reloads_to(setup):
+    """`tuneforge serve runs/<name>/model`: the transformers engine answers as the reloaded NF4 model generates."""
+    import asyncio
+
+    from tuneforge.serve.engines.base import GenerationRequest, Sampling
+    from tuneforge.serve.engines.transformers import TransformersEngine
+
+    run = quantize(config(setup, "bnb_nf4", name="serve-nf4"))
+    engine = TransformersEngine.load(str(run / "model"), {})
+    try:
+        ids = engine.encode_chat([{"role": "user", "content": "Xin chào, bạn khỏe không?"}])
+        with torch.inference_mode():
+            out = engine.model.generate(input_ids=torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                        eos_token_id=sorted(engine.scheduler.end_ids), pad_token_id=engine.scheduler.pad_id)
+        expected = engine.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+        async def answer():
+            return [c async for c in engine.stream(GenerationRequest(ids, None, Sampling(max_tokens=8, temperature=0)))]
+
+        assert type(engine.model.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+        chunks = asyncio.run(answer())
+        assert chunks[-1].completion_tokens == out.shape[1] - len(ids)
+        # a random model emits byte tokens; the stream holds back a trailing incomplete UTF-8 character
+        assert "".join(c.text for c in chunks) == expected.rstrip("\ufffd")
+    finally:
+        engine.close()
