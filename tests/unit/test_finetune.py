@@ -46,16 +46,6 @@ def test_lora_run_writes_a_complete_loadable_run(tiny_llama_dir, sentiment_tsv, 
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in loaded.named_parameters())
 
 
-def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_llama_dir, sentiment_tsv, tmp_path):
-    full = finetune(make_cfg(tiny_llama_dir, sentiment_tsv, tmp_path / "a", save_every=4))
-    cfg = make_cfg(tiny_llama_dir, sentiment_tsv, tmp_path / "b", resume=str(full / "checkpoints" / "step-4"))
-    cfg.eval_before = False
-    resumed = finetune(cfg)
-    assert resumed == full  # resumes in place
-    all_losses = losses(full)  # first run's 8 lines, then the resumed run's steps 5..8
-    torch.testing.assert_close(all_losses[4:8], all_losses[8:], rtol=1e-5, atol=1e-6)
-
-
 def test_loss_masking_and_token_weighting_are_batch_size_invariant(tiny_llama_dir, sentiment_tsv, tmp_path):
     """One step of batch 4 equals one step of 4 x batch 1 accumulated (loss weighted by target tokens)."""
     grads = []
@@ -268,3 +258,18 @@ def test_ddp_two_cpu_processes_stay_in_step(request, sentiment_tsv, tmp_path, me
     for name in w0:
         torch.testing.assert_close(w0[name], w1[name])
     assert any(w0[n].abs().sum() > 0 for n in w0 if "lora_B" in n)  # they trained
+
+
+@pytest.mark.parametrize("method", ["lora", pytest.param("qlora", marks=needs_bnb)])
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(request, sentiment_tsv, tmp_path, method):
+    tiny_llama_dir = request.getfixturevalue("tiny_llama_64_dir" if method == "qlora" else "tiny_llama_dir")
+    cfg = make_cfg(tiny_llama_dir, sentiment_tsv, tmp_path / "a", save_every=4)
+    cfg.method = method
+    full = finetune(cfg)
+    cfg = make_cfg(tiny_llama_dir, sentiment_tsv, tmp_path / "b", resume=str(full / "checkpoints" / "step-4"))
+    cfg.eval_before = False
+    cfg.method = method
+    resumed = finetune(cfg)
+    assert resumed == full  # resumes in place
+    all_losses = losses(full)  # first run's 8 lines, then the resumed run's steps 5..8
+    torch.testing.assert_close(all_losses[4:8], all_losses[8:], rtol=1e-5, atol=1e-6)
