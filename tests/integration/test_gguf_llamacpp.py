@@ -91,16 +91,28 @@ def test_f16_same_greedy_tokens_as_pytorch(source, f16_path):
     assert "Paris" in result.rows[0]["export_text"]
 
 
-@pytest.mark.xfail(reason="known gap: Q8_0 through llama.cpp agrees on 4 of 5 golden prompts (the first answer "
-                   "diverges at its first token); F16 agrees on all 5", strict=False)
-def test_q8_0_same_greedy_tokens_as_pytorch(source, tmp_path):
+@pytest.fixture(scope="module")
+def q8_0_parity(source, tmp_path_factory):
     from tuneforge.quant.gguf_writer import pre_tokenizer_from_source, write_gguf
 
     runner, folder = source
-    path = write_gguf(runner.model, runner.tok, tmp_path / "q8_0.gguf", "q8_0", pre_tokenizer=pre_tokenizer_from_source(folder))
-    result = parity_of(source, path)
+    path = tmp_path_factory.mktemp("gguf") / "q8_0.gguf"
+    result = parity_of(source, write_gguf(runner.model, runner.tok, path, "q8_0", pre_tokenizer=pre_tokenizer_from_source(folder)))
     print("Q8_0", result.summary())
-    assert result.problems == [] and result.exact_match_rate == 1.0, result.markdown()
+    return result
+
+
+def test_q8_0_answers_most_golden_prompts_like_pytorch(q8_0_parity):
+    """A guard under the exact-match goal below: measured 3 of 5 identical here (token agreement 0.78), 4 of 5 in
+    other sessions; a broken export (rotary order, tokenizer, template) agrees on next to nothing."""
+    assert q8_0_parity.problems == [] and q8_0_parity.prompt_match_rate == 1.0
+    assert q8_0_parity.exact_match_rate >= 0.4 and q8_0_parity.token_agreement >= 0.5, q8_0_parity.markdown()
+
+
+@pytest.mark.xfail(reason="known gap: Q8_0 through llama.cpp answers 3-4 of 5 golden prompts token for token, "
+                   "parting where PyTorch's own top two logits differ by 0.08-0.2; F16 agrees on all 5", strict=False)
+def test_q8_0_same_greedy_tokens_as_pytorch(q8_0_parity):
+    assert q8_0_parity.exact_match_rate == 1.0, q8_0_parity.markdown()
 
 
 @pytest.mark.slow
