@@ -13,7 +13,7 @@ def run_tuneforge(args: list[str], what: str) -> float:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = proc.stderr.read()  # drained first, so a chatty run cannot block on a full pipe
     _, status, usage = os.wait4(proc.pid, 0)  # wait4, not Popen.wait: it also returns this child's own peak RSS
-    code = os.waitstatus_to_exitcode(status)
+    code = proc.returncode = os.waitstatus_to_exitcode(status)  # Popen would otherwise think it still runs
     if code:
         sys.exit(f"{what} failed (exit {code}):\n{err[-2000:]}")
     return usage.ru_maxrss / 2**20

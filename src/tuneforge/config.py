@@ -106,7 +106,7 @@ class RunConfig(Section):
 class FinetuneConfig(RunConfig):
     method: Literal["lora", "qlora", "full", "freeze"] = Field(
         "lora", description="what is trained: lora; qlora (the same LoRA on a base loaded in 4-bit NF4 by bitsandbytes: "
-        "a CUDA GPU, or a CPU with bitsandbytes >= 0.46); full; freeze")
+        "a CUDA GPU, or a CPU with bitsandbytes >= 0.48); full; freeze")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     train: FinetuneTrainConfig = Field(default_factory=FinetuneTrainConfig)

@@ -1,6 +1,6 @@
 """QLoRA on the embedded model and real SST-2 rows: the base loads as NF4, LoRA trains on it, the adapter is plain.
 
-bitsandbytes >= 0.46 runs NF4 on CPU, so this runs here; on a GPU the same code path uses its CUDA kernels.
+bitsandbytes >= 0.48 runs NF4 on CPU, so this runs here; on a GPU the same code path uses its CUDA kernels.
 """
 
 import importlib.util

@@ -134,7 +134,7 @@ needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
 
 @pytest.fixture(scope="module")
 def tiny_llama_64_dir(tmp_path_factory, embedded_tokenizer):
-    """Like tiny_llama_dir but 64 wide: bitsandbytes' CPU kernel packs rows in blocks of 64 inputs."""
+    """Like tiny_llama_dir but 64 wide: bitsandbytes' CPU inference kernel needs blocks of 64 inputs, 32 outputs."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -187,6 +187,10 @@ def test_qlora_gradients_are_the_same_after_a_dev_evaluation(tiny_llama_64_dir, 
     cfg = make_cfg(tiny_llama_64_dir, sentiment_tsv, tmp_path)
     cfg.method = "qlora"
     s = setup(cfg)
+    import bitsandbytes as bnb
+
+    nf4 = [m for m in s.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert nf4 and not any(m.support_avx512bf16_for_cpu for m in nf4)  # on any CPU: the repacking is off
     batch = T.collate(s.examples[:4], s.tok.pad_token_id)
 
     def gradients():
@@ -218,11 +222,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama_64_dir, sent
         s.loss_module(**T.collate(s.examples[:4], s.tok.pad_token_id))[0].backward()
         grads[checkpointing] = {n: p.grad for n, p in s.model.named_parameters() if p.grad is not None}
     assert grads[True].keys() == grads[False].keys() and grads[True]
-    for name, plain in grads[False].items():
-        # NF4 layers compute in bf16 where the CPU has it, and bitsandbytes' backward rounds differently under the
-        # replay (measured: up to 6e-4 of a tensor's largest entry); a lost gradient would differ by all of it
-        tol = {"rtol": 0, "atol": 1e-2 * float(plain.abs().max()) + 1e-8} if method == "qlora" else {"rtol": 1e-4, "atol": 1e-6}
-        torch.testing.assert_close(grads[True][name], plain, **tol, msg=name)
+    for name, plain in grads[False].items():  # NF4 computes in the run's fp32 here, so QLoRA matches as closely
+        torch.testing.assert_close(grads[True][name], plain, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @needs_bnb
@@ -235,7 +236,7 @@ def test_qlora_without_kernels_here_is_refused_before_any_work(tiny_llama_dir, s
     monkeypatch.setattr(bnb, "cpu_probe", lambda m: "RuntimeError: no CPU kernel")  # an old bitsandbytes build
     cfg = make_cfg(tiny_llama_dir, sentiment_tsv, tmp_path / "runs")
     cfg.method = "qlora"
-    with pytest.raises(UserError, match="method qlora needs a CUDA GPU, or bitsandbytes >= 0.46.*use method=lora"):
+    with pytest.raises(UserError, match="method qlora needs a CUDA GPU, or a bitsandbytes whose CPU backend runs it.*use method=lora"):
         finetune(cfg)
     assert not (tmp_path / "runs").exists()
 

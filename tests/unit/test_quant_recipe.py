@@ -77,15 +77,25 @@ def test_bitsandbytes_without_kernels_here_is_refused_before_any_work(setup, met
     if torch.cuda.is_available():
         pytest.skip("checks the CPU refusal")
     monkeypatch.setattr(bnb, "cpu_probe", lambda m: "RuntimeError: no CPU kernel")  # an old bitsandbytes build
-    with pytest.raises(UserError, match=f"{method} needs a CUDA GPU, or bitsandbytes >= 0.46.*no CPU kernel.*int8_weight_only"):
+    with pytest.raises(UserError, match=f"{method} needs a CUDA GPU, or a bitsandbytes whose CPU backend runs it.*no CPU kernel.*int8_weight_only"):
         quantize(config(setup, method, name=f"refused-{method}"))
     assert not (setup / "runs" / f"refused-{method}").exists()
 
 
 def test_bitsandbytes_missing_is_one_install_line(setup, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
-    with pytest.raises(UserError, match=r"bnb_nf4 needs bitsandbytes: `pip install 'tuneforge\[bnb\]'`"):
+    with pytest.raises(UserError, match=r"bnb_nf4 needs bitsandbytes >= 0.48: `pip install 'tuneforge\[bnb\]'`"):
         quantize(config(setup, "bnb_nf4"))
+
+
+@needs_bnb
+def test_a_bitsandbytes_too_old_for_transformers_is_refused(setup, monkeypatch):
+    import bitsandbytes
+
+    monkeypatch.setattr(bitsandbytes, "__version__", "0.46.0")  # CPU kernels, but transformers cannot .to() its 8-bit
+    with pytest.raises(UserError, match="bnb_8bit needs bitsandbytes >= 0.48; 0.46.0 is installed"):
+        quantize(config(setup, "bnb_8bit", name="too-old"))
+    assert not (setup / "runs" / "too-old").exists()
 
 
 @needs_bnb
@@ -93,7 +103,7 @@ def test_bitsandbytes_missing_is_one_install_line(setup, monkeypatch):
 def test_cpu_probe_runs_a_real_bitsandbytes_layer(method):
     from tuneforge.quant.bnb import cpu_probe
 
-    assert cpu_probe(method) is None  # bitsandbytes >= 0.46 (the bnb extra's floor) has CPU kernels
+    assert cpu_probe(method) is None  # the bnb extra's floor (0.48) has CPU kernels
 
 
 def test_unknown_method_is_a_config_error(setup):

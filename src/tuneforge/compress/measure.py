@@ -42,11 +42,11 @@ def stored_dtypes(path: str | Path) -> str | None:
 def count_parameters(model: torch.nn.Module) -> tuple[int, int | None]:
     """(parameters, non-zero parameters); tied weights count once. Non-zeros are None for quantized weights
     (torchao tensor subclasses, bitsandbytes 4-bit and 8-bit) that cannot be counted element-wise."""
-    from tuneforge.quant.bnb import weight_count
+    from tuneforge.quant.bnb import is_bnb_quantized, weight_count
 
     params = list({id(p): p for p in model.parameters()}.values())
     total = sum(weight_count(p) for p in params)
-    if any(type(p).__name__ in ("Params4bit", "Int8Params") for p in params):  # bitsandbytes: zeros are rounding
+    if any(is_bnb_quantized(p) for p in params):  # their zeros are rounding, not pruning
         return total, None
     try:
         nonzero = sum(int(torch.count_nonzero(p.detach())) for p in params)

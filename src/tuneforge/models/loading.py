@@ -76,15 +76,17 @@ def load_model(
     if quantization:
         from tuneforge.quant.bnb import bnb_load_arguments
 
-        extra |= bnb_load_arguments(quantization, device)
+        extra |= bnb_load_arguments(quantization, device, compute_dtype=torch_dtype)
     try:
         net = cls.from_pretrained(source, dtype=torch_dtype, **extra)
     except OSError as e:
         raise UserError(f"model '{model}' could not be loaded from {source}: {str(e).splitlines()[0]}") from e
+    except ImportError as e:  # e.g. a quantized folder whose library (bitsandbytes, torchao) is missing or too old
+        raise UserError(f"model '{model}' needs a package to load: {str(e).splitlines()[0]}") from e
     tok = load_tokenizer(model)
     if adapter:
         net = attach_adapter(net, adapter)
-    if not quantization:  # bitsandbytes placed the weights while loading (and refuses .to())
+    if not quantization:  # device_map placed bitsandbytes' weights while they were quantized
         net.to(device)
     net.eval()
     return net, tok

@@ -1,17 +1,25 @@
 """bitsandbytes 8-bit (LLM.int8) and 4-bit NF4 loading, for `quantize` and for QLoRA in `finetune`.
 
-bitsandbytes >= 0.46 also runs these layers on CPU (plain PyTorch kernels), so a CPU is refused only when the
-installed bitsandbytes cannot run them there; a short probe finds that out before minutes of work.
+bitsandbytes also runs these layers on CPU (plain PyTorch kernels), so a CPU is refused only when the installed
+bitsandbytes cannot run them there; a short probe finds that out before minutes of work.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from tuneforge.errors import UserError
 
 BNB_METHODS = ("bnb_8bit", "bnb_nf4")
 INSTALL = "pip install 'tuneforge[bnb]'"
+# 0.46 brought the CPU kernels; transformers loads bitsandbytes models from 0.46.1, and moves 8-bit ones with .to()
+# (how compare, evaluate and serve place a saved model) from 0.48
+MIN_VERSION = "0.48"
+
+
+def is_bnb_quantized(param) -> bool:
+    return type(param).__name__ in ("Params4bit", "Int8Params")
 
 
 def weight_count(param) -> int:
@@ -20,6 +28,7 @@ def weight_count(param) -> int:
     return state.shape.numel() if state is not None else param.numel()
 
 
+@functools.cache
 def cpu_probe(method: str) -> str | None:
     """None when a tiny bitsandbytes layer of this kind runs forward and backward on CPU; else the error text."""
     import warnings
@@ -49,24 +58,29 @@ def require_bnb(method: str, *, what: str = "", instead: str = "method=int8_weig
     `what` names the user's setting when it is not `method: bnb_*` itself (QLoRA), `instead` what works on CPU.
     """
     import torch
+    from packaging.version import Version
 
     what = what or f"method {method}"
     try:
         import bitsandbytes
-    except ImportError as e:
-        raise UserError(f"{what} needs bitsandbytes: `{INSTALL}`") from e
+    except Exception as e:  # not installed, or a build that fails to import here
+        raise UserError(f"{what} needs bitsandbytes >= {MIN_VERSION}: `{INSTALL}` ({type(e).__name__}: {e})") from e
+    if Version(bitsandbytes.__version__) < Version(MIN_VERSION):
+        raise UserError(f"{what} needs bitsandbytes >= {MIN_VERSION}; {bitsandbytes.__version__} is installed: `{INSTALL}`")
     if torch.cuda.is_available():
         return "cuda"
     problem = cpu_probe(method)
     if problem:
         raise UserError(
-            f"{what} needs a CUDA GPU, or bitsandbytes >= 0.46 whose CPU backend runs it; bitsandbytes "
-            f"{bitsandbytes.__version__} cannot here ({problem}). Upgrade it (`{INSTALL}`), or on CPU use {instead}"
+            f"{what} needs a CUDA GPU, or a bitsandbytes whose CPU backend runs it; bitsandbytes "
+            f"{bitsandbytes.__version__} cannot here ({problem}). On CPU use {instead}"
         )
     return "cpu"
 
 
-def bnb_config(method: str, device: str = "cuda"):
+def bnb_config(method: str, device: str = "cuda", compute_dtype=None):
+    """`compute_dtype`: what NF4 dequantizes to; default bf16 where the hardware runs it natively, else fp16 (GPU)
+    or fp32 (CPU). QLoRA passes its run's precision instead."""
     from transformers import BitsAndBytesConfig
 
     from tuneforge.models.loading import pick_dtype
@@ -76,16 +90,15 @@ def bnb_config(method: str, device: str = "cuda"):
     if method == "bnb_nf4":
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            # NF4 dequantizes to this: bf16 where the hardware runs it natively, else fp16 (GPU) or fp32 (CPU)
-            bnb_4bit_compute_dtype=pick_dtype("auto", device),
+            bnb_4bit_compute_dtype=compute_dtype or pick_dtype("auto", device),
         )
     raise UserError(f"bitsandbytes method '{method}' is not one of {', '.join(BNB_METHODS)}")
 
 
-def bnb_load_arguments(method: str, device: str | None = None) -> dict:
+def bnb_load_arguments(method: str, device: str | None = None, compute_dtype=None) -> dict:
     """from_pretrained keyword arguments that quantize the Linear layers while loading, onto one device."""
     device = device or require_bnb(method)
-    return {"quantization_config": bnb_config(method, device), "device_map": {"": device}}
+    return {"quantization_config": bnb_config(method, device, compute_dtype), "device_map": {"": device}}
 
 
 def load_bnb(float_folder: str | Path, method: str):

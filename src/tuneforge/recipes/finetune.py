@@ -113,11 +113,15 @@ def setup(cfg: FinetuneConfig) -> Setup:
         from tuneforge.quant.bnb import keep_nf4_layers_trainable
 
         keep_nf4_layers_trainable(model)
-        # fp32 norms and embeddings, inputs that carry gradients; checkpointing is train.gradient_checkpointing's
+        # peft's k-bit preparation: the unquantized parameters (embeddings, norms) in fp32; checkpointing is
+        # train.gradient_checkpointing's to choose
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.train.gradient_checkpointing:
         # non-reentrant: gradients reach LoRA inside a block without the inputs themselves requiring grad
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        except ValueError as e:  # an architecture without checkpointing support
+            raise UserError(f"train.gradient_checkpointing: {e}; set it to false for this model") from e
     if cfg.adapter:  # continue training an existing adapter
         from peft import PeftModel
 

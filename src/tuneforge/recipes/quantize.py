@@ -8,7 +8,7 @@ Methods (`method`):
   `AutoModelForCausalLM.from_pretrained` reloads (the quantization settings live in its config.json).
 - gguf_f16, gguf_q8_0, gguf_q4_0: one GGUF file for llama.cpp, scored through llama-cpp-python, and
   compared token by token with the float model on the golden prompts (tuneforge.parity).
-- bnb_8bit, bnb_nf4: bitsandbytes on a CUDA GPU, or on CPU where bitsandbytes >= 0.46 runs them.
+- bnb_8bit, bnb_nf4: bitsandbytes on a CUDA GPU, or on CPU where bitsandbytes >= 0.48 runs them.
 
 Writes runs/<name>/: config.yaml, model/ or model-<type>.gguf, metrics.json, predictions.jsonl,
 parity.json (GGUF), report.md/html.
@@ -50,7 +50,7 @@ class SpeedSection(Section):
 
 class QuantizeConfig(RunConfig):
     method: Literal["int8_weight_only", "int8_dynamic", "gguf_f16", "gguf_q8_0", "gguf_q4_0", "bnb_8bit", "bnb_nf4"] = Field(
-        "int8_weight_only", description="torchao int8 (CPU), GGUF for llama.cpp, or bitsandbytes (CUDA; CPU with bitsandbytes >= 0.46)"
+        "int8_weight_only", description="torchao int8 (CPU), GGUF for llama.cpp, or bitsandbytes (CUDA; CPU with bitsandbytes >= 0.48)"
     )
     group_size: int | None = Field(None, ge=8, description="int8_weight_only: weights per scale along a row "
                                    "(e.g. 64; must divide the hidden sizes); null: one scale per row")
