@@ -140,3 +140,16 @@ def test_an_nf4_run_folder_serves_like_the_model_it_reloads_to(setup):
         assert "".join(c.text for c in chunks) == expected.rstrip("\ufffd")
     finally:
         engine.close()
+
+
+@needs_bnb
+def test_nf4_layers_of_any_width_run_inference(tiny_llama_dir):
+    """32 wide: too narrow for bitsandbytes' packed CPU kernel (on AVX512-BF16 CPUs), so they keep the plain one."""
+    from tuneforge.models import load_model
+
+    model, tok = load_model(str(tiny_llama_dir), dtype="float32", quantization="bnb_nf4")
+    unfit = [m for m in model.modules() if type(m).__name__ == "Linear4bit" and (m.in_features % 64 or m.out_features % 32)]
+    assert unfit and not any(m.support_avx512bf16_for_cpu for m in unfit)
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 2, 3, 4]])).logits
+    assert torch.isfinite(logits).all()

@@ -84,6 +84,9 @@ def load_model(
     except ImportError as e:  # e.g. a quantized folder whose library (bitsandbytes, torchao) is missing or too old
         raise UserError(f"model '{model}' needs a package to load: {str(e).splitlines()[0]}") from e
     tok = load_tokenizer(model)
+    from tuneforge.quant.bnb import skip_unfit_cpu_repacking
+
+    skip_unfit_cpu_repacking(net)  # a saved bitsandbytes folder is quantized while it loads
     if adapter:
         net = attach_adapter(net, adapter)
     if not quantization:  # device_map placed bitsandbytes' weights while they were quantized

@@ -105,7 +105,26 @@ def load_bnb(float_folder: str | Path, method: str):
     """Load a float HF folder with bitsandbytes-quantized Linear layers (on the GPU, or on CPU where supported)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(float_folder), **bnb_load_arguments(method)).eval()
+    return skip_unfit_cpu_repacking(AutoModelForCausalLM.from_pretrained(str(float_folder), **bnb_load_arguments(method)).eval())
+
+
+def skip_unfit_cpu_repacking(model):
+    """Keep NF4 layers that bitsandbytes' packed CPU kernel cannot take on its plain kernel; returns the model.
+
+    On AVX512-BF16 CPUs the first inference pass repacks each Linear4bit for that kernel, which needs whole
+    blocks of inputs and 32-row tiles of outputs; any other shape (a small custom model) fails there with a
+    bare reshape or assertion error instead of running.
+    """
+    import sys
+
+    bnb = sys.modules.get("bitsandbytes")  # no bitsandbytes imported: no NF4 layers to look at
+    if bnb is not None:
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                state = getattr(module.weight, "quant_state", None)
+                if module.out_features % 32 or module.in_features % getattr(state, "blocksize", 64):
+                    module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def keep_nf4_layers_trainable(model) -> None:

@@ -58,7 +58,9 @@ def load_quantized(folder: str | Path):
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise UserError(f"{folder} has no config.json: pass the model/ folder of a quantize run")
-    return AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    from tuneforge.quant.bnb import skip_unfit_cpu_repacking
+
+    return skip_unfit_cpu_repacking(AutoModelForCausalLM.from_pretrained(str(folder)).eval())
 
 
 def is_torchao_quantized(model) -> bool:
