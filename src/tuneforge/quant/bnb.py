@@ -105,7 +105,15 @@ def load_bnb(float_folder: str | Path, method: str):
     """Load a float HF folder with bitsandbytes-quantized Linear layers (on the GPU, or on CPU where supported)."""
     from transformers import AutoModelForCausalLM
 
-    return skip_unfit_cpu_repacking(AutoModelForCausalLM.from_pretrained(str(float_folder), **bnb_load_arguments(method)).eval())
+    return AutoModelForCausalLM.from_pretrained(str(float_folder), **bnb_load_arguments(method)).eval()
+
+
+def nf4_layers(model) -> list:
+    """The model's bitsandbytes Linear4bit layers ([] when bitsandbytes was never imported: there are none)."""
+    import sys
+
+    bnb = sys.modules.get("bitsandbytes")
+    return [] if bnb is None else [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
 
 
 def skip_unfit_cpu_repacking(model):
@@ -115,15 +123,10 @@ def skip_unfit_cpu_repacking(model):
     blocks of inputs and 32-row tiles of outputs; any other shape (a small custom model) fails there with a
     bare reshape or assertion error instead of running.
     """
-    import sys
-
-    bnb = sys.modules.get("bitsandbytes")  # no bitsandbytes imported: no NF4 layers to look at
-    if bnb is not None:
-        for module in model.modules():
-            if isinstance(module, bnb.nn.Linear4bit):
-                state = getattr(module.weight, "quant_state", None)
-                if module.out_features % 32 or module.in_features % getattr(state, "blocksize", 64):
-                    module.support_avx512bf16_for_cpu = False
+    for layer in nf4_layers(model):
+        state = getattr(layer.weight, "quant_state", None)
+        if layer.out_features % 32 or layer.in_features % getattr(state, "blocksize", 64):
+            layer.support_avx512bf16_for_cpu = False
     return model
 
 
@@ -134,8 +137,5 @@ def keep_nf4_layers_trainable(model) -> None:
     without gradients (the dev scoring before training). From then on that layer passes no gradient to its
     input, so LoRA learns from wrong gradients: SST-2 QLoRA loss rose to 7.7 and dev accuracy fell to 0.51.
     """
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
+    for layer in nf4_layers(model):
+        layer.support_avx512bf16_for_cpu = False
