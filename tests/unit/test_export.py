@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 from test_gguf_tiny import tiny_chat_model
 
+from tuneforge.config import validate
 from tuneforge.errors import UserError
 from tuneforge.parity import GOLDEN_PROMPTS, ChatFormat, HFRunner, chat_format, check_chat_format
 from tuneforge.recipes.export import ExportConfig, export, modelfile_text, stop_strings
@@ -146,11 +148,38 @@ def test_stop_token_that_does_not_close_the_turn_fails_the_gguf_export(tiny_with
 
 
 def test_unknown_format_is_a_config_error():
-    from tuneforge.config import validate
-
     with pytest.raises(UserError, match="format"):
         validate(ExportConfig, {"format": "onnx"})
     with pytest.raises(UserError, match="gguf_type"):
         validate(ExportConfig, {"format": "gguf", "gguf_type": "q4_k"})
     with pytest.raises(UserError, match="save_dtype"):
         validate(ExportConfig, {"dtype": "bfloat16"})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
+def test_k_quant_export_weighted_by_task_rows_is_a_complete_ollama_folder(tiny_with_adapter, tmp_path):
+    from tuneforge.quant.llamacpp_quantize import matrix_types
+
+    root = tiny_with_adapter
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\nphim này thật tuyệt vời\t1\nan ugly mess .\t0\n", encoding="utf-8")
+    cfg = validate(ExportConfig, {
+        "name": "k", "output_dir": str(tmp_path / "out"), "model": str(root / "base"), "adapter": str(root / "adapter"),
+        "format": "gguf", "gguf_type": "q5_k_m", "task": {"name": "sentiment"},
+        "data": {"train": {"path": str(tmp_path / "train.tsv"), "text_column": "sentence", "label_column": "label"}},
+        "gguf": {"imatrix_rows": 2},
+    })
+    out = export(cfg)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["Modelfile", "config.yaml", "model-q5_k_m.gguf", "parity.json", "report.html", "report.md"])
+    assert "FROM ./model-q5_k_m.gguf" in (out / "Modelfile").read_text()
+    types = matrix_types(out / "model-q5_k_m.gguf")
+    assert sum(types.values()) == 2 * 7 + 1 and "F32" not in types  # 7 linears a block + the tied embedding
+    assert json.loads((out / "parity.json").read_text())["prompts"] > 0
+
+
+def test_imatrix_needs_a_quantized_gguf_type_and_training_rows():
+    with pytest.raises(UserError, match="imatrix_rows weights quantized GGUF types only"):
+        validate(ExportConfig, {"format": "gguf", "gguf_type": "f16", "gguf": {"imatrix_rows": 8},
+                                "data": {"train": {"path": "x.tsv"}}})
+    with pytest.raises(UserError, match="imatrix_rows needs data.train"):
+        validate(ExportConfig, {"format": "gguf", "gguf_type": "q4_k_m", "gguf": {"imatrix_rows": 8}})

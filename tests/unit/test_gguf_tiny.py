@@ -48,8 +48,9 @@ def tiny_tokenizer():
     return fast
 
 
-def tiny_chat_model(seed: int = 0, *, tied: bool = True, extra_vocab: int = 8, layers: int = 2):
-    """(model, tokenizer): hidden 64 (2 quant blocks per row), 4 query heads over 2 KV heads, fp32, eval mode."""
+def tiny_chat_model(seed: int = 0, *, tied: bool = True, extra_vocab: int = 8, layers: int = 2, hidden: int = 64):
+    """(model, tokenizer): hidden 64 (2 quant blocks per row; 256 fits one K-quant block), 4 query heads over
+    2 KV heads, fp32, eval mode."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -57,8 +58,8 @@ def tiny_chat_model(seed: int = 0, *, tied: bool = True, extra_vocab: int = 8, l
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok) + extra_vocab,  # a few embedding rows without a token, as padded vocabularies have
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,

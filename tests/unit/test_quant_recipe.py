@@ -153,3 +153,23 @@ def test_nf4_layers_of_any_width_run_inference(tiny_llama_dir):
     with torch.no_grad():
         logits = model(torch.tensor([[1, 2, 3, 4]])).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
+def test_k_quant_run_weighted_by_an_imatrix_scores_through_llamacpp(setup):
+    split = {"path": str(setup / "dev.tsv"), "text_column": "sentence", "label_column": "label"}
+    run = quantize(config(setup, "gguf_q4_k_m", gguf={"imatrix_rows": 3, "n_ctx": 256, "threads": 1},
+                          parity={"max_new_tokens": 4}, data={"train": split, "dev": split}))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["imatrix_rows"] == 3 and sum(metrics["gguf_types"].values()) == 2 * 7 + 1  # + the tied embedding
+    assert "rows of 64" in metrics["gguf_note"]  # the tiny model's rows are too narrow for K-quant blocks
+    assert set(metrics["after"]) >= {"accuracy"} and metrics["parity"]["prompts"] > 0
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".gguf") == ["model-q4_k_m.gguf"]
+    assert "matrices by GGUF type" in (run / "report.md").read_text()
+
+
+def test_imatrix_rows_need_training_rows(setup):
+    with pytest.raises(UserError, match="imatrix_rows needs data.train"):
+        config(setup, "gguf_q4_0", gguf={"imatrix_rows": 8})
+    with pytest.raises(UserError, match="quantized GGUF types only"):
+        config(setup, "int8_weight_only", gguf={"imatrix_rows": 8})

@@ -1,4 +1,4 @@
-"""Write a Hugging Face Llama-architecture model to GGUF (F16, Q8_0, Q4_0) with the `gguf` package.
+"""Write a Hugging Face Llama-architecture model to GGUF (F32, F16, Q8_0, Q4_0) with the `gguf` package.
 
 The file carries what llama.cpp needs to run the model as a chat model: hyper-parameters, the BPE
 tokenizer (tokens, merges, token types, special ids) and the chat template. Quantization runs in
@@ -16,7 +16,7 @@ import numpy as np
 
 from tuneforge.errors import UserError
 
-GGUF_TYPES = ("f16", "q8_0", "q4_0")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 SUPPORTED_ARCHS = ("llama",)
 # tokenizer.json pre-tokenizer layouts llama.cpp knows, by the name it gives them (tokenizer.ggml.pre).
 KNOWN_PRE_TOKENIZERS = ("gpt-2", "smollm", "llama-bpe", "qwen2", "default")
@@ -25,7 +25,7 @@ KNOWN_PRE_TOKENIZERS = ("gpt-2", "smollm", "llama-bpe", "qwen2", "default")
 def quant_type(name: str):
     import gguf
 
-    table = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
+    table = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
     if name.lower() not in table:
         raise UserError(f"GGUF type '{name}' is not one of {', '.join(GGUF_TYPES)}")
     return table[name.lower()]
@@ -34,7 +34,7 @@ def quant_type(name: str):
 def file_type(name: str):
     import gguf
 
-    return {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[name.lower()]
+    return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[name.lower()]
 
 
 def permute_for_rope(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 
     format=merged: base + LoRA merged ─► model/ (plain Hugging Face folder: weights, tokenizer, chat
                    template, generation config; loads with transformers alone, no peft, no tuneforge)
-    format=gguf:   merged ─► model-<type>.gguf (F16 / Q8_0 / Q4_0) + Modelfile for Ollama
+    format=gguf:   merged ─► model-<type>.gguf (F16 / Q8_0 / Q4_0, or a K-quant by llama.cpp's quantizer)
+                   + Modelfile for Ollama
     then always:   golden prompts through source and export, greedy, tokens compared ─► parity.json, report
 
 The whole folder is written under a temporary name and renamed only when the checks pass: a chat
@@ -22,7 +23,7 @@ from pydantic import Field, model_validator
 from tuneforge.config import RunConfig
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir, write_json, write_text
-from tuneforge.recipes.quantize import GGUFSection, ParitySection
+from tuneforge.recipes.quantize import GGUFSection, ParitySection, check_imatrix
 
 
 class ExportParitySection(ParitySection):
@@ -31,7 +32,8 @@ class ExportParitySection(ParitySection):
 
 class ExportConfig(RunConfig):
     format: Literal["merged", "gguf"] = Field("merged", description="merged: Hugging Face folder; gguf: one file for llama.cpp / Ollama")
-    gguf_type: Literal["f16", "q8_0", "q4_0"] = Field("q8_0", description="format=gguf: tensor type of the weight matrices")
+    gguf_type: Literal["f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"] = Field(
+        "q8_0", description="format=gguf: tensor type of the weight matrices (K-quants: llama.cpp's per-tensor mixes)")
     save_dtype: Literal["source", "float32", "bfloat16", "float16"] = Field("source", description="format=merged: dtype of the saved weights; source = the checkpoint's own")
     ollama: bool = Field(True, description="format=gguf: write an Ollama Modelfile (TEMPLATE, SYSTEM, stop) next to the file")
     gguf: GGUFSection = Field(default_factory=GGUFSection)
@@ -41,6 +43,11 @@ class ExportConfig(RunConfig):
     def _dtype_is_save_dtype(self):
         if self.dtype != "auto":
             raise ValueError("dtype: export merges in float32 and saves in save_dtype; set save_dtype instead")
+        return self
+
+    @model_validator(mode="after")
+    def _imatrix_is_for_quantized_gguf(self):
+        check_imatrix(self.gguf, self.gguf_type if self.format == "gguf" else None, self.data)
         return self
 
 
@@ -148,10 +155,17 @@ def export_gguf(cfg: ExportConfig, out: Path, source_model, tok) -> Path:
     """Write the GGUF and the Modelfile; a template or stop token Ollama would get wrong fails here."""
     from tuneforge.models import resolve_model
     from tuneforge.parity import ChatFormatError, chat_format, check_chat_format, stop_ids_of
-    from tuneforge.quant.gguf_writer import pre_tokenizer_from_source, write_gguf
+    from tuneforge.quant.gguf_writer import pre_tokenizer_from_source
+    from tuneforge.quant.llamacpp_quantize import k_quant_fallback_note, write_any_gguf
+    from tuneforge.recipes.common import build_task
+    from tuneforge.recipes.quantize import gguf_importance
 
     pre = cfg.gguf.pre_tokenizer or pre_tokenizer_from_source(resolve_model(cfg.model))
-    path = write_gguf(source_model, tok, out / f"model-{cfg.gguf_type}.gguf", cfg.gguf_type, pre_tokenizer=pre)
+    importance = gguf_importance(cfg, source_model, tok, build_task(cfg)) if cfg.gguf.imatrix_rows else None
+    path = write_any_gguf(source_model, tok, out / f"model-{cfg.gguf_type}.gguf", cfg.gguf_type, pre_tokenizer=pre,
+                          importance=importance, threads=cfg.gguf.threads)
+    if note := k_quant_fallback_note(source_model, cfg.gguf_type):
+        print(f"note: {note}")
     problems: list[str] = []
     if cfg.ollama:
         try:

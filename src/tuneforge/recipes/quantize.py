@@ -8,6 +8,8 @@ Methods (`method`):
   `AutoModelForCausalLM.from_pretrained` reloads (the quantization settings live in its config.json).
 - gguf_f16, gguf_q8_0, gguf_q4_0: one GGUF file for llama.cpp, scored through llama-cpp-python, and
   compared token by token with the float model on the golden prompts (tuneforge.parity).
+- gguf_q4_k_m, gguf_q5_k_m, gguf_q6_k: llama.cpp's K-quant mixes, written by llama.cpp's own quantizer;
+  gguf.imatrix_rows weights any quantized GGUF type by the task's activations (llama.cpp's imatrix).
 - bnb_8bit, bnb_nf4: bitsandbytes on a CUDA GPU, or on CPU where bitsandbytes >= 0.48 runs them.
 
 Writes runs/<name>/: config.yaml, model/ or model-<type>.gguf, metrics.json, predictions.jsonl,
@@ -27,13 +29,17 @@ from pydantic import Field, model_validator
 from tuneforge.config import RunConfig, Section
 from tuneforge.fileio import write_json, write_jsonl
 
-METHODS = ("int8_weight_only", "int8_dynamic", "gguf_f16", "gguf_q8_0", "gguf_q4_0", "bnb_8bit", "bnb_nf4")
+GGUFMethod = Literal["gguf_f16", "gguf_q8_0", "gguf_q4_0", "gguf_q4_k_m", "gguf_q5_k_m", "gguf_q6_k"]
+Method = Literal["int8_weight_only", "int8_dynamic", GGUFMethod, "bnb_8bit", "bnb_nf4"]
 
 
 class GGUFSection(Section):
     pre_tokenizer: str | None = Field(None, description="llama.cpp pre-tokenizer name (tokenizer.ggml.pre); null: from the embedded model's GGUF or detected from tokenizer.json")
     n_ctx: int = Field(2048, ge=64, description="context window llama.cpp allocates when the file is scored")
     threads: int | None = Field(None, ge=1, description="llama.cpp threads; null: all cores")
+    imatrix_rows: int = Field(0, ge=0, description="training rows (data.train) whose activations weight llama.cpp's "
+                              "quantization of every matrix (its imatrix); 0: unweighted")
+    imatrix_max_len: int = Field(256, ge=8, description="tokens per calibration row for the imatrix")
 
 
 class ParitySection(Section):
@@ -49,8 +55,9 @@ class SpeedSection(Section):
 
 
 class QuantizeConfig(RunConfig):
-    method: Literal["int8_weight_only", "int8_dynamic", "gguf_f16", "gguf_q8_0", "gguf_q4_0", "bnb_8bit", "bnb_nf4"] = Field(
-        "int8_weight_only", description="torchao int8 (CPU), GGUF for llama.cpp, or bitsandbytes (CUDA; CPU with bitsandbytes >= 0.48)"
+    method: Method = Field(
+        "int8_weight_only", description="torchao int8 (CPU), GGUF for llama.cpp (K-quants by llama.cpp's quantizer), "
+        "or bitsandbytes (CUDA; CPU with bitsandbytes >= 0.48)"
     )
     group_size: int | None = Field(None, ge=8, description="int8_weight_only: weights per scale along a row "
                                    "(e.g. 64; must divide the hidden sizes); null: one scale per row")
@@ -66,10 +73,26 @@ class QuantizeConfig(RunConfig):
         return self
 
     @model_validator(mode="after")
+    def _imatrix_is_for_quantized_gguf(self):
+        check_imatrix(self.gguf, self.method.removeprefix("gguf_") if self.method.startswith("gguf_") else None, self.data)
+        return self
+
+    @model_validator(mode="after")
     def _zero_shot_only(self):
         if self.eval.strategy != "zero_shot":
             raise ValueError("eval.strategy: quantize scores zero-shot prompts only (llama.cpp has no few-shot/CoT path here)")
         return self
+
+
+def check_imatrix(gguf: GGUFSection, qtype: str | None, data) -> None:
+    """imatrix_rows only where llama.cpp quantizes (a quantized GGUF type) and rows to take it from exist."""
+    if not gguf.imatrix_rows:
+        return
+    if qtype is None or qtype in ("f16", "f32"):
+        raise ValueError(f"gguf.imatrix_rows weights quantized GGUF types only (q8_0, q4_0, q4_k_m, q5_k_m, q6_k), "
+                         f"not {qtype or 'this method'}: set gguf.imatrix_rows=0")
+    if data.train is None:
+        raise ValueError("gguf.imatrix_rows needs data.train: the task's training split, whose rows the imatrix is taken on")
 
 
 # -- steps ----------------------------------------------------------------------------------------------
@@ -100,6 +123,17 @@ def pre_tokenizer_for(cfg: QuantizeConfig) -> str | None:
     from tuneforge.quant.gguf_writer import pre_tokenizer_from_source
 
     return cfg.gguf.pre_tokenizer or pre_tokenizer_from_source(resolve_model(cfg.model))
+
+
+def gguf_importance(cfg, model, tok, task):
+    """llama.cpp's imatrix taken on gguf.imatrix_rows training conversations of the task; None when off."""
+    if not cfg.gguf.imatrix_rows:
+        return None
+    from tuneforge.compress.common import calibration_batches, load_train_rows
+    from tuneforge.quant.llamacpp_quantize import activation_importance
+
+    rows = load_train_rows(cfg, task)[: cfg.gguf.imatrix_rows]
+    return activation_importance(model, calibration_batches(tok, task, rows, max_len=cfg.gguf.imatrix_max_len, batch_size=8))
 
 
 def quantize_in_torch(cfg: QuantizeConfig, model, tok, run_dir: Path):
@@ -147,12 +181,19 @@ def quantize(cfg: QuantizeConfig) -> Path:
     t0 = time.perf_counter()
     predictions: list[dict] = []
     if is_gguf:
-        from tuneforge.quant.gguf_writer import write_gguf
         from tuneforge.quant.llamacpp import LlamaCppRunner, score_with_runner
+        from tuneforge.quant.llamacpp_quantize import k_quant_fallback_note, matrix_types, write_any_gguf
 
         qtype = cfg.method.removeprefix("gguf_")
-        artifact = write_gguf(model, tok, run_dir / f"model-{qtype}.gguf", qtype, pre_tokenizer=pre_tokenizer_for(cfg))
+        importance = gguf_importance(cfg, model, tok, task)
+        artifact = write_any_gguf(model, tok, run_dir / f"model-{qtype}.gguf", qtype, pre_tokenizer=pre_tokenizer_for(cfg),
+                                  importance=importance, threads=cfg.gguf.threads)
         metrics["quantize_seconds"] = time.perf_counter() - t0
+        metrics["gguf_types"] = matrix_types(artifact)
+        metrics["imatrix_rows"] = cfg.gguf.imatrix_rows
+        if note := k_quant_fallback_note(model, qtype):
+            metrics["gguf_note"] = note
+            print(f"note: {note}")
         runner = LlamaCppRunner(artifact, n_ctx=cfg.gguf.n_ctx, n_threads=cfg.gguf.threads)
         if cfg.parity.enabled:
             parity = run_parity(HFRunner(model, tok), runner, max_new_tokens=cfg.parity.max_new_tokens)
@@ -218,7 +259,10 @@ def write_quantize_report(run_dir: Path, metrics: dict, primary: str) -> None:
         summary.append(("golden prompts identical", metrics["parity"]["exact_match_rate"]))
         summary.append(("token agreement", metrics["parity"]["token_agreement"]))
     notes = list(metrics.get("parity", {}).get("problems", []))
-    if metrics["method"].startswith("gguf_"):
+    if "gguf_types" in metrics:
+        summary.append(("matrices by GGUF type", ", ".join(f"{k} {v}" for k, v in sorted(metrics["gguf_types"].items()))))
+        summary.append(("imatrix rows", metrics["imatrix_rows"] or "none (unweighted)"))
+        notes += [metrics["gguf_note"]] if "gguf_note" in metrics else []
         notes.append("The GGUF is scored through llama.cpp (llama-cpp-python), one row at a time, greedy.")
     write_report(run_dir, title=f"Quantization: {metrics['method']}", summary=summary, tables=tables, images=[], notes=notes)
 
