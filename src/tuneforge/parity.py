@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -313,3 +314,32 @@ def check_chat_format(tok, fmt: ChatFormat, prompts: list[list[dict]] | None = N
                 f"at character {k}: {want[k:k + 30]!r} (template) vs {got[k:k + 30]!r} (Ollama)"
             )
     return problems
+
+
+# -- a GGUF's own weights, run in PyTorch -----------------------------------------------------------------
+
+
+def gguf_weights_runner(path: str | Path, tok) -> HFRunner:
+    """The GGUF's stored weights, dequantized by transformers' own GGUF reader, run in PyTorch (fp32).
+
+    Against the float model this shows what the stored weights change; against llama.cpp's answers, what
+    llama.cpp's arithmetic changes (on CPU it rounds activations to 8 bits inside Q8_0 and K-quant matmuls).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    return HFRunner(model, tok)
+
+
+def file_weights_parity(source, path: str | Path, tok, *, max_new_tokens: int) -> dict:
+    """Golden-prompt parity of `source` with the GGUF's own weights in PyTorch; {"error": ...} if unreadable."""
+    try:
+        runner = gguf_weights_runner(path, tok)
+    except Exception as e:  # a diagnostic beside the llama.cpp parity: a reader gap must not fail the run
+        return {"error": f"transformers could not read {Path(path).name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"}
+    result = run_parity(source, runner, max_new_tokens=max_new_tokens, desc="parity: the file's weights in PyTorch")
+    del runner
+    return {**result.summary(), "first_differences": [r["first_difference"] for r in result.rows]}
+

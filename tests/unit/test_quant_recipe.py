@@ -173,3 +173,13 @@ def test_imatrix_rows_need_training_rows(setup):
         config(setup, "gguf_q4_0", gguf={"imatrix_rows": 8})
     with pytest.raises(UserError, match="quantized GGUF types only"):
         config(setup, "int8_weight_only", gguf={"imatrix_rows": 8})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
+def test_gguf_run_also_answers_with_the_files_own_weights_in_pytorch(setup):
+    run = quantize(config(setup, "gguf_f16", gguf={"n_ctx": 256, "threads": 1}, parity={"max_new_tokens": 6}))
+    metrics = json.loads((run / "metrics.json").read_text())
+    file_parity = json.loads((run / "parity.json").read_text())["file_weights"]
+    assert file_parity == metrics["parity_file_weights"] and file_parity["prompts"] == 5
+    assert file_parity["exact_match_rate"] == 1.0  # F16 weights hold the float model's answers on a tiny model
+    assert "the file's weights in PyTorch" in (run / "report.md").read_text()

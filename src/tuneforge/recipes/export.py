@@ -193,7 +193,7 @@ def free_folder(cfg: ExportConfig) -> Path:
 def export(cfg: ExportConfig) -> Path:
     from tuneforge.compress.common import load_merged
     from tuneforge.models import load_model
-    from tuneforge.parity import HFRunner, run_parity
+    from tuneforge.parity import HFRunner, file_weights_parity, run_parity
     from tuneforge.runs import resolved_config_yaml
 
     target = free_folder(cfg)
@@ -214,9 +214,12 @@ def export(cfg: ExportConfig) -> Path:
         parity = run_parity(source_runner, export_runner, max_new_tokens=cfg.parity.max_new_tokens,
                             desc="parity") if cfg.parity.enabled else None
         problems = parity.problems if parity else []
+        file_parity = None
+        if parity and cfg.format == "gguf" and cfg.parity.file_weights:
+            file_parity = file_weights_parity(source_runner, artifact, source_runner.tok, max_new_tokens=cfg.parity.max_new_tokens)
         if parity:
-            write_json(out / "parity.json", {**parity.summary(), "rows": parity.rows})
-        write_export_report(out, cfg, artifact, parity, problems)
+            write_json(out / "parity.json", {**parity.summary(), "rows": parity.rows, "file_weights": file_parity})
+        write_export_report(out, cfg, artifact, parity, problems, file_parity)
         if problems:
             raise UserError("export failed its parity check:\n" + "\n".join(f"  - {p}" for p in problems))
         if parity and parity.exact_match_rate < cfg.parity.min_match_rate:
@@ -229,11 +232,14 @@ def export(cfg: ExportConfig) -> Path:
     if parity:
         line += (f" (golden prompts identical: {parity.exact_match_rate:.0%}, identical or first differing at a "
                  f"near-tie: {parity.equivalent_rate:.0%}, token agreement {parity.token_agreement:.3f})")
+    if file_parity and "exact_match_rate" in file_parity:
+        line += f"; the file's own weights in PyTorch answer {file_parity['exact_match_rate']:.0%} identically"
     print(line)
     return target
 
 
-def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, problems: list[str]) -> None:
+def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, problems: list[str],
+                        file_parity: dict | None = None) -> None:
     from tuneforge.compress.measure import weights_size
     from tuneforge.report import write_report
 
@@ -246,12 +252,14 @@ def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, pr
                     ("identical or first differing at a near-tie", parity.equivalent_rate),
                     ("token agreement", parity.token_agreement),
                     ("prompt tokens identical", parity.prompt_match_rate)]
+        if file_parity and "exact_match_rate" in file_parity:
+            summary.append(("golden prompts identical, the file's weights in PyTorch", file_parity["exact_match_rate"]))
         tables.append(("Parity on golden prompts (greedy)", [
             {"prompt": r["prompt"], "same prompt tokens": r["prompt_tokens_equal"], "same answer": r["tokens_equal"],
              "first difference": r["first_difference"], "source": r["source_text"], "export": r["export_text"]}
             for r in parity.rows
         ]))
-    notes = [f"problem: {p}" for p in problems]
+    notes = [f"problem: {p}" for p in problems] + ([file_parity["error"]] if file_parity and "error" in file_parity else [])
     if cfg.format == "gguf" and cfg.ollama:
         notes.append("Modelfile: `ollama create NAME -f Modelfile` in this folder (its TEMPLATE was checked against the chat template).")
     write_report(out, title=f"Export: {kind}", summary=summary, tables=tables, images=[], notes=notes)

@@ -45,6 +45,9 @@ class GGUFSection(Section):
 class ParitySection(Section):
     enabled: bool = Field(True, description="compare greedy tokens of source and artifact on the golden prompts")
     max_new_tokens: int = Field(32, ge=1, description="greedy tokens per golden prompt")
+    file_weights: bool = Field(True, description="GGUF: also answer them with the file's own weights read back by "
+                               "transformers and run in PyTorch, which separates what the stored weights change from "
+                               "what llama.cpp's arithmetic changes")
 
 
 class SpeedSection(Section):
@@ -155,7 +158,7 @@ def quantize_in_torch(cfg: QuantizeConfig, model, tok, run_dir: Path):
 def quantize(cfg: QuantizeConfig) -> Path:
     from tuneforge.compress.common import load_merged
     from tuneforge.compress.measure import gguf_speed, hf_speed, speed_prompt_ids, weights_size
-    from tuneforge.parity import HFRunner, run_parity
+    from tuneforge.parity import HFRunner, file_weights_parity, run_parity
     from tuneforge.recipes.common import build_task, load_split
     from tuneforge.runs import new_run_dir
 
@@ -196,9 +199,13 @@ def quantize(cfg: QuantizeConfig) -> Path:
             print(f"note: {note}")
         runner = LlamaCppRunner(artifact, n_ctx=cfg.gguf.n_ctx, n_threads=cfg.gguf.threads)
         if cfg.parity.enabled:
-            parity = run_parity(HFRunner(model, tok), runner, max_new_tokens=cfg.parity.max_new_tokens)
-            write_json(run_dir / "parity.json", {**parity.summary(), "rows": parity.rows})
+            source = HFRunner(model, tok)
+            parity = run_parity(source, runner, max_new_tokens=cfg.parity.max_new_tokens)
             metrics["parity"] = parity.summary()
+            if cfg.parity.file_weights:
+                metrics["parity_file_weights"] = file_weights_parity(source, artifact, tok, max_new_tokens=cfg.parity.max_new_tokens)
+            write_json(run_dir / "parity.json", {**parity.summary(), "rows": parity.rows,
+                                                 "file_weights": metrics.get("parity_file_weights")})
             for problem in parity.problems:
                 print(f"warning: {problem}")
         if rows:
@@ -239,6 +246,8 @@ def print_summary(metrics: dict, primary: str, artifact: Path) -> None:
         parts.append(f"decode {metrics['speed_after']['decode_tok_s']:.1f} tok/s vs float {metrics['speed_before']['decode_tok_s']:.1f}")
     if "parity" in metrics:
         parts.append(f"golden prompts identical: {metrics['parity']['exact_match_rate']:.0%}")
+    if "exact_match_rate" in metrics.get("parity_file_weights", {}):
+        parts.append(f"with the file's weights in PyTorch: {metrics['parity_file_weights']['exact_match_rate']:.0%}")
     print("; ".join(parts))
     print(f"artifact: {artifact}")
 
@@ -258,7 +267,10 @@ def write_quantize_report(run_dir: Path, metrics: dict, primary: str) -> None:
     if "parity" in metrics:
         summary.append(("golden prompts identical", metrics["parity"]["exact_match_rate"]))
         summary.append(("token agreement", metrics["parity"]["token_agreement"]))
-    notes = list(metrics.get("parity", {}).get("problems", []))
+    file_parity = metrics.get("parity_file_weights") or {}
+    if "exact_match_rate" in file_parity:
+        summary.append(("golden prompts identical, the file's weights in PyTorch", file_parity["exact_match_rate"]))
+    notes = list(metrics.get("parity", {}).get("problems", [])) + ([file_parity["error"]] if "error" in file_parity else [])
     if "gguf_types" in metrics:
         summary.append(("matrices by GGUF type", ", ".join(f"{k} {v}" for k, v in sorted(metrics["gguf_types"].items()))))
         summary.append(("imatrix rows", metrics["imatrix_rows"] or "none (unweighted)"))
