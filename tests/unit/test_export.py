@@ -178,8 +178,11 @@ def test_k_quant_export_weighted_by_task_rows_is_a_complete_ollama_folder(tiny_w
 
 
 def test_imatrix_needs_a_quantized_gguf_type_and_training_rows():
-    with pytest.raises(UserError, match="imatrix_rows weights quantized GGUF types only"):
-        validate(ExportConfig, {"format": "gguf", "gguf_type": "f16", "gguf": {"imatrix_rows": 8},
-                                "data": {"train": {"path": "x.tsv"}}})
+    train = {"train": {"path": "x.tsv"}}
+    for gguf_type in ("f16", "q8_0"):  # not quantized / ggml's Q8_0 encoder ignores an imatrix
+        with pytest.raises(UserError, match=f"imatrix_rows weights GGUF types q4_0, .* only .* not gguf_type {gguf_type}"):
+            validate(ExportConfig, {"format": "gguf", "gguf_type": gguf_type, "gguf": {"imatrix_rows": 8}, "data": train})
+    with pytest.raises(UserError, match="not format merged"):
+        validate(ExportConfig, {"format": "merged", "gguf": {"imatrix_rows": 8}, "data": train})
     with pytest.raises(UserError, match="imatrix_rows needs data.train"):
         validate(ExportConfig, {"format": "gguf", "gguf_type": "q4_k_m", "gguf": {"imatrix_rows": 8}})

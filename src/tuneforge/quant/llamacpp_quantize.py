@@ -22,51 +22,51 @@ import numpy as np
 from tuneforge.errors import UserError
 
 # tuneforge name -> llama.cpp file type (llama_ftype). The K-mixes choose a type per tensor themselves.
-LLAMACPP_TYPES = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K", "q4_0": "Q4_0", "q8_0": "Q8_0"}
+LLAMACPP_TYPES = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K", "q4_0": "Q4_0"}
 K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")
+# Types whose llama.cpp encoder uses an imatrix (ggml's Q8_0 encoder ignores one; F16/F32 are not quantized).
+WEIGHTABLE = ("q4_0", *K_QUANTS)
 
 
 def needs_llamacpp_quantizer(qtype: str, weighted: bool) -> bool:
-    """K-quants always; Q4_0/Q8_0 when an importance matrix weights them (the Python encoder has none)."""
+    """K-quants always; Q4_0 when an importance matrix weights it (the Python encoder has none)."""
     return qtype in K_QUANTS or (weighted and qtype in LLAMACPP_TYPES)
 
 
 def gguf_tensor_names(model) -> dict[str, str]:
     """HF module name of every decoder-block linear layer -> its GGUF weight name."""
     import gguf
-    from torch import nn
+
+    from tuneforge.compress.prune import prunable_linears
 
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
-    names = {}
-    for hf_name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and ".layers." in f".{hf_name}":
-            found = name_map.get_name(hf_name + ".weight", try_suffixes=(".weight",))
-            if found:
-                names[hf_name] = found
-    return names
+    found = {n: name_map.get_name(n + ".weight", try_suffixes=(".weight",)) for n in prunable_linears(model)}
+    return {n: g for n, g in found.items() if g}
 
 
 def activation_importance(model, batches) -> dict[str, np.ndarray]:
     """Mean square of each input feature of each block linear layer over the real tokens of `batches`.
 
     Keyed by GGUF tensor name (blk.N.attn_q.weight ...), as llama.cpp's imatrix is. The output head is left
-    out: tied to the embedding here, and llama.cpp reads token_embd by row, not by input feature.
+    out: tuneforge writes Llama models whose head is tied to the embedding, which llama.cpp reads by row.
     """
     import torch
     from tqdm import tqdm
+
+    from tuneforge.compress.blocks import model_device, run_body
 
     names = gguf_tensor_names(model)
     if not names:
         raise UserError("no decoder-block linear layers found to weight: importance needs a Llama-style model")
     modules = dict(model.named_modules())
-    sums = {n: torch.zeros(modules[n].in_features, dtype=torch.float64) for n in names}
+    sums = {n: torch.zeros(modules[n].in_features, dtype=torch.float64, device=model_device(model)) for n in names}
     counts = dict.fromkeys(names, 0)
     current: dict = {}
 
     def hook(name):
         def fn(module, args):
             x = args[0][current["mask"]].double()  # (real tokens, in_features)
-            sums[name] += (x * x).sum(0).cpu()
+            sums[name] += (x * x).sum(0)
             counts[name] += x.shape[0]
         return fn
 
@@ -74,12 +74,12 @@ def activation_importance(model, batches) -> dict[str, np.ndarray]:
     try:
         with torch.no_grad():
             for batch in tqdm(batches, desc="importance (imatrix)", unit="batch"):
-                current["mask"] = batch["attention_mask"].bool()
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                current["mask"] = batch["attention_mask"].to(model_device(model)).bool()
+                run_body(model, batch)  # the blocks only: the head's full-vocabulary logits are not needed
     finally:
         for handle in handles:
             handle.remove()
-    return {names[n]: (sums[n] / max(counts[n], 1)).float().numpy() for n in names}
+    return {names[n]: (sums[n] / max(counts[n], 1)).float().cpu().numpy() for n in names}
 
 
 def llamacpp_quantize(source: Path, target: Path, qtype: str, *, importance: dict[str, np.ndarray] | None = None,
@@ -105,19 +105,19 @@ def llamacpp_quantize(source: Path, target: Path, qtype: str, *, importance: dic
         entries[len(importance)].name = None  # the array ends at a null name
         keep.append(entries)
         params.imatrix = ctypes.cast(entries, type(params.imatrix))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    from llama_cpp._logger import llama_log_callback as default_log  # llama-cpp-python's own, put back after
+
     log: list[str] = []
 
     @llama_cpp.llama_log_callback
     def collect(level, text, user_data):  # one line per tensor otherwise; kept to explain a failure
         log.append(text.decode("utf-8", errors="replace"))
 
-    from llama_cpp._logger import llama_log_callback as default_log  # llama-cpp-python's own, put back after
-
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
     try:
+        llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
         print(f"llama.cpp quantizer: {source.name} -> {LLAMACPP_TYPES[qtype]}"
               + (f", weighted by {len(importance)} importance vectors" if importance else ""))
         if llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params)) != 0:

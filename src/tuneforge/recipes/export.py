@@ -47,7 +47,8 @@ class ExportConfig(RunConfig):
 
     @model_validator(mode="after")
     def _imatrix_is_for_quantized_gguf(self):
-        check_imatrix(self.gguf, self.gguf_type if self.format == "gguf" else None, self.data)
+        check_imatrix(self.gguf, self.gguf_type if self.format == "gguf" else None, self.data,
+                      f"gguf_type {self.gguf_type}" if self.format == "gguf" else f"format {self.format}")
         return self
 
 
@@ -156,16 +157,15 @@ def export_gguf(cfg: ExportConfig, out: Path, source_model, tok) -> Path:
     from tuneforge.models import resolve_model
     from tuneforge.parity import ChatFormatError, chat_format, check_chat_format, stop_ids_of
     from tuneforge.quant.gguf_writer import pre_tokenizer_from_source
-    from tuneforge.quant.llamacpp_quantize import k_quant_fallback_note, write_any_gguf
+    from tuneforge.quant.llamacpp_quantize import write_any_gguf
     from tuneforge.recipes.common import build_task
     from tuneforge.recipes.quantize import gguf_importance
 
     pre = cfg.gguf.pre_tokenizer or pre_tokenizer_from_source(resolve_model(cfg.model))
-    importance = gguf_importance(cfg, source_model, tok, build_task(cfg)) if cfg.gguf.imatrix_rows else None
+    # the task is built only when needed: an export config without an imatrix need not name one
+    importance, _ = gguf_importance(cfg, source_model, tok, build_task(cfg)) if cfg.gguf.imatrix_rows else (None, 0)
     path = write_any_gguf(source_model, tok, out / f"model-{cfg.gguf_type}.gguf", cfg.gguf_type, pre_tokenizer=pre,
                           importance=importance, threads=cfg.gguf.threads)
-    if note := k_quant_fallback_note(source_model, cfg.gguf_type):
-        print(f"note: {note}")
     problems: list[str] = []
     if cfg.ollama:
         try:
@@ -194,11 +194,13 @@ def export(cfg: ExportConfig) -> Path:
     from tuneforge.compress.common import load_merged
     from tuneforge.models import load_model
     from tuneforge.parity import HFRunner, file_weights_parity, run_parity
+    from tuneforge.quant.llamacpp_quantize import k_quant_fallback_note
     from tuneforge.runs import resolved_config_yaml
 
     target = free_folder(cfg)
     with atomic_dir(target) as out:
         write_text(out / "config.yaml", resolved_config_yaml(cfg))
+        gguf_note = None
         if cfg.format == "merged":
             # The source keeps its adapter unmerged, so parity also checks the merge itself.
             source, tok = load_model(cfg.model, dtype="float32", adapter=cfg.adapter, device="cpu")
@@ -210,6 +212,8 @@ def export(cfg: ExportConfig) -> Path:
             source, tok = load_merged(cfg.model, cfg.adapter, "float32")
             source_runner = HFRunner(source, tok)
             artifact = export_gguf(cfg, out, source, tok)
+            if gguf_note := k_quant_fallback_note(source, cfg.gguf_type):
+                print(f"note: {gguf_note}")
             export_runner = LlamaCppRunner(artifact, n_ctx=cfg.gguf.n_ctx, n_threads=cfg.gguf.threads) if cfg.parity.enabled else None
         parity = run_parity(source_runner, export_runner, max_new_tokens=cfg.parity.max_new_tokens,
                             desc="parity") if cfg.parity.enabled else None
@@ -219,7 +223,7 @@ def export(cfg: ExportConfig) -> Path:
             file_parity = file_weights_parity(source_runner, artifact, source_runner.tok, max_new_tokens=cfg.parity.max_new_tokens)
         if parity:
             write_json(out / "parity.json", {**parity.summary(), "rows": parity.rows, "file_weights": file_parity})
-        write_export_report(out, cfg, artifact, parity, problems, file_parity)
+        write_export_report(out, cfg, artifact, parity, problems, file_parity, gguf_note)
         if problems:
             raise UserError("export failed its parity check:\n" + "\n".join(f"  - {p}" for p in problems))
         if parity and parity.exact_match_rate < cfg.parity.min_match_rate:
@@ -239,7 +243,7 @@ def export(cfg: ExportConfig) -> Path:
 
 
 def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, problems: list[str],
-                        file_parity: dict | None = None) -> None:
+                        file_parity: dict | None = None, gguf_note: str | None = None) -> None:
     from tuneforge.compress.measure import weights_size
     from tuneforge.report import write_report
 
@@ -260,6 +264,7 @@ def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, pr
             for r in parity.rows
         ]))
     notes = [f"problem: {p}" for p in problems] + ([file_parity["error"]] if file_parity and "error" in file_parity else [])
+    notes += [gguf_note] if gguf_note else []
     if cfg.format == "gguf" and cfg.ollama:
         notes.append("Modelfile: `ollama create NAME -f Modelfile` in this folder (its TEMPLATE was checked against the chat template).")
     write_report(out, title=f"Export: {kind}", summary=summary, tables=tables, images=[], notes=notes)

@@ -38,7 +38,7 @@ class GGUFSection(Section):
     n_ctx: int = Field(2048, ge=64, description="context window llama.cpp allocates when the file is scored")
     threads: int | None = Field(None, ge=1, description="llama.cpp threads; null: all cores")
     imatrix_rows: int = Field(0, ge=0, description="training rows (data.train) whose activations weight llama.cpp's "
-                              "quantization of every matrix (its imatrix); 0: unweighted")
+                              "quantization of the block matrices (its imatrix; Q4_0 and K-quants); 0: unweighted")
     imatrix_max_len: int = Field(256, ge=8, description="tokens per calibration row for the imatrix")
 
 
@@ -77,7 +77,8 @@ class QuantizeConfig(RunConfig):
 
     @model_validator(mode="after")
     def _imatrix_is_for_quantized_gguf(self):
-        check_imatrix(self.gguf, self.method.removeprefix("gguf_") if self.method.startswith("gguf_") else None, self.data)
+        qtype = self.method.removeprefix("gguf_") if self.method.startswith("gguf_") else None
+        check_imatrix(self.gguf, qtype, self.data, f"method {self.method}")
         return self
 
     @model_validator(mode="after")
@@ -87,13 +88,15 @@ class QuantizeConfig(RunConfig):
         return self
 
 
-def check_imatrix(gguf: GGUFSection, qtype: str | None, data) -> None:
-    """imatrix_rows only where llama.cpp quantizes (a quantized GGUF type) and rows to take it from exist."""
+def check_imatrix(gguf: GGUFSection, qtype: str | None, data, what: str) -> None:
+    """imatrix_rows only for a GGUF type llama.cpp weights, and with training rows to take it from."""
+    from tuneforge.quant.llamacpp_quantize import WEIGHTABLE
+
     if not gguf.imatrix_rows:
         return
-    if qtype is None or qtype in ("f16", "f32"):
-        raise ValueError(f"gguf.imatrix_rows weights quantized GGUF types only (q8_0, q4_0, q4_k_m, q5_k_m, q6_k), "
-                         f"not {qtype or 'this method'}: set gguf.imatrix_rows=0")
+    if qtype not in WEIGHTABLE:
+        raise ValueError(f"gguf.imatrix_rows weights GGUF types {', '.join(WEIGHTABLE)} only (llama.cpp's Q8_0 encoder "
+                         f"ignores an imatrix), not {what}: set gguf.imatrix_rows=0")
     if data.train is None:
         raise ValueError("gguf.imatrix_rows needs data.train: the task's training split, whose rows the imatrix is taken on")
 
@@ -128,15 +131,16 @@ def pre_tokenizer_for(cfg: QuantizeConfig) -> str | None:
     return cfg.gguf.pre_tokenizer or pre_tokenizer_from_source(resolve_model(cfg.model))
 
 
-def gguf_importance(cfg, model, tok, task):
-    """llama.cpp's imatrix taken on gguf.imatrix_rows training conversations of the task; None when off."""
+def gguf_importance(cfg, model, tok, task) -> tuple[dict | None, int]:
+    """(llama.cpp's imatrix taken on up to gguf.imatrix_rows training conversations, rows used); (None, 0) when off."""
     if not cfg.gguf.imatrix_rows:
-        return None
+        return None, 0
     from tuneforge.compress.common import calibration_batches, load_train_rows
     from tuneforge.quant.llamacpp_quantize import activation_importance
 
     rows = load_train_rows(cfg, task)[: cfg.gguf.imatrix_rows]
-    return activation_importance(model, calibration_batches(tok, task, rows, max_len=cfg.gguf.imatrix_max_len, batch_size=8))
+    batches = calibration_batches(tok, task, rows, max_len=cfg.gguf.imatrix_max_len, batch_size=8)
+    return activation_importance(model, batches), len(rows)
 
 
 def quantize_in_torch(cfg: QuantizeConfig, model, tok, run_dir: Path):
@@ -188,12 +192,11 @@ def quantize(cfg: QuantizeConfig) -> Path:
         from tuneforge.quant.llamacpp_quantize import k_quant_fallback_note, matrix_types, write_any_gguf
 
         qtype = cfg.method.removeprefix("gguf_")
-        importance = gguf_importance(cfg, model, tok, task)
+        importance, metrics["imatrix_rows"] = gguf_importance(cfg, model, tok, task)
         artifact = write_any_gguf(model, tok, run_dir / f"model-{qtype}.gguf", qtype, pre_tokenizer=pre_tokenizer_for(cfg),
                                   importance=importance, threads=cfg.gguf.threads)
         metrics["quantize_seconds"] = time.perf_counter() - t0
         metrics["gguf_types"] = matrix_types(artifact)
-        metrics["imatrix_rows"] = cfg.gguf.imatrix_rows
         if note := k_quant_fallback_note(model, qtype):
             metrics["gguf_note"] = note
             print(f"note: {note}")
