@@ -16,7 +16,7 @@ VERBS = {
     "finetune": ("tuneforge.recipes.finetune", "LoRA / full / freeze fine-tuning (CONFIG.yaml [key=value ...])"),
     "evaluate": ("tuneforge.recipes.evaluate", "score a model (+ adapter) on a task's dev split"),
     "distill": ("tuneforge.recipes.distill", "knowledge distillation into a smaller student"),
-    "quantize": ("tuneforge.recipes.quantize", "int8 (torchao), GGUF F16/Q8_0/Q4_0, bitsandbytes on CUDA"),
+    "quantize": ("tuneforge.recipes.quantize", "int8 (torchao), GGUF F16/Q8_0/Q4_0/K-quants, bitsandbytes NF4/8-bit (CUDA, or CPU with bitsandbytes >= 0.48)"),
     "prune": ("tuneforge.recipes.prune", "magnitude, Wanda, 2:4, block removal (+ recovery)"),
     "compare": ("tuneforge.recipes.compare", "one table: size, speed and quality of several models"),
     "export": ("tuneforge.recipes.export", "merged HF folder, GGUF, Ollama Modelfile, with a parity check"),
