@@ -175,6 +175,8 @@ def test_k_quant_export_weighted_by_task_rows_is_a_complete_ollama_folder(tiny_w
     types = matrix_types(out / "model-q5_k_m.gguf")
     assert sum(types.values()) == 2 * 7 + 1 and "F32" not in types  # 7 linears a block + the tied embedding
     assert json.loads((out / "parity.json").read_text())["prompts"] > 0
+    report = (out / "report.md").read_text()
+    assert "matrices by GGUF type" in report and "not a multiple of the 256" in report  # rows of 64: the fallback
 
 
 def test_imatrix_needs_a_quantized_gguf_type_and_training_rows():

@@ -141,8 +141,9 @@ def k_quant_fallback_note(model, qtype: str) -> str | None:
         return None
     count = sum(w % 256 != 0 for w in widths)
     return (f"{count} of {len(widths)} block weight matrices have rows of {', '.join(map(str, narrow))} values, not a "
-            f"multiple of the 256 a K-quant block needs: llama.cpp stored them in a legacy type instead "
-            f"(see gguf_types); K-quants pay off on models whose hidden sizes are multiples of 256")
+            f"multiple of the 256 a K-quant block needs: llama.cpp stored them in a legacy type instead (the "
+            f"report counts matrices by type); every block matrix gets its K-quant only where a model's hidden "
+            f"and intermediate sizes are both multiples of 256")
 
 
 def matrix_types(path: str | Path) -> dict[str, int]:
@@ -151,6 +152,11 @@ def matrix_types(path: str | Path) -> dict[str, int]:
 
     reader = gguf.GGUFReader(str(path))
     return dict(Counter(t.tensor_type.name for t in reader.tensors if len([d for d in t.shape if d > 1]) >= 2))
+
+
+def types_line(types: dict[str, int]) -> str:
+    """'Q4_K 16, Q5_0 166, ...' for a report."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(types.items()))
 
 
 def write_any_gguf(model, tok, path: Path, qtype: str, *, pre_tokenizer: str | None,

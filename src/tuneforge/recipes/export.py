@@ -250,6 +250,10 @@ def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, pr
     kind = "merged Hugging Face folder" if cfg.format == "merged" else f"GGUF {cfg.gguf_type.upper()}"
     summary = [("artifact", artifact.name), ("kind", kind), ("size MB", weights_size(artifact) / 1e6),
                ("model", cfg.model or "embedded default"), ("adapter", cfg.adapter or "none")]
+    if cfg.format == "gguf":
+        from tuneforge.quant.llamacpp_quantize import matrix_types, types_line
+
+        summary.append(("matrices by GGUF type", types_line(matrix_types(artifact))))
     tables = []
     if parity:
         summary += [("golden prompts identical", parity.exact_match_rate),

@@ -275,7 +275,9 @@ def write_quantize_report(run_dir: Path, metrics: dict, primary: str) -> None:
         summary.append(("golden prompts identical, the file's weights in PyTorch", file_parity["exact_match_rate"]))
     notes = list(metrics.get("parity", {}).get("problems", [])) + ([file_parity["error"]] if "error" in file_parity else [])
     if "gguf_types" in metrics:
-        summary.append(("matrices by GGUF type", ", ".join(f"{k} {v}" for k, v in sorted(metrics["gguf_types"].items()))))
+        from tuneforge.quant.llamacpp_quantize import types_line
+
+        summary.append(("matrices by GGUF type", types_line(metrics["gguf_types"])))
         summary.append(("imatrix rows", metrics["imatrix_rows"] or "none (unweighted)"))
         notes += [metrics["gguf_note"]] if "gguf_note" in metrics else []
         notes.append("The GGUF is scored through llama.cpp (llama-cpp-python), one row at a time, greedy.")
