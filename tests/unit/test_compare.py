@@ -126,3 +126,15 @@ def test_shipped_recipes_validate_and_open_with_their_command(path):
     load_config(cls, path)
     head = path.read_text(encoding="utf-8").splitlines()[:6]
     assert any(f"tuneforge {path.name.split('_')[0]} recipes/{path.name}" in line for line in head)
+
+
+def test_a_gguf_row_names_its_tensor_types_most_bytes_first(tmp_path):
+    from test_gguf_tiny import tiny_chat_model
+
+    from tuneforge.quant.gguf_writer import write_gguf
+
+    model, tok = tiny_chat_model()
+    parameters, types = measure.gguf_storage(write_gguf(model, tok, tmp_path / "m.gguf", "q4_0"))
+    assert parameters == sum(p.numel() for p in model.parameters())  # the tied head is stored once, as here
+    # 74k block weights at Q4_0 (41 kB) before the tied embedding kept at Q8_0 (24k weights, 25 kB); norms F32
+    assert types == ["q4_0", "q8_0", "f32"]

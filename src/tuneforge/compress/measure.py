@@ -104,7 +104,14 @@ def gguf_speed(llm, prompt_ids: list[int], new_tokens: int = 64, repeats: int = 
     return {"prefill_tok_s": len(prompt_ids) / best_prefill, "decode_tok_s": new_tokens / best_decode}
 
 
-def gguf_parameters(path: str | Path) -> int:
+def gguf_storage(path: str | Path) -> tuple[int, list[str]]:
+    """(parameters, tensor types holding the most bytes first): a K-quant file is a mix of types."""
+    from collections import Counter
+
     from gguf import GGUFReader
 
-    return sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors)
+    tensors = GGUFReader(str(path)).tensors
+    held = Counter()
+    for t in tensors:
+        held[t.tensor_type.name.lower()] += int(t.n_bytes)
+    return sum(int(t.n_elements) for t in tensors), [name for name, _ in held.most_common()]

@@ -98,7 +98,7 @@ def measure_hf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
 
 def measure_gguf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
     """Scored with the quantization recipe's llama.cpp runner (the GGUF's own chat template), timed like HF rows."""
-    from tuneforge.compress.measure import gguf_parameters, gguf_speed, weights_size
+    from tuneforge.compress.measure import gguf_speed, gguf_storage, weights_size
     from tuneforge.quant.llamacpp import LlamaCppRunner, score_with_runner
 
     runner = LlamaCppRunner(row.path, n_threads=cfg.gguf_threads)
@@ -107,9 +107,9 @@ def measure_gguf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
     text = "The film was a quiet surprise: patient, funny and warm, with a cast that never oversells a scene. " * 64
     prompt = runner.llm.tokenize(text.encode("utf-8"), add_bos=False)[: cfg.speed.prompt_tokens]
     speed = gguf_speed(runner.llm, prompt, cfg.speed.new_tokens, cfg.speed.repeats)
-    qtype = Path(row.path).stem.rsplit(".", 1)[-1].rsplit("-", 1)[-1]
-    return {"engine": "llama.cpp", "dtype": qtype, "stored": qtype,
-            "parameters": gguf_parameters(row.path), "nonzero_parameters": None,
+    parameters, types = gguf_storage(row.path)
+    return {"engine": "llama.cpp", "dtype": types[0], "stored": "+".join(types),
+            "parameters": parameters, "nonzero_parameters": None,
             "size_mb": weights_size(row.path) / 1e6, **speed, "metric": metrics[task.primary_metric]}
 
 
