@@ -7,7 +7,8 @@ without gradient checkpointing.
 Each arm runs the recipe's training (batch, rank, dtype as the recipe sets them) for --steps steps in its
 own `tuneforge finetune` process, so each peak resident set size (ru_maxrss from os.wait4) is that run's
 alone. On CPU the float base is bf16 where the CPU has it (`dtype: auto`), else fp32. Printed: peak RSS and
-training tokens/s of each, and each arm's ratio to LoRA. On a GPU the RSS says little: read the GPU's own peak.
+training tokens/s of each, and each arm's ratio to LoRA. On a GPU it prints the GPU's own peak instead
+(torch.cuda.max_memory_allocated over the training loop, which finetune records as train.peak_gpu_memory_gb).
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = {arm: run_arm(args.config, arm, args.steps, Path(tmp)) for arm in ARMS}
     lora = results["lora"]
+    # on a GPU the peak that matters is the GPU's (finetune records it); RSS is the host process's
+    key, label = ("peak_gpu_memory_gb", "peak GPU") if "peak_gpu_memory_gb" in lora else ("peak_rss_gb", "peak RSS")
     for arm, r in results.items():
-        print(f"{arm:20s} peak RSS {r['peak_rss_gb']:.2f} GB  {r['tokens_per_second']:.0f} tokens/s  "
-              f"{r['trainable_params'] / 1e6:.1f}M trainable  vs lora: memory {r['peak_rss_gb'] / lora['peak_rss_gb']:.2f}x, "
+        print(f"{arm:20s} {label} {r[key]:.2f} GB  {r['tokens_per_second']:.0f} tokens/s  "
+              f"{r['trainable_params'] / 1e6:.1f}M trainable  vs lora: memory {r[key] / lora[key]:.2f}x, "
               f"speed {r['tokens_per_second'] / lora['tokens_per_second']:.2f}x")
 
 

@@ -202,6 +202,9 @@ def fit(s: Setup) -> dict:
     log = open(metrics_path, "a", encoding="utf-8") if acc.is_main_process else None
     pad = s.tok.pad_token_id
     tokens_seen, t_start = 0, time.time()
+    on_cuda = next(s.model.parameters()).is_cuda
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()  # what QLoRA saves is GPU memory: report this run's own peak
     step_rng = T.rng_state()
     bar = tqdm(total=s.total_steps, initial=start_step, desc="training", unit="step", disable=not acc.is_main_process)
     step = start_step
@@ -263,7 +266,8 @@ def fit(s: Setup) -> dict:
     seconds = time.time() - t_start
     return {"tokens": tokens_seen * acc.num_processes, "seconds": seconds,
             "tokens_per_second": tokens_seen * acc.num_processes / max(seconds, 1e-9),
-            "steps": s.total_steps - start_step}
+            "steps": s.total_steps - start_step,
+            **({"peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9} if on_cuda else {})}
 
 
 def validate(s: Setup, desc: str = "dev") -> dict:

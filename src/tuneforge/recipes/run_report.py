@@ -53,6 +53,8 @@ def write_run_report(run_dir: Path, result: dict, history: list[dict], *, name: 
                ("trainable parameters", f"{train['trainable_params']:,} of {train['total_params']:,}"),
                ("train tokens", f"{train['tokens']:,}"), ("train seconds", f"{train['seconds']:.1f}"),
                ("tokens/s", f"{train['tokens_per_second']:.1f}"), ("artifact", result["artifact"])]
+    if "peak_gpu_memory_gb" in train:
+        summary.insert(-1, ("peak GPU memory while training", f"{train['peak_gpu_memory_gb']:.2f} GB"))
     write_report(run_dir, title=f"tuneforge finetune: {name or run_dir.name}", summary=summary,
                  tables=[("Dev metrics", rows)], images=images)
 
@@ -61,5 +63,6 @@ def print_summary(result: dict, run_dir: Path) -> None:
     print()
     print(format_table(comparison_rows(result)))
     t = result["train"]
-    print(f"\ntrained {t['steps']} steps, {t['tokens']:,} tokens in {t['seconds']:.0f}s ({t['tokens_per_second']:.0f} tokens/s)")
+    peak = f", peak GPU memory {t['peak_gpu_memory_gb']:.2f} GB" if "peak_gpu_memory_gb" in t else ""
+    print(f"\ntrained {t['steps']} steps, {t['tokens']:,} tokens in {t['seconds']:.0f}s ({t['tokens_per_second']:.0f} tokens/s{peak})")
     print(f"report: {run_dir / 'report.html'}  (and report.md, metrics.json, adapter/)")
