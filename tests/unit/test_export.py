@@ -188,3 +188,12 @@ def test_imatrix_needs_a_quantized_gguf_type_and_training_rows():
         validate(ExportConfig, {"format": "merged", "gguf": {"imatrix_rows": 8}, "data": train})
     with pytest.raises(UserError, match="imatrix_rows needs data.train"):
         validate(ExportConfig, {"format": "gguf", "gguf_type": "q4_k_m", "gguf": {"imatrix_rows": 8}})
+
+
+def test_gguf_export_without_llama_cpp_is_refused_before_any_work(tiny_with_adapter, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    cfg = ExportConfig(name="k", output_dir=str(tmp_path), model=str(tiny_with_adapter / "base"), format="gguf", gguf_type="q4_k_m")
+    with pytest.raises(UserError, match=r"gguf_type q4_k_m needs llama-cpp-python"):
+        export(cfg)
+    assert not (tmp_path / "k").exists()

@@ -183,3 +183,14 @@ def test_gguf_run_also_answers_with_the_files_own_weights_in_pytorch(setup):
     assert file_parity == metrics["parity_file_weights"] and file_parity["prompts"] == 5
     assert file_parity["exact_match_rate"] == 1.0  # F16 weights hold the float model's answers on a tiny model
     assert "the file's weights in PyTorch" in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["gguf_q4_k_m", "gguf_q8_0"])
+def test_gguf_without_llama_cpp_is_refused_before_any_work(setup, method, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(UserError, match=rf"method {method} needs llama-cpp-python: pip install 'tuneforge\[llamacpp\]'"):
+        quantize(config(setup, method, name=f"no-llama-{method}"))
+    assert not (setup / "runs" / f"no-llama-{method}").exists()  # nothing loaded, no run folder

@@ -14,14 +14,22 @@ from tqdm import tqdm
 
 from tuneforge.errors import UserError
 
+INSTALL = "pip install 'tuneforge[llamacpp]' (compiles llama.cpp, ~7 min on 2 cores)"
+
+
+def require_llama_cpp(what: str) -> None:
+    """Refuse up front, before minutes of loading and scoring, when llama-cpp-python is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise UserError(f"{what} needs llama-cpp-python: {INSTALL}")
+
 
 def import_llama_cpp():
     try:
         import llama_cpp
     except ImportError as e:
-        raise UserError(
-            "running a GGUF needs llama-cpp-python: `pip install 'tuneforge[llamacpp]'` (compiles llama.cpp, ~7 min on 2 cores)"
-        ) from e
+        raise UserError(f"running a GGUF needs llama-cpp-python: {INSTALL}") from e
     return llama_cpp
 
 
