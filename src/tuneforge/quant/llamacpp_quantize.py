@@ -6,7 +6,8 @@ tuneforge writes the model as an F32 GGUF and hands that file over instead of re
 
 The importance matrix is what llama.cpp's `llama-imatrix` tool computes (the mean square of every input
 feature of every weight matrix) taken here in PyTorch on the task's own training conversations, so a
-quantized SST-2 model spends its precision on the features SST-2 prompts use.
+quantized model spends its precision on the features the task's prompts use. On SmolLM2-135M it cost
+accuracy on both sentiment tasks measured (docs/compression.md), so it is opt-in (gguf.imatrix_rows).
 """
 
 from __future__ import annotations
