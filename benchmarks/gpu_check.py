@@ -9,19 +9,22 @@ speed and that each path runs, learns and reloads; not accuracy.
     python benchmarks/gpu_check.py --out DIR --tiny   # the same steps on a 2-block, 64-wide model (a CPU smoke test)
 
 The GPU machine's image has PyTorch, transformers, peft and accelerate but not bitsandbytes, pydantic or gguf,
-and cannot download; carry them as wheels for its Python 3.12 (44 MB, under the 64 MiB carry limit):
+and cannot download; carry them as wheels for its Python 3.12 (44 MB, under the 64 MiB carry limit), pinned
+to versions that fit together (pydantic pins its core; both need typing-extensions >= 4.16):
 
     echo /.gpu-wheels/ >> .git/info/exclude
     .venv/bin/python -m pip download -d .gpu-wheels --python-version 3.12 --platform manylinux2014_x86_64 \
         --platform manylinux_2_24_x86_64 --only-binary=:all: --no-deps \
-        bitsandbytes==0.50.2 pydantic pydantic-core annotated-types typing-inspection gguf
+        bitsandbytes==0.50.2 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+        typing-inspection==0.4.5 typing-extensions==4.16.0 gguf==0.19.0
     # device run, carry [".gpu-wheels"]:
     python3 -m pip install -q --no-index --no-deps --target /tmp/extra .gpu-wheels/*.whl &&
-        PYTHONPATH=/tmp/extra:src python3 benchmarks/gpu_check.py --out $OUT
+        PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/extra:src python3 benchmarks/gpu_check.py --out $OUT
 
 Each arm is its own `tuneforge` process (benchmarks/qlora_memory.py's arms: LoRA, QLoRA, QLoRA with gradient
 checkpointing; then `tuneforge quantize` with bnb_nf4 and bnb_8bit). Prints one line per arm and writes
-DIR/gpu_check.json. On a GPU the memory column is finetune's own peak GPU memory (train.peak_gpu_memory_gb).
+DIR/gpu_check.json after every arm, so a run cut off by its time limit still returns what it measured. On a GPU
+the memory column is finetune's own peak GPU memory (train.peak_gpu_memory_gb, GB), else the process's peak RSS (GiB).
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ def build_model(folder: Path, shape: dict) -> None:
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the arms run in their own processes: leave them the whole GPU
 
 
 def write_rows(path: Path, n: int, seed: int) -> None:
@@ -113,11 +119,17 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     shape = TINY if args.tiny else TINYLLAMA
     report: dict = {"device": device, "shape": shape, "steps": args.steps, "finetune": {}, "quantize": {}}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t0 = time.time()
         build_model(work / "model", shape)
         report["build_seconds"] = time.time() - t0
+        save()
         write_rows(work / "train.tsv", args.steps * 8, seed=0)
         write_rows(work / "dev.tsv", 64, seed=1)
         finetune_cfg, quantize_cfg = write_configs(work, work / "model", args.tiny)
@@ -125,16 +137,17 @@ def main() -> None:
             result = run_arm(str(finetune_cfg), arm, args.steps, work / "runs")
             seen = losses(work / "runs" / arm.replace("+", "-"))
             report["finetune"][arm] = {**result, "first_loss": seen[0], "last_loss": seen[-1]}
-            memory = result.get("peak_gpu_memory_gb", result["peak_rss_gb"])
-            print(f"{arm:20s} {memory:.2f} GB  {result['tokens_per_second']:.0f} tokens/s  loss {seen[0]:.3f} -> {seen[-1]:.3f}")
+            gpu = result.get("peak_gpu_memory_gb")
+            memory = f"GPU {gpu:.2f} GB" if gpu is not None else f"RSS {result['peak_rss_gb']:.2f} GiB"
+            print(f"{arm:20s} {memory}  {result['tokens_per_second']:.0f} tokens/s  loss {seen[0]:.3f} -> {seen[-1]:.3f}", flush=True)
+            save()
         for method in ("bnb_nf4", "bnb_8bit"):
             run_tuneforge(["quantize", str(quantize_cfg), f"method={method}", f"name={method}", f"output_dir={work / 'runs'}"], method)
             m = json.loads((work / "runs" / method / "metrics.json").read_text())
             report["quantize"][method] = {k: m.get(k) for k in ("size_before_bytes", "size_after_bytes", "speed_before", "speed_after")}
             print(f"{method:20s} {m['size_after_bytes'] / 1e6:.0f} MB of {m['size_before_bytes'] / 1e6:.0f}  decode "
-                  f"{m['speed_after']['decode_tok_s']:.0f} vs {m['speed_before']['decode_tok_s']:.0f} tok/s (random weights)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+                  f"{m['speed_after']['decode_tok_s']:.0f} vs {m['speed_before']['decode_tok_s']:.0f} tok/s (random weights)", flush=True)
+            save()
     print(f"device: {device}; written {args.out / 'gpu_check.json'}")
 
 

@@ -190,10 +190,16 @@ def test_imatrix_needs_a_quantized_gguf_type_and_training_rows():
         validate(ExportConfig, {"format": "gguf", "gguf_type": "q4_k_m", "gguf": {"imatrix_rows": 8}})
 
 
-def test_gguf_export_without_llama_cpp_is_refused_before_any_work(tiny_with_adapter, tmp_path, monkeypatch):
+@pytest.mark.parametrize("gguf_type, extra, says", [
+    ("q4_k_m", {}, "gguf_type q4_k_m needs"),
+    ("q4_0", {"gguf": {"imatrix_rows": 2}, "parity": {"enabled": False}}, "gguf_type q4_0 with an imatrix needs"),
+    ("q8_0", {}, "the GGUF parity check .* needs"),
+])
+def test_gguf_export_without_llama_cpp_is_refused_before_any_work(tiny_with_adapter, tmp_path, monkeypatch, gguf_type, extra, says):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
-    cfg = ExportConfig(name="k", output_dir=str(tmp_path), model=str(tiny_with_adapter / "base"), format="gguf", gguf_type="q4_k_m")
-    with pytest.raises(UserError, match=r"gguf_type q4_k_m needs llama-cpp-python"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **kw: None if name == "llama_cpp" else real(name, *a, **kw))
+    cfg = validate(ExportConfig, {"name": "k", "output_dir": str(tmp_path), "model": str(tiny_with_adapter / "base"),
+                                  "format": "gguf", "gguf_type": gguf_type, "data": {"train": {"path": "x.tsv"}}, **extra})
+    with pytest.raises(UserError, match=says + " llama-cpp-python"):
         export(cfg)
     assert not (tmp_path / "k").exists()

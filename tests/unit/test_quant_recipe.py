@@ -185,12 +185,12 @@ def test_gguf_run_also_answers_with_the_files_own_weights_in_pytorch(setup):
     assert "the file's weights in PyTorch" in (run / "report.md").read_text()
 
 
-@pytest.mark.parametrize("method", ["gguf_q4_k_m", "gguf_q8_0"])
+@pytest.mark.parametrize("method", ["gguf_q4_k_m", "gguf_f16"])
 def test_gguf_without_llama_cpp_is_refused_before_any_work(setup, method, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **kw: None if name == "llama_cpp" else real(name, *a, **kw))
     with pytest.raises(UserError, match=rf"method {method} needs llama-cpp-python: pip install 'tuneforge\[llamacpp\]'"):
-        quantize(config(setup, method, name=f"no-llama-{method}"))
+        quantize(config(setup, method, name=f"no-llama-{method}", parity={"enabled": False}, speed={"enabled": False}))
     assert not (setup / "runs" / f"no-llama-{method}").exists()  # nothing loaded, no run folder

@@ -68,7 +68,9 @@ def check_rows(rows: list[ModelRow]) -> None:
         import importlib.util
 
         if importlib.util.find_spec("llama_cpp") is None:
-            problems.append("a .gguf row needs llama-cpp-python: pip install 'tuneforge[llamacpp]' (compiles llama.cpp, ~6 min)")
+            from tuneforge.quant.llamacpp import INSTALL
+
+            problems.append(f"a .gguf row needs llama-cpp-python: {INSTALL}")
     if problems:
         raise UserError("compare: " + "; ".join(problems))
 
@@ -186,7 +188,8 @@ def compare(cfg: CompareConfig) -> Path:
         notes=["Speed: one stream, greedy, best of the timed runs on this machine; adapters are merged first.",
                "Size counts weight files only (safetensors/bin/gguf), base model plus adapter where there is one.",
                "stored: the dtypes in those files, most bytes first (a bf16-saved model is half the size of the same "
-               "model in f32); runs in: the dtype it was loaded, scored and timed in (the config's dtype)."],
+               "model in f32; for GGUF, its tensor types); runs in: the dtype it was loaded, scored and timed in (the "
+               "config's dtype; for GGUF, the type holding most of the file, run by llama.cpp)."],
     )
     print(format_table(rows))
     return run_dir

@@ -195,11 +195,13 @@ def export(cfg: ExportConfig) -> Path:
     from tuneforge.models import load_model
     from tuneforge.parity import HFRunner, file_weights_parity, run_parity
     from tuneforge.quant.llamacpp import require_llama_cpp
-    from tuneforge.quant.llamacpp_quantize import K_QUANTS, k_quant_fallback_note
+    from tuneforge.quant.llamacpp_quantize import k_quant_fallback_note, needs_llamacpp_quantizer
     from tuneforge.runs import resolved_config_yaml
 
-    if cfg.format == "gguf" and (cfg.gguf_type in K_QUANTS or cfg.parity.enabled):
-        require_llama_cpp(f"gguf_type {cfg.gguf_type}" if cfg.gguf_type in K_QUANTS else "the GGUF parity check")
+    if cfg.format == "gguf" and needs_llamacpp_quantizer(cfg.gguf_type, bool(cfg.gguf.imatrix_rows)):
+        require_llama_cpp(f"gguf_type {cfg.gguf_type}" + (" with an imatrix" if cfg.gguf.imatrix_rows else ""))
+    if cfg.format == "gguf" and cfg.parity.enabled:
+        require_llama_cpp("the GGUF parity check (parity.enabled=false skips it)")
     target = free_folder(cfg)
     with atomic_dir(target) as out:
         write_text(out / "config.yaml", resolved_config_yaml(cfg))

@@ -164,7 +164,6 @@ def quantize(cfg: QuantizeConfig) -> Path:
     from tuneforge.compress.measure import gguf_speed, hf_speed, speed_prompt_ids, weights_size
     from tuneforge.parity import HFRunner, file_weights_parity, run_parity
     from tuneforge.quant.llamacpp import require_llama_cpp
-    from tuneforge.quant.llamacpp_quantize import K_QUANTS
     from tuneforge.recipes.common import build_task, load_split
     from tuneforge.runs import new_run_dir
 
@@ -173,8 +172,8 @@ def quantize(cfg: QuantizeConfig) -> Path:
         from tuneforge.quant.bnb import require_bnb
 
         require_bnb(cfg.method)  # before minutes of loading and scoring
-    if is_gguf and (cfg.method.removeprefix("gguf_") in K_QUANTS or cfg.data.dev or cfg.parity.enabled or cfg.speed.enabled):
-        require_llama_cpp(f"method {cfg.method}")  # it quantizes K-quants, scores, compares and times the file
+    if is_gguf:
+        require_llama_cpp(f"method {cfg.method}")  # it loads the file to score, compare and time it (and writes K-quants)
     task = build_task(cfg)
     rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
     # GGUF is written from fp32 weights and compared with them; F16 rounding then matches llama.cpp's.
