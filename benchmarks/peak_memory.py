@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_tuneforge(args: list[str], what: str) -> float:
@@ -17,3 +19,12 @@ def run_tuneforge(args: list[str], what: str) -> float:
     if code:
         sys.exit(f"{what} failed (exit {code}):\n{err[-2000:]}")
     return usage.ru_maxrss / 2**20
+
+
+def run_short(verb: str, config: str, overrides: list[str], *, steps: int, out: Path, name: str, what: str) -> tuple[float, dict]:
+    """`tuneforge VERB CONFIG` cut to `steps` training steps of 8 rows and 8 dev rows, in out/name:
+    (peak RSS in GB, the run's metrics.json)."""
+    short = [f"train.max_steps={steps}", f"data.train.limit={steps * 8}", "eval_before=false", "eval.limit=8",
+             f"output_dir={out}", f"name={name}"]
+    peak = run_tuneforge([verb, config, *overrides, *short], what)
+    return peak, json.loads((out / name / "metrics.json").read_text())

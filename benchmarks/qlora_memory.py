@@ -14,23 +14,19 @@ training tokens/s of each, and each arm's ratio to LoRA. On a GPU it prints the 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from peak_memory import run_tuneforge
+from peak_memory import run_short
 
 ARMS = {"lora": ["method=lora"], "qlora": ["method=qlora"],
         "qlora+checkpointing": ["method=qlora", "train.gradient_checkpointing=true"]}
 
 
 def run_arm(config: str, arm: str, steps: int, out: Path) -> dict:
-    name = arm.replace("+", "-")
-    overrides = [*ARMS[arm], f"train.max_steps={steps}", f"data.train.limit={steps * 8}", "eval_before=false",
-                 "eval.limit=8", "train.save_every=0", f"output_dir={out}", f"name={name}"]
-    peak = run_tuneforge(["finetune", config, *overrides], arm)
-    train = json.loads((out / name / "metrics.json").read_text())["train"]
-    return {"peak_rss_gb": peak, **train}
+    peak, metrics = run_short("finetune", config, [*ARMS[arm], "train.save_every=0"], steps=steps, out=out,
+                              name=arm.replace("+", "-"), what=arm)
+    return {"peak_rss_gb": peak, **metrics["train"]}
 
 
 def main() -> None:

@@ -14,21 +14,17 @@ each mode, and weights' ratio to LoRA.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from peak_memory import run_tuneforge
+from peak_memory import run_short
 
 
 def run_recovery(config: str, mode: str, steps: int, out: Path) -> dict:
     chosen = ["recovery.enabled=false"] if mode == "none" else [f"recovery.train={mode}"]
-    overrides = [*chosen, "prune.method=magnitude", "prune.refit=false", "prune.steps=1",
-                 f"train.max_steps={steps}", f"data.train.limit={steps * 8}", "eval_before=false", "eval.limit=8",
-                 f"output_dir={out}", f"name={mode}"]
-    peak = run_tuneforge(["prune", config, *overrides], f"recovery.train={mode}")
-    recovery = json.loads((out / mode / "metrics.json").read_text()).get("recovery", {})
-    return {"peak_rss_gb": peak, **recovery}
+    overrides = [*chosen, "prune.method=magnitude", "prune.refit=false", "prune.steps=1"]
+    peak, metrics = run_short("prune", config, overrides, steps=steps, out=out, name=mode, what=f"recovery.train={mode}")
+    return {"peak_rss_gb": peak, **metrics.get("recovery", {})}
 
 
 def main() -> None:

@@ -340,6 +340,14 @@ def file_weights_parity(source, path: str | Path, tok, *, max_new_tokens: int) -
     except Exception as e:  # a diagnostic beside the llama.cpp parity: a reader gap must not fail the run
         return {"error": f"transformers could not read {Path(path).name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"}
     result = run_parity(source, runner, max_new_tokens=max_new_tokens, desc="parity: the file's weights in PyTorch")
-    del runner
     return {**result.summary(), "first_differences": [r["first_difference"] for r in result.rows]}
+
+
+def file_parity_report(file_parity: dict | None) -> tuple[list[tuple], list[str]]:
+    """(summary rows, notes) for a report from file_weights_parity's result (None: not run)."""
+    if not file_parity:
+        return [], []
+    if "error" in file_parity:
+        return [], [file_parity["error"]]
+    return [("golden prompts identical, the file's weights in PyTorch", file_parity["exact_match_rate"])], []
 

@@ -250,6 +250,7 @@ def export(cfg: ExportConfig) -> Path:
 def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, problems: list[str],
                         file_parity: dict | None = None, gguf_note: str | None = None) -> None:
     from tuneforge.compress.measure import weights_size
+    from tuneforge.parity import file_parity_report
     from tuneforge.report import write_report
 
     kind = "merged Hugging Face folder" if cfg.format == "merged" else f"GGUF {cfg.gguf_type.upper()}"
@@ -265,15 +266,14 @@ def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, pr
                     ("identical or first differing at a near-tie", parity.equivalent_rate),
                     ("token agreement", parity.token_agreement),
                     ("prompt tokens identical", parity.prompt_match_rate)]
-        if file_parity and "exact_match_rate" in file_parity:
-            summary.append(("golden prompts identical, the file's weights in PyTorch", file_parity["exact_match_rate"]))
         tables.append(("Parity on golden prompts (greedy)", [
             {"prompt": r["prompt"], "same prompt tokens": r["prompt_tokens_equal"], "same answer": r["tokens_equal"],
              "first difference": r["first_difference"], "source": r["source_text"], "export": r["export_text"]}
             for r in parity.rows
         ]))
-    notes = [f"problem: {p}" for p in problems] + ([file_parity["error"]] if file_parity and "error" in file_parity else [])
-    notes += [gguf_note] if gguf_note else []
+    file_rows, file_notes = file_parity_report(file_parity)
+    summary += file_rows
+    notes = [f"problem: {p}" for p in problems] + file_notes + ([gguf_note] if gguf_note else [])
     if cfg.format == "gguf" and cfg.ollama:
         notes.append("Modelfile: `ollama create NAME -f Modelfile` in this folder (its TEMPLATE was checked against the chat template).")
     write_report(out, title=f"Export: {kind}", summary=summary, tables=tables, images=[], notes=notes)

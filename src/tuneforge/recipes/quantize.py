@@ -259,6 +259,7 @@ def print_summary(metrics: dict, primary: str, artifact: Path) -> None:
 
 
 def write_quantize_report(run_dir: Path, metrics: dict, primary: str) -> None:
+    from tuneforge.parity import file_parity_report
     from tuneforge.report import write_report
 
     rows = []
@@ -273,10 +274,9 @@ def write_quantize_report(run_dir: Path, metrics: dict, primary: str) -> None:
     if "parity" in metrics:
         summary.append(("golden prompts identical", metrics["parity"]["exact_match_rate"]))
         summary.append(("token agreement", metrics["parity"]["token_agreement"]))
-    file_parity = metrics.get("parity_file_weights") or {}
-    if "exact_match_rate" in file_parity:
-        summary.append(("golden prompts identical, the file's weights in PyTorch", file_parity["exact_match_rate"]))
-    notes = list(metrics.get("parity", {}).get("problems", [])) + ([file_parity["error"]] if "error" in file_parity else [])
+    file_rows, file_notes = file_parity_report(metrics.get("parity_file_weights"))
+    summary += file_rows
+    notes = list(metrics.get("parity", {}).get("problems", [])) + file_notes
     if "gguf_types" in metrics:
         from tuneforge.quant.llamacpp_quantize import types_line
 
