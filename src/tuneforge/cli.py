@@ -80,15 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", None):
         print(f"error: {args._missing}", file=sys.stderr)
         return 2
+    from tuneforge.runs import discard_unstarted_runs
+
     try:
         code = importlib.import_module(args._module).run(args)
     except UserError as e:
+        discard_unstarted_runs()
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        discard_unstarted_runs()
         print("\ninterrupted", file=sys.stderr)
         return 130
     except Exception as e:
+        discard_unstarted_runs()
         if type(e).__name__ == "Interrupted":
             return 130
         raise

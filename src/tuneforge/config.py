@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneforge.data.spec import DataSpec
 from tuneforge.errors import UserError
@@ -101,6 +101,15 @@ class RunConfig(Section):
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_is_a_folder(cls, value: str) -> str:
+        """Checked now, not after minutes of loading when the run folder is made."""
+        for part in (Path(value).expanduser(), *Path(value).expanduser().parents):
+            if part.exists() and not part.is_dir():
+                raise ValueError(f"output_dir {value}: {part} is a file, not a folder; set output_dir to a folder")
+        return value
 
 
 class FinetuneConfig(RunConfig):
@@ -210,15 +219,31 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(cls: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None):
     data = read_yaml(path) if path else {}
-    data = merge(data, parse_overrides(overrides or []))
-    return validate(cls, data, source=str(path) if path else "command line")
+    typed = parse_overrides(overrides or [])
+    return validate(cls, merge(data, typed), source=str(path) if path else "command line", overrides=typed if path else None)
 
 
-def validate(cls: type[BaseModel], data: dict, source: str = "config"):
+def validate(cls: type[BaseModel], data: dict, source: str = "config", overrides: dict | None = None):
+    """The typed config, or one UserError listing every problem; a problem in a key given on the command
+    line (`overrides`) says so, since the file it is reported against does not have it."""
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise UserError(f"{source}: {len(e.errors())} problem(s):\n" + "\n".join(describe(cls, err) for err in e.errors())) from None
+        lines = [describe(cls, err) + (" (from the command line)" if _given(overrides, err["loc"]) else "")
+                 for err in e.errors()]
+        raise UserError(f"{source}: {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+
+
+def _given(tree: dict | None, loc: tuple) -> bool:
+    node = tree
+    for part in loc:
+        if isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and str(part) in node:
+            node = node[str(part)]
+        else:
+            return False
+    return bool(loc)
 
 
 def describe(cls: type[BaseModel], err: dict) -> str:
@@ -236,6 +261,8 @@ def describe(cls: type[BaseModel], err: dict) -> str:
 def known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
     model = cls
     for part in loc:
+        if isinstance(part, int):  # an item of a list of sections, e.g. compare's models[0]
+            continue
         field = model.model_fields.get(str(part))
         if field is None:
             return []

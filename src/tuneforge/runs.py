@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import platform
+import shutil
 from pathlib import Path
 
 import yaml
@@ -12,6 +13,9 @@ import yaml
 from tuneforge.fileio import write_text
 
 PACKAGES = ("tuneforge", "torch", "transformers", "peft", "accelerate")
+
+
+_started: list[Path] = []  # run folders this process created, for discard_unstarted_runs
 
 
 def new_run_dir(cfg, *, reuse: bool = False) -> Path:
@@ -22,9 +26,24 @@ def new_run_dir(cfg, *, reuse: bool = False) -> Path:
     while path.exists() and not reuse:
         path = base.with_name(f"{base.name}-{n}")
         n += 1
+    if not path.exists():
+        _started.append(path)
     path.mkdir(parents=True, exist_ok=True)
     write_text(path / "config.yaml", resolved_config_yaml(cfg))
     return path
+
+
+def discard_unstarted_runs() -> list[Path]:
+    """After a failed command: remove the run folders it created that hold nothing but config.yaml, so a
+    problem found after the folder was made leaves nothing that looks like a run. Any other file (a
+    checkpoint, a metrics line) is work, and its folder stays."""
+    removed = []
+    for path in _started:
+        if path.is_dir() and [p.name for p in path.iterdir()] == ["config.yaml"]:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    _started.clear()
+    return removed
 
 
 def resolved_config_yaml(cfg) -> str:

@@ -81,6 +81,11 @@ def test_missing_adapter_names_the_recipe_that_makes_it(tmp_path, monkeypatch):
         attach_adapter(None, str(Path("runs/other/adapter")))
     with pytest.raises(UserError, match="'not-an-adapter' has no adapter_config.json"):
         attach_adapter(None, "not-an-adapter")
+    from tuneforge.models import resolve_model
+
+    with pytest.raises(UserError, match=r"Make it first: `tuneforge finetune recipes/sst2_lora.yaml` writes "
+                                        r"runs/sst2-lora/model\.$"):
+        resolve_model("runs/sst2-lora/model")  # a pruned or distilled model/ folder, named the same way
 
 
 def test_torchao_start_up_notices_are_dropped():
@@ -96,3 +101,94 @@ def test_torchao_start_up_notices_are_dropped():
                       "import logging; logging.getLogger('torchao').warning('kept: other torchao warnings')")
     assert "is an Enum subclass" not in quiet and "Failed to load" not in quiet
     assert "kept: other torchao warnings" in quiet
+
+
+def compress_recipe(tmp_path, model, data, verb_lines: list[str]):
+    lines = [f"model: {model}", "dtype: float32", f"output_dir: {tmp_path / 'runs'}", "name: r",
+             "task: {name: sentiment}",
+             f"data:\n  train: {{path: {data}, text_column: sentence, label_column: label}}"
+             f"\n  dev: {{path: {data}, text_column: sentence, label_column: label}}", *verb_lines]
+    path = tmp_path / "recipe.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("verb, lines, expected", [
+    ("prune", ["prune: {method: blocks, remove: 5, calibration_rows: 2}"], "prune.remove=5.0 removes 5 of 2 blocks"),
+    ("distill", ["student: {keep_blocks: 'first:9'}"], "student.keep_blocks 'first:9' must be"),
+    ("quantize", ["method: int8_weight_only", "group_size: 24"], "group_size=24 does not divide"),
+])
+def test_a_problem_found_on_the_loaded_model_leaves_no_run_folder(tiny_llama_dir, sentiment_tsv, tmp_path, verb, lines,
+                                                                   expected):
+    proc = run_cli(verb, str(compress_recipe(tmp_path, tiny_llama_dir, sentiment_tsv, lines)))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_failed_command_discards_only_the_run_folders_it_left_empty(tmp_path):
+    from types import SimpleNamespace
+
+    from tuneforge import runs
+
+    cfg = SimpleNamespace(output_dir=str(tmp_path), name="r", model_dump=lambda mode: {"name": "r"})
+    earlier = tmp_path / "kept-from-before"
+    earlier.mkdir()
+    (earlier / "config.yaml").write_text("name: kept\n")
+    empty = runs.new_run_dir(cfg)
+    with_work = runs.new_run_dir(cfg)
+    (with_work / "metrics.jsonl").write_text('{"step": 1}\n')  # a logged step is work: never thrown away
+    reused = runs.new_run_dir(SimpleNamespace(**{**vars(cfg), "name": "kept-from-before"}), reuse=True)
+
+    assert runs.discard_unstarted_runs() == [empty]
+    assert not empty.exists() and with_work.exists() and reused.exists() and (earlier / "config.yaml").exists()
+
+
+def test_an_adapter_trained_on_another_base_model_is_named_as_such(tiny_llama_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.errors import UserError
+    from tuneforge.models.loading import attach_adapter
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    with pytest.raises(UserError) as err:
+        attach_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(tmp_path / "adapter"))
+    assert f"adapter '{tmp_path / 'adapter'}' was trained on another base model" in str(err.value)
+    assert "q_proj.lora_A" in str(err.value) and "in the adapter" in str(err.value)
+
+
+def test_group_size_must_divide_every_linear_input(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.errors import UserError
+    from tuneforge.quant.torchao import check_group_size
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)  # Linear inputs 32 and 64 wide
+    check_group_size(model, 32)
+    check_group_size(model, None)
+    with pytest.raises(UserError, match=r"group_size=24 does not divide this model's Linear input widths \[32, 64\]; "
+                                        r"use one that divides all of \[32, 64\], e.g. 32"):
+        check_group_size(model, 24)
+
+
+def test_output_dir_that_is_a_file_is_a_config_error(tmp_path):
+    from tuneforge.config import FinetuneConfig, validate
+    from tuneforge.errors import UserError
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder; set output_dir to a folder"):
+        validate(FinetuneConfig, {"output_dir": str(tmp_path / "afile" / "runs"), "data": {"train": {"path": "x.tsv"}}})
+
+
+def test_a_missing_folder_under_a_local_folder_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    from tuneforge.errors import UserError
+    from tuneforge.models import resolve_model
+
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(UserError, match=r"model 'runs/nope' not found; tried: .*local folder runs/nope \(not found\)"):
+        resolve_model("runs/nope")

@@ -100,12 +100,19 @@ def test_chart_is_written(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_row_problems_are_reported_together(tmp_path):
-    rows = [ModelRow(name="a", path=str(tmp_path / "missing")), ModelRow(name="b", path="x.gguf", adapter=str(tmp_path))]
+def test_row_problems_are_reported_together_before_anything_loads(tmp_path):
+    (tmp_path / "fake.gguf").write_text("not a GGUF")
+    (tmp_path / "no-config").mkdir()
+    rows = [ModelRow(name="a", path=str(tmp_path / "missing")), ModelRow(name="b", path="x.gguf", adapter=str(tmp_path)),
+            ModelRow(name="c", path=str(tmp_path / "fake.gguf")), ModelRow(name="d", path=str(tmp_path / "no-config"))]
     with pytest.raises(UserError) as err:
         check_rows(rows)
-    text = str(err.value)
-    assert "models[0] (a): path" in text and "models[1] (b): path x.gguf" in text and "adapter_config.json" in text
+    lines = str(err.value).splitlines()
+    assert lines[0] == "compare: 6 problem(s) with the models list:"
+    assert any(line.startswith("  models[0] (a): model '") and "(not found)" in line for line in lines)
+    assert "  models[1] (b): path x.gguf does not exist" in lines and any("adapter_config.json" in line for line in lines)
+    assert any(line.startswith("  models[2] (c):") and "is not a GGUF file" in line for line in lines)
+    assert any(line.startswith("  models[3] (d):") and "has no config.json" in line for line in lines)
 
 
 def test_config_rejects_two_baselines_and_needs_dev():

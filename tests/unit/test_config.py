@@ -51,6 +51,31 @@ def test_override_beats_file_and_bad_yaml_names_the_line(tmp_path):
         load_config(FinetuneConfig, bad)
 
 
+def test_a_problem_given_on_the_command_line_says_so(tmp_path):
+    recipe = tmp_path / "a.yaml"
+    recipe.write_text("data:\n  train:\n    path: x.tsv\ntrain:\n  lr: fast\n")
+    with pytest.raises(UserError) as e:
+        load_config(FinetuneConfig, recipe, ["train.epochz=2"])
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"{recipe}: 2 problem(s):"
+    assert any(line.startswith("  train.lr:") and "command line" not in line for line in lines)  # in the file
+    assert any("train.epochz: unknown key (did you mean 'epochs'?) (from the command line)" in line for line in lines)
+
+
+def test_unknown_key_in_a_list_of_sections_gets_a_suggestion():
+    from tuneforge.recipes.compare import CompareConfig
+
+    with pytest.raises(UserError, match=r"models\.1\.pth: unknown key \(did you mean 'path'\?\)"):
+        validate(CompareConfig, {"data": {"dev": {"path": "d.tsv"}}, "models": [{"name": "a"}, {"name": "b", "pth": "x"}]})
+
+
+def test_a_bad_pruning_pattern_is_a_config_error():
+    from tuneforge.recipes.prune import PruneConfig
+
+    with pytest.raises(UserError, match=r"prune.pattern '3:2' must be 'unstructured' or N:M"):
+        validate(PruneConfig, {"data": {"dev": {"path": "d.tsv"}, "train": {"path": "t.tsv"}}, "prune": {"pattern": "3:2"}})
+
+
 def _config_classes(module) -> list[type[BaseModel]]:
     return [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, RunConfig) and v is not RunConfig]
 

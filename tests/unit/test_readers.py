@@ -162,6 +162,9 @@ def test_empty_after_start_or_empty_file(tmp_path):
     assert str(f) in msg and "no rows" in msg and "start=5" in msg
     empty = write(tmp_path / "e.tsv", "text\tlabel\n")
     assert "no rows" in error(path=empty)
+    for name in ("zero.tsv", "zero.jsonl", "blank.csv"):  # not "no column 'text'": the file itself is empty
+        nothing = write(tmp_path / name, "\n\n" if name.startswith("blank") else "")
+        assert error(path=nothing, text_column="sentence") == f"{nothing}: the file is empty; point path at the file with the data"
 
 
 def test_wrong_number_of_fields_names_file_and_line(tmp_path):

@@ -27,6 +27,8 @@ def read_rows(spec: DataSpec) -> list[dict]:
     path = Path(spec.path)
     fmt = detect_format(spec)
     columns, records = _READERS[fmt](path, spec)
+    if not columns and not records:
+        raise UserError(f"{path}: the file is empty; point path at the file with the data")
     rows = _rename(records, columns, spec, path, fmt)
     total = len(rows)
     rows = rows[spec.start:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from tuneforge.errors import UserError
@@ -102,12 +103,40 @@ def attach_adapter(net, adapter: str):
     if not (path / "adapter_config.json").exists():
         problem = "has no adapter_config.json" if path.exists() else "does not exist"
         raise UserError(f"adapter '{adapter}' {problem}: pass a run's adapter/ folder{recipe_hint(path)}")
-    return PeftModel.from_pretrained(net, str(path))
+    with adapter_fits(adapter):
+        return PeftModel.from_pretrained(net, str(path))
+
+
+@contextmanager
+def adapter_fits(adapter: str | Path):
+    """peft's shape or module-name failure becomes one message: the adapter belongs to another base model."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:
+        text = str(e)
+        if "size mismatch" not in text and "not found in the base model" not in text:
+            raise
+        import json
+
+        config = Path(adapter) / "adapter_config.json"
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") if config.exists() else None
+        raise UserError(f"adapter '{adapter}' was trained on another base model"
+                        + (f" ({base})" if base else "") + f" and does not fit this one ({_mismatch_detail(text)}); "
+                        "pass the model it was trained on as `model`, or an adapter trained on this model") from None
+
+
+def _mismatch_detail(text: str) -> str:
+    found = re.search(r"size mismatch for (\S+): copying a param with shape torch.Size\((\[[^\]]*\])\) from checkpoint, "
+                      r"the shape in current model is torch.Size\((\[[^\]]*\])\)", text)
+    if found:
+        return f"{found.group(1)} is {found.group(2)} in the adapter, {found.group(3)} in this model"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else text)[:200]
 
 
 def recipe_hint(adapter: Path, recipes: Path = Path("recipes")) -> str:
-    """For runs/<name>/adapter: the shipped recipe whose `name:` is <name>, as the command that makes it."""
-    if adapter.name != "adapter" or not recipes.is_dir():
+    """For runs/<name>/adapter (or /model): the shipped recipe whose `name:` is <name>, as the command that makes it."""
+    if adapter.name not in ("adapter", "model") or not recipes.is_dir():
         return ""
     run_name = adapter.parent.name
     for recipe in sorted(recipes.glob("*.yaml")):

@@ -92,7 +92,8 @@ def resolve_model(name: str | None, *, do_import: bool = True) -> str:
         tried.append(f"local folder {path} (exists but has no config.json)")
     else:
         tried.append(f"local folder {path} (not found)")
-    looks_like_hub_id = name.count("/") == 1 and not name.startswith(("/", ".", "~"))
+    # runs/x reads like a hub id; a first part that is a local folder says it is a path, so no network is tried
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith(("/", ".", "~")) and not Path(name.split("/")[0]).is_dir()
     if looks_like_hub_id and not path.exists():
         from huggingface_hub import try_to_load_from_cache
 
@@ -102,4 +103,8 @@ def resolve_model(name: str | None, *, do_import: bool = True) -> str:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True"):
             return name  # let transformers download it; its error is reported by load_model
         tried.append(f"hub id {name} (not in the local HF cache and HF_HUB_OFFLINE is set)")
-    raise UserError(f"model '{name}' not found; tried: " + "; ".join(tried) + ". Run `tuneforge models` to list known models.")
+    from tuneforge.models.loading import recipe_hint
+
+    made_by = recipe_hint(path).removeprefix(", or make this one first: ")  # runs/<name>/model of a shipped recipe
+    advice = f"Make it first: {made_by}" if made_by else "Run `tuneforge models` to list known models"
+    raise UserError(f"model '{name}' not found; tried: " + "; ".join(tried) + f". {advice}.")

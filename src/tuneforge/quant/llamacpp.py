@@ -33,6 +33,16 @@ def import_llama_cpp():
     return llama_cpp
 
 
+def has_gguf_magic(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def load_error(path: str | Path, error: Exception) -> UserError:
+    """llama-cpp-python says only "Failed to load model from file"; say whether the file is a GGUF at all."""
+    why = f"llama.cpp refused it ({error})" if has_gguf_magic(path) else "it is not a GGUF file (no GGUF magic)"
+    return UserError(f"GGUF file {path} could not be loaded: {why}; write it again with `tuneforge export`")
+
 class LlamaCppRunner:
     """A GGUF model with the runner interface of tuneforge.parity (prompt_ids, greedy, stop_ids, decode)."""
 
@@ -42,9 +52,12 @@ class LlamaCppRunner:
         if not path.is_file():
             raise UserError(f"GGUF file {path} not found")
         self.path = path
-        self.llm = llama_cpp.Llama(
-            model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), n_batch=512, verbose=False
-        )
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), n_batch=512, verbose=False
+            )
+        except ValueError as e:
+            raise load_error(path, e) from e
         meta = self.llm.metadata
         self.template = meta.get("tokenizer.chat_template")
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"

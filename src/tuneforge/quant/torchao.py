@@ -29,6 +29,21 @@ def torchao_config(method: str, group_size: int | None = None):
     raise UserError(f"torchao method '{method}' is not one of {', '.join(TORCHAO_METHODS)}")
 
 
+def check_group_size(model, group_size: int | None) -> None:
+    """torchao needs every Linear's input width to be a whole number of groups; say so before any work."""
+    import torch
+
+    if not group_size:
+        return
+    widths = sorted({m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)})
+    bad = [w for w in widths if w % group_size]
+    if bad:
+        fits = [g for g in (32, 64, 128, 256) if all(w % g == 0 for w in widths)]
+        raise UserError(f"group_size={group_size} does not divide this model's Linear input widths {bad}; "
+                        f"use one that divides all of {widths}" + (f", e.g. {fits[-1]}" if fits else "")
+                        + ", or null for one scale per row")
+
+
 def quantize_folder(float_folder: str | Path, method: str, dtype: str = "auto", group_size: int | None = None):
     """Load a float HF folder with its Linear weights quantized by torchao; returns the model."""
     from transformers import AutoModelForCausalLM

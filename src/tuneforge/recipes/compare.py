@@ -54,12 +54,23 @@ def is_gguf(row: ModelRow) -> bool:
 
 def check_rows(rows: list[ModelRow]) -> None:
     """Every problem with the rows at once, before anything is loaded."""
+    from tuneforge.models import resolve_model
+    from tuneforge.quant.llamacpp import has_gguf_magic
+
     problems = []
     for i, row in enumerate(rows):
         where = f"models[{i}] ({row.name})"
-        looks_local = row.path and (is_gguf(row) or row.path.startswith((".", "/", "~")))
-        if looks_local and not Path(row.path).expanduser().exists():
-            problems.append(f"{where}: path {row.path} does not exist")
+        if is_gguf(row):
+            path = Path(row.path).expanduser()
+            if not path.is_file():
+                problems.append(f"{where}: path {row.path} does not exist")
+            elif not has_gguf_magic(path):
+                problems.append(f"{where}: {row.path} is not a GGUF file (no GGUF magic); export it with `tuneforge export`")
+        else:
+            try:
+                resolve_model(row.path, do_import=False)
+            except UserError as e:
+                problems.append(f"{where}: {e}")
         if row.adapter and not (Path(row.adapter) / "adapter_config.json").exists():
             problems.append(f"{where}: adapter {row.adapter} has no adapter_config.json")
         if is_gguf(row) and row.adapter:
@@ -72,7 +83,7 @@ def check_rows(rows: list[ModelRow]) -> None:
 
             problems.append(f"a .gguf row needs llama-cpp-python: {INSTALL}")
     if problems:
-        raise UserError("compare: " + "; ".join(problems))
+        raise UserError(f"compare: {len(problems)} problem(s) with the models list:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def measure_hf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tuneforge.config import RunConfig, Section, TrainConfig
 from tuneforge.fileio import write_json, write_jsonl
@@ -29,6 +29,14 @@ class StudentSection(Section):
     keep_blocks: str | list[int] = Field("every_other", description="student from teacher: every_other, evenly:K, first:K, importance:K (the K blocks that change the hidden state most on calibration rows) or a list of block indices")
     calibration_rows: int = Field(128, ge=1, description="importance:K: training rows the block importance is measured on")
     trainable: Literal["blocks", "all"] = Field("blocks", description="blocks: train the blocks and final norm, keep embeddings/head frozen; all: everything")
+
+    @field_validator("keep_blocks")
+    @classmethod
+    def _no_block_twice(cls, value):
+        if isinstance(value, list) and len(set(value)) != len(value):
+            twice = sorted({i for i in value if value.count(i) > 1})
+            raise ValueError(f"student.keep_blocks lists block(s) {twice} more than once; list each block to keep once")
+        return value
 
 
 class KDSection(Section):
@@ -101,9 +109,9 @@ def distill(cfg: DistillConfig) -> Path:
     task = get_task(cfg.task.name, **cfg.task.options())
     train_rows, dev_rows = common.load_rows(cfg, task)
     teacher, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
-    run_dir = new_run_dir(cfg)
     teacher.requires_grad_(False)
-    student, origin = build_student(teacher, tok, cfg, task, train_rows)
+    student, origin = build_student(teacher, tok, cfg, task, train_rows)  # a bad student fails before runs/<name> too
+    run_dir = new_run_dir(cfg)
     metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "kd": cfg.kd.model_dump(), **origin}
     if cfg.eval_teacher:
         metrics["teacher"], _ = common.score(teacher, tok, task, dev_rows, cfg.eval, label="teacher")

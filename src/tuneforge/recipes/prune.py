@@ -33,7 +33,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tuneforge.config import RunConfig, Section, TrainConfig
 from tuneforge.errors import UserError
@@ -59,6 +59,17 @@ class PruneSection(Section):
         if isinstance(self.steps, list):
             return list(self.steps)
         return [self.sparsity * (k + 1) / self.steps for k in range(self.steps)]
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_parses(cls, value: str) -> str:
+        from tuneforge.compress.prune import parse_pattern
+
+        try:
+            parse_pattern(value)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return value
 
     @model_validator(mode="after")
     def _steps_reach_sparsity(self):
@@ -217,6 +228,8 @@ def prune(cfg: PruneConfig) -> Path:
     train_rows, dev_rows = common.load_rows(cfg, task)  # step 1's rows; bad data fails before runs/<name> exists
     step_rows = [train_rows] + [common.load_train_rows(c, task) for c in configs[1:]]  # each step's seed
     model, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
+    if cfg.prune.method == "blocks":  # the count needs the model's depth; checked before any scoring
+        blocks_to_remove(model.config.num_hidden_layers, cfg.prune.remove)
     teacher = recovery_teacher(model, tok, cfg)
     run_dir = new_run_dir(cfg)
     metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "method": cfg.prune.method}

@@ -178,6 +178,10 @@ def quantize(cfg: QuantizeConfig) -> Path:
     rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
     # GGUF is written from fp32 weights and compared with them; F16 rounding then matches llama.cpp's.
     model, tok = load_merged(cfg.model, cfg.adapter, "float32" if is_gguf else cfg.dtype)
+    if cfg.method == "int8_weight_only":
+        from tuneforge.quant.torchao import check_group_size
+
+        check_group_size(model, cfg.group_size)
     run_dir = new_run_dir(cfg)
     metrics: dict = {"method": cfg.method, "model": cfg.model, "adapter": cfg.adapter, "task": task.name,
                      "primary_metric": task.primary_metric, "rows": len(rows)}

@@ -38,7 +38,9 @@ class LlamaCppEngine:
         try:
             llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
         except ValueError as e:
-            raise UserError(f"llama.cpp could not load {path}: {e}") from e
+            from tuneforge.quant.llamacpp import load_error
+
+            raise load_error(path, e) from e
         return cls(llm)
 
     def _end_ids(self) -> set[int]:
