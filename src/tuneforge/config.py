@@ -198,7 +198,8 @@ def parse_overrides(overrides: list[str]) -> dict:
 def merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        # an empty mapping (`files={}`) replaces what the file had rather than adding nothing to it
+        out[k] = merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -206,8 +207,13 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"config file {path} not found")
+    if not path.is_file():
+        raise UserError(f"config file {path} is a folder; pass a recipe file in it, e.g. {path / 'sst2_lora.yaml'}")
     try:
         data = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 (byte {e.object[e.start]:#04x}); save the file as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -126,11 +126,12 @@ def test_a_problem_found_on_the_loaded_model_leaves_no_run_folder(tiny_llama_dir
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
-def test_a_failed_command_discards_only_the_run_folders_it_left_empty(tmp_path):
+def test_a_failed_command_discards_only_the_run_folders_it_left_empty(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from tuneforge import runs
 
+    monkeypatch.setattr(runs, "_started", [])  # only this test's folders (others ran in this process before)
     cfg = SimpleNamespace(output_dir=str(tmp_path), name="r", model_dump=lambda mode: {"name": "r"})
     earlier = tmp_path / "kept-from-before"
     earlier.mkdir()

@@ -109,3 +109,82 @@ def test_yaml_files_read_numbers_as_yaml_1_2(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("prune:\n  pattern: 2:4\ntrain:\n  lr: 5e-5\n  max_steps: 250\nname: run-010\n", encoding="utf-8")
     assert read_yaml(path) == {"prune": {"pattern": "2:4"}, "train": {"lr": 5e-5, "max_steps": 250}, "name": "run-010"}
+
+
+def test_a_folder_or_a_non_utf8_file_as_the_recipe_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match=r"is a folder; pass a recipe file in it"):
+        load_config(FinetuneConfig, tmp_path)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"name: x\nmodel: caf\xe9\n")
+    with pytest.raises(UserError, match=r"latin1\.yaml:2: not valid UTF-8 \(byte 0xe9\); save the file as UTF-8"):
+        load_config(FinetuneConfig, latin1)
+
+
+def test_an_empty_mapping_override_replaces_the_files_mapping():
+    from tuneforge.config import merge
+
+    base = {"data": {"train": {"path": "d", "files": {"text": "a.txt"}}}}
+    assert merge(base, parse_overrides(["data.train.files={}"]))["data"]["train"] == {"path": "d", "files": {}}
+    assert merge(base, {"data": {"train": {"limit": 3}}})["data"]["train"]["files"] == {"text": "a.txt"}
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"labels": "positive"}, r"task.labels: Input should be a valid list \(got 'positive'\); write a list"),
+    ({"max_new_tokens": "lots"}, r"task.max_new_tokens: Input should be a valid integer"),
+    ({"eval_mode": "loss"}, r"task.eval_mode is not an option of task 'sentiment'; its options are: cot_max_new_tokens,"),
+])
+def test_task_options_are_checked_by_type_and_internal_fields_are_not_options(options, expected):
+    from tuneforge.tasks import get_task
+
+    with pytest.raises(UserError, match=expected):
+        get_task("sentiment", **options)
+    assert get_task("sentiment", labels=["bad", "good"], max_new_tokens="4").max_new_tokens == 4
+
+
+def test_evaluate_refuses_a_strategy_the_task_lacks_before_reading_data():
+    from tuneforge.config import EvaluateConfig
+    from tuneforge.recipes.evaluate import evaluate
+
+    cfg = validate(EvaluateConfig, {"task": {"name": "translation"}, "data": {"dev": {"path": "no-such.tsv"}},
+                                    "eval": {"strategy": "cot"}})
+    with pytest.raises(UserError, match="eval.strategy: task 'translation' does not support cot; it supports zero_shot, few_shot"):
+        evaluate(cfg)
+
+
+def test_more_shots_than_training_rows_is_an_error():
+    from tuneforge.tasks.prompts import check_enough_shots, draw_shots
+
+    rows = [{"text": "a", "label": 0}, {"text": "b", "label": 1}]
+    with pytest.raises(UserError, match=r"eval.shots=3 but data.train has only 2 rows"):
+        draw_shots(rows, 3)
+    check_enough_shots(rows, 2)
+    assert len(draw_shots(rows, 2)) == 2
+
+
+def test_resume_without_a_checkpoint_is_refused_before_any_work(tmp_path):
+    from tuneforge.recipes.finetune import checkpoint_to_resume
+
+    cfg = validate(FinetuneConfig, {**TRAIN, "output_dir": str(tmp_path), "name": "r", "train": {"resume": "latest"}})
+    with pytest.raises(UserError, match=r"train.resume: no checkpoint found at .*r/checkpoints; pass a checkpoints/step-N"):
+        checkpoint_to_resume(cfg)
+    step = tmp_path / "r" / "checkpoints" / "step-4"
+    step.mkdir(parents=True)
+    (step / "step.json").write_text('{"step": 4}')
+    assert checkpoint_to_resume(cfg) == step
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_model_given_as_a_file_says_what_it_takes(tmp_path):
+    from tuneforge.models import resolve_model
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(UserError, match=r"is a GGUF file; this takes a Hugging Face model folder or a registry name"):
+        resolve_model(str(tmp_path / "m.gguf"))
+
+
+def test_a_misspelt_head_is_named():
+    from tuneforge.recipes.classifier import is_classifier_config
+
+    with pytest.raises(UserError, match=r"head: 'clasifier' is not a head tuneforge trains"):
+        is_classifier_config({"head": "clasifier"})
+    assert is_classifier_config({"head": "classifier"}) and not is_classifier_config({"method": "lora"})

@@ -86,6 +86,10 @@ def resolve_model(name: str | None, *, do_import: bool = True) -> str:
         return str(import_embedded(known))
     tried.append(f"registry names ({', '.join(KNOWN_MODELS)})")
     path = Path(name).expanduser()
+    if path.is_file():
+        kind = "a GGUF file" if path.suffix == ".gguf" else "a file"
+        raise UserError(f"model '{name}' is {kind}; this takes a Hugging Face model folder or a registry name "
+                        "(a .gguf is served by `tuneforge serve` and scored by `tuneforge compare`)")
     if path.is_dir():
         if (path / "config.json").exists() or (path / "adapter_config.json").exists():
             return str(path)

@@ -55,7 +55,12 @@ class ClassifierConfig(RunConfig):
 
 def is_classifier_config(data: dict) -> bool:
     """For the CLI's routing: a raw YAML mapping asks for this recipe when it says `head: classifier`."""
-    return isinstance(data, dict) and data.get("head") == "classifier"
+    if not isinstance(data, dict) or "head" not in data:
+        return False
+    if data["head"] != "classifier":
+        raise UserError(f"head: '{data['head']}' is not a head tuneforge trains; `head: classifier` puts a "
+                        "classification head on an encoder (see recipes/classifier_sst2_minilm.yaml)")
+    return True
 
 
 # -- data -------------------------------------------------------------------------------------------------

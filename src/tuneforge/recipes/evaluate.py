@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tuneforge.config import EvaluateConfig
+from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.generation import generate
 from tuneforge.recipes.common import (
@@ -50,6 +51,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     from tuneforge.runs import new_run_dir
 
     task = build_task(cfg)
+    if cfg.eval.strategy not in task.strategies:
+        raise UserError(f"eval.strategy: task '{task.name}' does not support {cfg.eval.strategy}; "
+                        f"it supports {', '.join(task.strategies)}")
     rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit]
     shots = draw_shots(cfg, task)
     model, tok = load_model(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
@@ -73,4 +77,9 @@ def add_arguments(p):
 
 
 def run(args):
+    from tuneforge.recipes.classifier import wants_classifier
+
+    if wants_classifier(args):
+        raise UserError("head: classifier recipes are scored by `tuneforge finetune` itself (its report has the dev "
+                        "metrics); `tuneforge evaluate` scores generative models")
     evaluate(config_from_args(EvaluateConfig, args))

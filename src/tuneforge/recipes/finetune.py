@@ -96,6 +96,7 @@ def setup(cfg: FinetuneConfig) -> Setup:
         from tuneforge.quant.bnb import require_bnb
 
         require_bnb(quantization, what="method qlora", instead="method=lora")  # before minutes of reading data
+    checkpoint_to_resume(cfg)  # before minutes of reading and loading
     task = build_task(cfg)
     train_rows = load_split(task, cfg.data.train, "train")
     dev_rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
@@ -166,6 +167,19 @@ def encode_row(tok, task, row, max_len):
     return encode_conversation(tok, task.conversation(row), max_len)
 
 
+def checkpoint_to_resume(cfg: FinetuneConfig) -> Path | None:
+    """train.resume's checkpoint (latest: the newest in runs/<name>/checkpoints); None when not resuming."""
+    resume = cfg.train.resume
+    if not resume:
+        return None
+    run = Path(cfg.output_dir) / cfg.name
+    ckpt = T.latest_checkpoint(run) if resume == "latest" else Path(resume)
+    if ckpt is None or not (ckpt / "step.json").exists():
+        raise UserError(f"train.resume: no checkpoint found at {ckpt or run / 'checkpoints'}; "
+                        "pass a checkpoints/step-N folder of an interrupted run, or drop train.resume")
+    return ckpt
+
+
 def resolve_run_dir(cfg: FinetuneConfig, accelerator) -> Path:
     from tuneforge.runs import new_run_dir
 
@@ -192,9 +206,7 @@ def fit(s: Setup) -> dict:
     cfg, acc = s.cfg, s.accelerator
     start_step = 0
     if cfg.train.resume:
-        ckpt = T.latest_checkpoint(s.run_dir) if cfg.train.resume == "latest" else Path(cfg.train.resume)
-        if ckpt is None or not (ckpt / "step.json").exists():
-            raise UserError(f"train.resume: no checkpoint found at {ckpt or s.run_dir / 'checkpoints'}")
+        ckpt = checkpoint_to_resume(cfg)
         start_step, rng = T.load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler)
         T.set_rng_state(rng)
         acc.print(f"resumed from {ckpt} at step {start_step}")

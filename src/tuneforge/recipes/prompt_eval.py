@@ -35,12 +35,14 @@ def prompt_eval(cfg: PromptEvalConfig) -> Path:
     from tuneforge.recipes.evaluate import score_task
     from tuneforge.report import write_report
     from tuneforge.runs import new_run_dir
-    from tuneforge.tasks.prompts import draw_shots
+    from tuneforge.tasks.prompts import check_enough_shots, draw_shots
 
     task = build_task(cfg)
     strategies = pick_strategies(cfg, task)
     dev = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit]
     train = load_split(task, cfg.data.train, "train") if "few_shot" in strategies else []
+    if "few_shot" in strategies:
+        check_enough_shots(train, cfg.eval.shots)
     model, tok = load_model(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
     truncate = getattr(task, "truncate", None)
     if truncate:
@@ -53,6 +55,9 @@ def prompt_eval(cfg: PromptEvalConfig) -> Path:
         if strategy == "few_shot":
             shots = draw_shots(train, cfg.eval.shots, cfg.shot_seed, task=task, tok=tok, max_len=cfg.max_len,
                                eval_rows=dev, max_new_tokens=task.max_new_tokens)
+            if len(shots) < cfg.eval.shots:
+                print(f"note: few_shot uses {len(shots)} of eval.shots={cfg.eval.shots} examples: more would not fit "
+                      f"max_len={cfg.max_len} tokens with the longest dev prompt")
         t0 = time.time()
         metrics, preds = score_task(model, tok, task, dev, strategy=strategy, shots=shots,
                                     batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)

@@ -24,12 +24,32 @@ def get_task(name: str, **options):
         task_cls = getattr(importlib.import_module(module), cls)
     except ModuleNotFoundError as e:
         raise UserError(f"task '{name}' is not available in this build ({e})") from e
-    import dataclasses
+    return task_cls(**checked_options(task_cls, name, options))
 
-    allowed = {f.name for f in dataclasses.fields(task_cls) if f.init and f.name != "name"}
-    unknown = sorted(set(options) - allowed)
+
+# What a task pack is, not how a user runs it: set by the pack, never from a config.
+INTERNAL_FIELDS = {"name", "primary_metric", "eval_mode", "strategies"}
+
+
+def checked_options(task_cls, name: str, options: dict) -> dict:
+    """task.* options by the pack's field types (pydantic), so `labels: positive` or `max_new_tokens: lots` is one
+    clear error here and not a crash after the model has loaded."""
+    import dataclasses
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
+    hints = typing.get_type_hints(task_cls)
+    allowed = sorted(f.name for f in dataclasses.fields(task_cls) if f.init and f.name not in INTERNAL_FIELDS)
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise UserError(
-            f"task.{unknown[0]} is not an option of task '{name}'; its options are: {', '.join(sorted(allowed))}"
-        )
-    return task_cls(**options)
+        raise UserError(f"task.{unknown[0]} is not an option of task '{name}'; its options are: {', '.join(allowed)}")
+    checked = {}
+    for key, value in options.items():
+        try:
+            checked[key] = TypeAdapter(hints[key]).validate_python(value)
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise UserError(f"task.{key}: {first['msg']} (got {value!r})"
+                            + ("; write a list, e.g. [negative, positive]" if "list" in str(hints[key]) else "")) from None
+    return checked

@@ -85,6 +85,15 @@ def labels_in_turn(rows: Sequence[dict], order: list[int]) -> list[int]:
     return [q[j] for j in range(max(map(len, queues))) for q in queues if j < len(q)]
 
 
+def check_enough_shots(train_rows: Sequence[dict], k: int) -> None:
+    """Called before the model loads too: asking for more examples than there are rows is a config error."""
+    if k > 0 and not train_rows:
+        raise UserError("few_shot needs training rows to draw examples from; set data.train")
+    if k > len(train_rows):
+        raise UserError(f"eval.shots={k} but data.train has only {len(train_rows)} rows; "
+                        "lower eval.shots or raise data.train.limit")
+
+
 def draw_shots(
     train_rows: Sequence[dict],
     k: int,
@@ -104,8 +113,7 @@ def draw_shots(
     """
     if k <= 0:
         return []
-    if not train_rows:
-        raise UserError("few_shot needs training rows to draw examples from; set data.train")
+    check_enough_shots(train_rows, k)
     order = list(range(len(train_rows)))
     random.Random(seed).shuffle(order)
     order = labels_in_turn(train_rows, order)
