@@ -201,3 +201,69 @@ def test_field_checks_catch_what_the_vendors_refuse(tmp_path, model_dir):
     isvc = yaml.safe_load((out / "kserve" / "inferenceservice.yaml").read_text())
     isvc["spec"]["predictor"]["containers"] = []
     assert any("exactly one of" in p for p in check_kserve(isvc))
+
+
+@pytest.fixture()
+def gguf_file(tmp_path):
+    path = tmp_path / "chat.Q8_0.gguf"
+    path.write_bytes(b"GGUF" + bytes(60))  # the magic is all the bundle code looks at; it only copies the file
+    return path
+
+
+def test_a_text_file_named_gguf_is_refused(tmp_path):
+    fake = tmp_path / "fake.gguf"
+    fake.write_text("not a model\n")
+    with pytest.raises(UserError, match=r"--model .*fake\.gguf: not a GGUF file"):
+        deploy("docker", tmp_path / "bundle", str(fake))
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_out_holding_other_files_is_left_alone(tmp_path, gguf_file, monkeypatch):
+    from tuneforge.deploy import bundle
+
+    monkeypatch.setattr(bundle, "assemble_model", lambda *a: pytest.fail("refuse before copying the model"))
+    out = tmp_path / "myproject"
+    out.mkdir()
+    (out / "notes.txt").write_text("a week of work")
+    with pytest.raises(UserError, match=r"--out .*myproject holds other files .*; choose a new folder or empty it"):
+        deploy("docker", out, str(gguf_file))
+    assert (out / "notes.txt").read_text() == "a week of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.Q8_0.gguf", "myproject"]  # no temporary folder
+
+
+def test_an_empty_folder_or_an_earlier_bundle_is_replaced(tmp_path, gguf_file):
+    from tuneforge.deploy.bundle import MARKER
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    deploy("docker", out, str(gguf_file))
+    assert (out / MARKER).is_file() and (out / "compose.yaml").is_file()
+    deploy("k8s", out, str(gguf_file))  # a bundle deploy wrote: replaced, not merged
+    assert (out / "k8s" / "deployment.yaml").is_file() and not (out / "compose.yaml").exists()
+    (out / MARKER).unlink()  # a bundle written before the marker: only bundle files, so still replaceable
+    deploy("docker", out, str(gguf_file))
+    assert (out / MARKER).is_file() and not (out / "k8s").exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("afile", r"--out .*afile is a file, not a folder"),
+    ("afile/sub/bundle", r"--out .*afile/sub/bundle: .*afile is a file, so no folder can be made under it"),
+])
+def test_out_that_is_or_lies_under_a_file_is_refused_up_front(tmp_path, gguf_file, monkeypatch, out, message):
+    from tuneforge.deploy import bundle
+
+    monkeypatch.setattr(bundle, "assemble_model", lambda *a: pytest.fail("refuse before copying the model"))
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(UserError, match=message):
+        deploy("docker", tmp_path / out, str(gguf_file))
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_cli_refuses_a_folder_of_other_files_with_exit_2(tmp_path, gguf_file, capsys):
+    from tuneforge.cli import main
+
+    (tmp_path / "myproject").mkdir()
+    (tmp_path / "myproject" / "notes.txt").write_text("notes")
+    assert main(["deploy", "--target", "docker", "--out", str(tmp_path / "myproject"), "--model", str(gguf_file)]) == 2
+    assert "error: --out" in capsys.readouterr().err
+    assert (tmp_path / "myproject" / "notes.txt").is_file()

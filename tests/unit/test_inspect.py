@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,16 +19,21 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from tuneforge import cli
 from tuneforge.errors import UserError
 from tuneforge.models import cli as models_cli
+from tuneforge.models import inspect as inspect_module
+from tuneforge.models import loading
 from tuneforge.models.inspect import (
     attention_maps,
+    attention_short_name,
     format_table,
     inspect_model,
     lora_trainable,
     render,
     token_label,
 )
+from tuneforge.models.registry import DEFAULT_MODEL
 
 VI = "Giảng viên rất nhiệt tình, tôi yêu Hà Nội."
 CORPUS = ["the lecturer is kind and the course is great", "hello world", "xin chào thế giới", "tôi yêu Hà Nội"] * 3
@@ -181,3 +187,112 @@ def test_models_verb_lists_known_models_and_rejects_unknown(capsys):
     assert "smollm2-135m-instruct (default)" in capsys.readouterr().out
     with pytest.raises(UserError, match="not a known model"):
         models_cli.run(parser.parse_args(["import", "no-such-model"]))
+
+
+# -- bad input: one clear error naming the flag, before any weights load ----------------------------------
+
+
+@pytest.fixture()
+def no_weights(monkeypatch):
+    """Fail the test if the weights would be loaded: the checks must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model's weights were loaded before the input was checked")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+def test_attention_short_name_for_the_default_model_folders_and_hub_ids(tmp_path):
+    assert attention_short_name(None) == DEFAULT_MODEL
+    assert attention_short_name("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert attention_short_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "SmolLM2-135M-Instruct"
+    (tmp_path / "tiny").mkdir()
+    assert attention_short_name(str(tmp_path / "tiny")) == "tiny"
+    (tmp_path / "runs" / "sst2-lora" / "model").mkdir(parents=True)
+    assert attention_short_name(str(tmp_path / "runs" / "sst2-lora" / "model")) == "sst2-lora-model"
+
+
+def test_attention_on_the_default_model_names_it(tmp_path, monkeypatch, capsys):
+    """No MODEL argument: the config of the embedded model is read (no weights); the maps are faked."""
+    fake = np.full((30, 9, 2, 2), 0.5, dtype=np.float32)
+    rows = [{"text": "hello", "piece": "hello", "special": False}, {"text": " world", "piece": "Ġworld", "special": False}]
+    seen = {}
+
+    def fake_maps(model, text, kind):
+        seen["model"] = model
+        return fake[: inspect_module.load_config(model)[0].num_hidden_layers], rows
+
+    monkeypatch.setattr(inspect_module, "attention_maps", fake_maps)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["inspect", "--attention", "hello world", "--layers", "0"]) == 0
+    png = tmp_path / "runs" / "inspect" / f"{DEFAULT_MODEL}-attention.png"
+    assert png.is_file() and seen["model"] is None
+    assert f"attention maps: {Path('runs') / 'inspect' / png.name}" in capsys.readouterr().out
+    out = tmp_path / "new" / "deeper" / "att.png"  # missing folders are made
+    assert cli.main(["inspect", "--attention", "hello world", "--layers", "0", "--out", str(out)]) == 0
+    assert out.is_file() and not list(out.parent.glob(".*tmp*"))
+
+
+@pytest.mark.integration
+def test_attention_on_the_real_default_model(tmp_path):
+    out = tmp_path / "att.png"
+    report = inspect_model(None, attention="hello world", layers="0", out=str(out))
+    assert report["attention_png"] == str(out) and out.stat().st_size > 0
+    assert report["model"] == "(embedded default)"
+
+
+@pytest.mark.parametrize("name,kind,fitting", [("llama", "seq2seq", "causal, classifier, encoder"),
+                                               ("t5", "causal", "seq2seq, classifier, encoder")])
+def test_a_kind_that_does_not_fit_the_model_is_one_error(tiny, capsys, name, kind, fitting):
+    assert cli.main(["inspect", tiny["paths"][name], "--kind", kind]) == 2
+    err = capsys.readouterr().err
+    model_type = tiny["models"][name].config.model_type
+    assert err.strip() == (f"error: --kind {kind} does not fit this model (model_type {model_type}); "
+                           f"use --kind auto or {fitting}")
+    with pytest.raises(UserError, match=f"--kind {kind} does not fit"):
+        inspect_model(tiny["paths"][name], kind=kind)
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--seq-len", "--lora-r", "--num-labels"])
+@pytest.mark.parametrize("value", ["0", "-4", "two"])
+def test_counts_must_be_positive_whole_numbers(tiny, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["inspect", tiny["paths"]["llama"], flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and "give" in err and "1 or more" in err
+    assert "Traceback" not in err
+
+
+def test_counts_are_checked_for_python_callers_too(tiny):
+    for kwargs, flag in (({"seq_len": 0}, "--seq-len"), ({"batch_size": -4}, "--batch-size"),
+                         ({"lora_r": -1}, "--lora-r"), ({"num_labels": 0}, "--num-labels")):
+        with pytest.raises(UserError, match=f"^{flag} "):
+            inspect_model(tiny["paths"]["llama"], **kwargs)
+    report = inspect_model(tiny["paths"]["llama"], seq_len=1, batch_size=1, lora_r=1)
+    assert report["memory"]["seq_len"] == 1 and report["memory"]["train_lora"]["activations"] > 0
+
+
+def test_out_under_a_file_is_reported_before_the_model_loads(tiny, tmp_path, capsys, no_weights):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    bad = afile / "att.png"
+    assert cli.main(["inspect", tiny["paths"]["llama"], "--attention", "hello world", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {bad}: {afile} is a file, not a folder") and err.count("\n") == 1
+    deeper = afile / "sub" / "att.png"
+    with pytest.raises(UserError, match=f"--out .*{afile} is a file"):
+        inspect_model(tiny["paths"]["llama"], attention="hello world", out=str(deeper))
+    assert afile.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("case,message", [("folder", "is a folder"), ("jpg", "ending in .png")])
+def test_out_must_be_a_png_file_path(tiny, tmp_path, no_weights, case, message):
+    out = tmp_path if case == "folder" else tmp_path / "att.jpg"
+    with pytest.raises(UserError, match=f"^--out .*{message}"):
+        inspect_model(tiny["paths"]["llama"], attention="hello world", out=str(out))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_layers_are_reported_before_the_model_loads(tiny, tmp_path, no_weights):
+    with pytest.raises(UserError, match="--layers '7': the model has layers 0..1"):
+        inspect_model(tiny["paths"]["llama"], attention="hello world", layers="7", out=str(tmp_path / "a.png"))

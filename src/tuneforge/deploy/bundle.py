@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 from tuneforge.deploy.checks import check_files
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir
+from tuneforge.quant.llamacpp import has_gguf_magic
 
 TARGETS = ("docker", "k8s", "aws", "gcp", "azure")
 ENGINES = ("transformers", "llamacpp", "vllm")
@@ -53,6 +55,13 @@ TARGET_FILES = {
     ],
 }
 MOUNT_ONLY = {"k8s/pvc.yaml", "model-loader.yaml"}
+
+# Written into every bundle: --out is replaced only when it is empty or holds this file (a bundle deploy wrote).
+MARKER = ".tuneforge-bundle"
+MARKER_TEXT = "Written by `tuneforge deploy`; the next deploy to this folder replaces all of it.\n"
+# What a bundle written before the marker existed holds at its top level; only such a folder counts as one.
+BUNDLE_ENTRIES = {"Dockerfile", "Dockerfile.cuda", ".dockerignore", "entrypoint.sh", "README.md", "model",
+                  "tuneforge-src"} | {out.split("/")[0] for files in TARGET_FILES.values() for _, out in files}
 
 
 @dataclass(frozen=True)
@@ -106,13 +115,14 @@ def deploy(
     engine: str | None = None,
 ) -> Path:
     """Write the bundle for `target` into `out` (replaced atomically) and return its path."""
+    out = check_out(out)
     plan = make_plan(target, model, adapters, gpu=gpu, bake=bake, name=name, image=image, engine=engine)
     files = render(plan)
     problems = check_files(files)
     if problems:  # a template bug, not the user's: fail before anything is written
         raise RuntimeError("deploy templates rendered invalid files:\n" + "\n".join(problems))
-    out = Path(out)
     with atomic_dir(out) as tmp:
+        (tmp / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
         for rel, text in files.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +134,35 @@ def deploy(
             assemble_model(plan, tmp / "model")
         if plan.source_root:
             copy_source(Path(plan.source_root), tmp / "tuneforge-src")
+        check_out(out)  # again: files may have appeared in --out while the model was copied
     return out
+
+
+def check_out(out: str | Path) -> Path:
+    """Refuse an --out that is a file, lies under a file, or is a folder of other files (replacing it loses them)."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose a new folder for the bundle")
+    for parent in path.absolute().parents:  # the nearest existing folder above --out must be a writable folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file, so no folder can be made under it; "
+                                "choose another --out")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"--out {out}: cannot write in {parent}; choose a folder you can write to")
+            break
+    if path.is_dir() and not is_bundle_or_empty(path):
+        raise UserError(f"--out {out} holds other files (not a bundle `tuneforge deploy` wrote); "
+                        "choose a new folder or empty it")
+    return path
+
+
+def is_bundle_or_empty(folder: Path) -> bool:
+    """True for an empty folder or one a deploy wrote: with the marker, or (older bundles) only bundle files."""
+    names = {p.name for p in folder.iterdir()}
+    if not names or MARKER in names:
+        return True
+    return {"Dockerfile", "entrypoint.sh"} <= names and names <= BUNDLE_ENTRIES
 
 
 def make_plan(target, model, adapters, *, gpu, bake, name, image, engine) -> Plan:
@@ -154,6 +192,13 @@ def locate_model(model: str | None) -> tuple[str, str, int]:
     if path is not None and path.is_file():
         if path.suffix != ".gguf":
             raise UserError(f"--model {model}: a model file must be a .gguf export; otherwise pass an HF folder")
+        try:
+            is_gguf = has_gguf_magic(path)
+        except OSError as e:
+            raise UserError(f"--model {model}: cannot read it ({e.strerror})") from e
+        if not is_gguf:
+            raise UserError(f"--model {model}: not a GGUF file (it does not start with the GGUF magic bytes); "
+                            "pass a .gguf written by `tuneforge export` or an HF model folder")
         return "gguf", str(path.resolve()), path.stat().st_size
     from tuneforge.models import resolve_model
 

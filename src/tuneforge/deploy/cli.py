@@ -11,7 +11,8 @@ __all__ = ["add_arguments", "run", "deploy"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", required=True, choices=TARGETS, help="platform the bundle is for")
-    parser.add_argument("--out", required=True, help="bundle folder to write (replaced if it exists)")
+    parser.add_argument("--out", required=True, help="bundle folder to write: a new or empty folder, or a bundle an earlier deploy wrote "
+                        "(which is replaced)")
     parser.add_argument("--model", default=None,
                         help="registry name, HF folder (e.g. a merged export), .gguf file or hub id; default: the embedded model")
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",

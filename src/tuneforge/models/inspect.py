@@ -7,6 +7,8 @@ so any size of model is inspected in seconds); only --tokens and --attention loa
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 import unicodedata
 from collections import defaultdict
@@ -15,6 +17,7 @@ from pathlib import Path
 from tuneforge.errors import UserError
 from tuneforge.models.registry import DEFAULT_MODEL
 
+KINDS = ("causal", "seq2seq", "classifier", "encoder")  # what --kind accepts besides "auto"
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
 MAX_ATTENTION_TOKENS = 48
 
@@ -56,9 +59,7 @@ def detect_kind(config) -> str:
     return "encoder"
 
 
-def build_skeleton(config, kind: str, num_labels: int | None = None):
-    """The model with every tensor on the meta device: shapes and tying without memory or file reads."""
-    import torch
+def auto_classes() -> dict:
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,
@@ -66,12 +67,42 @@ def build_skeleton(config, kind: str, num_labels: int | None = None):
         AutoModelForSequenceClassification,
     )
 
-    cls = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
-           "classifier": AutoModelForSequenceClassification, "encoder": AutoModel}[kind]
-    if kind == "classifier" and num_labels:
+    return {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+            "classifier": AutoModelForSequenceClassification, "encoder": AutoModel}
+
+
+def fits(config, kind: str) -> bool | None:
+    """Whether transformers has a `kind` class for this config (None: this transformers cannot tell)."""
+    mapping = getattr(auto_classes()[kind], "_model_mapping", None)
+    try:
+        return type(config) in mapping if mapping is not None else None
+    except Exception:  # a private mapping that changed shape
+        return None
+
+
+def kind_mismatch(config, kind: str) -> UserError:
+    usable = [k for k in KINDS if k != kind and fits(config, k)]
+    choices = f"auto or {', '.join(usable)}" if usable else "auto"
+    return UserError(f"--kind {kind} does not fit this model (model_type {config.model_type}); use --kind {choices}")
+
+
+def build_skeleton(config, kind: str, num_labels: int | None = None):
+    """The model with every tensor on the meta device: shapes and tying without memory or file reads."""
+    import torch
+
+    cls = auto_classes()[kind]
+    if fits(config, kind) is False:
+        raise kind_mismatch(config, kind)
+    if kind == "classifier" and num_labels is not None:
         config.num_labels = num_labels
-    with torch.device("meta"):
-        return cls.from_config(config)
+    try:
+        with torch.device("meta"):
+            return cls.from_config(config)
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e):
+            raise kind_mismatch(config, kind) from e
+        raise UserError(f"--kind {kind}: the model (model_type {config.model_type}) cannot be built from its "
+                        f"config.json ({str(e).splitlines()[0]}); try --kind auto") from e
 
 
 def first_attr(config, *names, default=None):
@@ -307,15 +338,15 @@ def attention_maps(model_name: str | None, text: str, kind: str):
     """(layers × heads × tokens × tokens array, token rows) from an eager-attention forward pass."""
     import torch
 
-    from tuneforge.models.loading import load_model
+    from tuneforge.models.loading import load_model, load_tokenizer
 
-    load_kind = {"encoder": "classifier"}.get(kind, kind)  # the encoder's attention does not depend on a head
-    model, tok = load_model(model_name, dtype="float32", device="cpu", kind=load_kind,
-                            num_labels=2 if load_kind == "classifier" else None)
-    model.set_attn_implementation("eager")  # fused SDPA kernels do not return attention weights
-    rows = tokenize(tok, text)
+    rows = tokenize(load_tokenizer(model_name), text)  # the length check comes before the weights load
     if len(rows) > MAX_ATTENTION_TOKENS:
         raise UserError(f"--attention text is {len(rows)} tokens; keep it to {MAX_ATTENTION_TOKENS} or fewer so the labels stay readable")
+    load_kind = {"encoder": "classifier"}.get(kind, kind)  # the encoder's attention does not depend on a head
+    model, _ = load_model(model_name, dtype="float32", device="cpu", kind=load_kind,
+                          num_labels=2 if load_kind == "classifier" else None)
+    model.set_attn_implementation("eager")  # fused SDPA kernels do not return attention weights
     ids = torch.tensor([[r["id"] for r in rows]])
     with torch.inference_mode():
         if kind == "seq2seq":
@@ -360,12 +391,47 @@ def draw_attention(maps, labels: list[str], path: Path, *, layers: list[int], ti
     fig.suptitle(title, fontsize=16)
     fig.tight_layout(rect=(0, 0, 0.97, 0.99))
     fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01, label="attention weight (query row → key column)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        check_out_path(path, "--out")  # checked before the model loaded; the folders may have changed since
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        try:
+            fig.savefig(tmp, dpi=90, format="png")
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # no half-written file is left behind
+    finally:
+        plt.close(fig)
     return path
+
+
+def attention_short_name(model: str | None) -> str:
+    """The model's name in the PNG's title and default file name: the registry name, a folder's name
+    (runs/<name>/model gives <name>-model) or a hub id's last part."""
+    if not model:
+        return DEFAULT_MODEL
+    path = Path(model).expanduser()
+    if path.is_dir():
+        path = path.resolve()
+        return f"{path.parent.name}-{path.name}" if path.name == "model" and path.parent.name else path.name
+    return model.rstrip("/").rsplit("/", 1)[-1] or DEFAULT_MODEL
+
+
+def check_out_path(path: Path, flag: str) -> None:
+    """The PNG path can be written: a .png file whose existing folders are folders (missing ones are made)."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file path inside it, e.g. {path / 'attention.png'}")
+    if path.suffix.lower() != ".png":
+        raise UserError(f"{flag} {path}: the attention maps are a PNG image; give a path ending in .png")
+    folder = path.parent.absolute()
+    while not folder.exists() and not folder.is_symlink():  # the nearest folder that is already there
+        folder = folder.parent
+    if not folder.is_dir():
+        what = "a broken link" if folder.is_symlink() and not folder.exists() else "a file"
+        raise UserError(f"{flag} {path}: {folder} is {what}, not a folder; choose a path whose folders are "
+                        "folders (missing ones are made)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: no permission to write in {folder}; choose another path")
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -382,6 +448,24 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 
 
 # -- the verb ---------------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts (batch size, sequence length, LoRA rank, labels): a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; give a whole number of 1 or more")
+    return value
+
+
+def check_counts(**flags: int | None) -> None:
+    """The same rule as `positive_int` for callers of inspect_model; None means 'not given'."""
+    for flag, value in flags.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{flag} {value}: give a whole number of 1 or more")
 
 
 def inspect_model(
@@ -401,12 +485,21 @@ def inspect_model(
     """Everything `tuneforge inspect` prints, as a dict; writes the attention PNG when `attention` is set."""
     if train_dtype not in ("bfloat16", "float16", "float32"):
         raise UserError(f"--train-dtype '{train_dtype}': choose bfloat16, float16 or float32")
+    if kind != "auto" and kind not in KINDS:
+        raise UserError(f"--kind '{kind}': choose auto, {', '.join(KINDS)}")
+    check_counts(**{"--batch-size": batch_size, "--seq-len": seq_len, "--lora-r": lora_r, "--num-labels": num_labels})
+    short = attention_short_name(model)
+    png = (Path(out) if out else Path("runs") / "inspect" / f"{short}-attention.png") if attention is not None else None
+    if png is not None:
+        check_out_path(png, "--out" if out else "--out (default)")
     config, source = load_config(model)
     kind = detect_kind(config) if kind == "auto" else kind
     skeleton = build_skeleton(config, kind, num_labels)
     arch = architecture(config, kind, skeleton)
     params = parameter_tables(skeleton, kind)
-    seq = seq_len or min(arch["context_length"] or 512, 512)
+    if attention is not None and isinstance(arch["layers"], int) and arch["layers"] > 0:
+        parse_layers(layers, arch["layers"])  # a bad --layers is reported before the weights load
+    seq = seq_len if seq_len is not None else min(arch["context_length"] or 512, 512)
     report = {
         "model": model or "(embedded default)",
         "source": source,
@@ -423,12 +516,10 @@ def inspect_model(
     if attention is not None:
         maps, rows = attention_maps(model, attention, kind)
         picked = parse_layers(layers, maps.shape[0])
-        short = (model or DEFAULT_MODEL) if not Path(model or "").is_dir() else Path(model).name
-        path = Path(out) if out else Path("runs") / "inspect" / f"{short}-attention.png"
         which = "encoder self-attention" if kind == "seq2seq" else "self-attention"
-        draw_attention(maps, [token_label(r) for r in rows], path, layers=picked,
+        draw_attention(maps, [token_label(r) for r in rows], png, layers=picked,
                        title=f"{short}: {which}, {len(rows)} tokens, layers × heads")
-        report["attention_png"] = str(path)
+        report["attention_png"] = str(png)
     return report
 
 
@@ -513,13 +604,13 @@ def render(report: dict) -> str:
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", nargs="?", default=None, help="registry name, folder or hub id (default: the embedded model)")
-    parser.add_argument("--kind", default="auto", choices=["auto", "causal", "seq2seq", "classifier", "encoder"],
+    parser.add_argument("--kind", default="auto", choices=["auto", *KINDS],
                         help="which head to count (auto: from config.json)")
-    parser.add_argument("--num-labels", type=int, default=None, help="--kind classifier: size of the head")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch for the memory estimates")
-    parser.add_argument("--seq-len", type=int, default=None, help="tokens per row for the memory estimates (default: min(context, 512))")
+    parser.add_argument("--num-labels", type=positive_int, default=None, help="--kind classifier: size of the head")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="batch for the memory estimates")
+    parser.add_argument("--seq-len", type=positive_int, default=None, help="tokens per row for the memory estimates (default: min(context, 512))")
     parser.add_argument("--train-dtype", default="bfloat16", help="activation / frozen-weight dtype for the training estimate")
-    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank for the training estimate (all linear layers)")
+    parser.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank for the training estimate (all linear layers)")
     parser.add_argument("--tokens", metavar="TEXT", default=None, help="show how TEXT is tokenised")
     parser.add_argument("--attention", metavar="TEXT", default=None, help="draw attention maps for TEXT as a PNG grid")
     parser.add_argument("--layers", default="all", help="--attention: 'all' or layer numbers, e.g. 0,15,29")

@@ -7,14 +7,61 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
+from pathlib import Path
 from typing import TextIO
 
+from pydantic import ValidationError
+
+from tuneforge.errors import UserError
 from tuneforge.serve.engines import Sampling, load_engine
 from tuneforge.serve.engines.base import GenerationRequest, with_stop_strings
-from tuneforge.serve.settings import ENGINES, ServeConfig
+from tuneforge.serve.settings import DTYPES, ENGINES, ServeConfig
 
 HELP = "commands: /reset  /system TEXT  /exit"
+
+# Sampling flags: (parse, accepts, what a good value is). Checked when the arguments are parsed, and again by chat().
+SAMPLING = {
+    "temperature": (float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0 = greedy)"),
+    "top_p": (float, lambda v: 0 < v <= 1, "a number above 0 and at most 1"),
+    "max_tokens": (int, lambda v: v >= 1, "a whole number >= 1"),
+}
+
+
+def sampling_arg(field: str):
+    """An argparse `type` that refuses an out-of-range value, so the parser names the flag and exits 2."""
+    parse, accepts, rule = SAMPLING[field]
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {rule}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    convert.__name__ = field
+    return convert
+
+
+def check_sampling(**values) -> None:
+    for field, value in values.items():
+        _, accepts, rule = SAMPLING[field]
+        if not accepts(value):
+            raise UserError(f"--{field.replace('_', '-')} {value}: must be {rule}")
+
+
+def check_adapter(adapter: str) -> None:
+    """Before the model loads: the folder must exist and hold a PEFT adapter."""
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        where = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UserError(f"--adapter {adapter}: the folder {where}; pass a run's adapter/ folder (runs/NAME/adapter)")
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"--adapter {adapter}: the folder has no adapter_config.json; "
+                        "pass a run's adapter/ folder (runs/NAME/adapter)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,11 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default=None, metavar="PATH", help="a LoRA adapter folder (a run's adapter/)")
     parser.add_argument("--engine", choices=ENGINES, default="auto")
     parser.add_argument("--system", default=None, help="system prompt to start with")
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--max-tokens", type=int, default=512, help="longest reply in tokens")
+    parser.add_argument("--temperature", type=sampling_arg("temperature"), default=0.7, help="0 = greedy")
+    parser.add_argument("--top-p", type=sampling_arg("top_p"), default=0.95, help="nucleus sampling, in (0, 1]")
+    parser.add_argument("--max-tokens", type=sampling_arg("max_tokens"), default=512, help="longest reply in tokens")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (transformers, vllm)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +87,14 @@ def chat(model: str | None = None, *, adapter: str | None = None, engine: str = 
          temperature: float = 0.7, top_p: float = 0.95, max_tokens: int = 512, seed: int | None = None,
          dtype: str = "auto", stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    config = ServeConfig(model=model, adapters={"adapter": adapter} if adapter else {}, engine=engine, dtype=dtype)
+    check_sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    if adapter:
+        check_adapter(adapter)
+    try:
+        config = ServeConfig(model=model, adapters={"adapter": adapter} if adapter else {}, engine=engine, dtype=dtype)
+    except ValidationError as e:
+        problems = "; ".join(f"--{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise UserError(f"chat options: {problems}") from e
     print(f"loading {model or 'the embedded model'}{' + ' + adapter if adapter else ''} ...", file=stdout, flush=True)
     eng = load_engine(config)
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from tuneforge.errors import UserError
-from tuneforge.serve.settings import ENGINES, ServeConfig
+from tuneforge.serve.settings import DTYPES, ENGINES, ServeConfig
 
 API_KEY_ENV = "TUNEFORGE_API_KEY"
 
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="auto: llamacpp for a .gguf, vllm when installed with a GPU, else transformers")
     parser.add_argument("--served-model-name", default=None, help="the base model's id in /v1/models")
-    parser.add_argument("--dtype", default=d.dtype, help="auto | bfloat16 | float16 | float32")
+    parser.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="weights dtype (transformers, vllm)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--host", default=d.host, help="bind address (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     parser.add_argument("--port", type=int, default=None, help=f"TCP port (default: $PORT when set, else {d.port})")
@@ -81,14 +83,49 @@ def make_config(model: str | None = None, **options) -> ServeConfig:
         raise UserError(f"serve options: {problems}") from e
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Bind every address uvicorn will bind for HOST:PORT, then close at once; refuse a port in use as the user's
+    problem. Like uvicorn (asyncio's create_server) the test sockets set SO_REUSEADDR, so a port left in TIME_WAIT by
+    an earlier server still counts as free, and IPV6_V6ONLY, so '::' does not collide with an IPv4 server."""
+    if port == 0:  # the system picks a free port
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: not an address of this machine ({e.strerror}); "
+                        "use 127.0.0.1, 0.0.0.0 or an interface's address") from e
+    bound = 0
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRNOTAVAIL:  # asyncio skips an address family the machine lacks, so do we
+                    continue
+                if e.errno == errno.EADDRINUSE:
+                    raise UserError(f"--port {port} on {host} is in use; pick another --port or stop the process "
+                                    "using it") from e
+                if e.errno == errno.EACCES:
+                    raise UserError(f"--port {port}: binding it needs more privileges; pick a --port above 1023") from e
+                raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from e
+            bound += 1
+    if not bound:
+        raise UserError(f"--host {host}: not an address of this machine; use 127.0.0.1, 0.0.0.0 or an interface's address")
+
+
 def serve(model: str | None = None, *, adapters: dict[str, str] | None = None, **options) -> None:
     """Run the server until interrupted. Options are ServeConfig's fields (host, port, engine, api_key, ...)."""
+    config = make_config(model, adapters=adapters or {}, **options)
+    check_port_free(config.host, config.port)  # before anything loads: uvicorn's own bind error comes after the banner
+
     import uvicorn
 
     from tuneforge.serve.app import create_app
     from tuneforge.serve.engines import load_engine, pick_engine
 
-    config = make_config(model, adapters=adapters or {}, **options)
     pick_engine(config)  # fail fast on an artifact the chosen engine cannot serve
     for name, path in config.adapters.items():
         if not (Path(path) / "adapter_config.json").exists():

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from tuneforge.config import Section
 
 ENGINES = ("auto", "transformers", "llamacpp", "vllm")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 class ServeConfig(Section):
@@ -18,7 +19,9 @@ class ServeConfig(Section):
     engine: Literal["auto", "transformers", "llamacpp", "vllm"] = Field(
         "auto", description="auto: llamacpp for a .gguf, vllm when installed with a GPU, transformers otherwise"
     )
-    dtype: str = Field("auto", description="transformers/vllm weights dtype: auto | bfloat16 | float16 | float32")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="transformers/vllm weights dtype: auto | bfloat16 | float16 | float32"
+    )
     device: str | None = Field(None, description="transformers device (default: cuda when available, else cpu)")
     host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 exposes the server to the network")
     port: int = Field(8000, ge=0, le=65535, description="TCP port ($PORT overrides the default when set)")
