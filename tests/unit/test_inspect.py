@@ -296,3 +296,10 @@ def test_out_must_be_a_png_file_path(tiny, tmp_path, no_weights, case, message):
 def test_bad_layers_are_reported_before_the_model_loads(tiny, tmp_path, no_weights):
     with pytest.raises(UserError, match="--layers '7': the model has layers 0..1"):
         inspect_model(tiny["paths"]["llama"], attention="hello world", layers="7", out=str(tmp_path / "a.png"))
+
+
+def test_attention_flags_without_attention_are_an_error(capsys):
+    from tuneforge.cli import main
+
+    assert main(["inspect", "--out", "x.png", "--layers", "0"]) == 2
+    assert "--out and --layers only apply with --attention TEXT" in capsys.readouterr().err
