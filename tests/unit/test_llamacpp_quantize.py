@@ -107,3 +107,32 @@ def test_a_file_llamacpp_cannot_read_is_one_error_and_leaves_nothing(tmp_path):
     with pytest.raises(UserError, match="could not quantize"):
         llamacpp_quantize(bad, target, "q4_k_m")
     assert list(target.parent.iterdir()) == []
+
+
+def test_ctrl_c_during_llamacpps_quantizer_stops_the_run_and_leaves_nothing(tmp_path, monkeypatch):
+    import ctypes
+    import os
+    import signal
+
+    import llama_cpp
+
+    def quantize_while_the_user_presses_ctrl_c(source, target, params):
+        with open(target, "wb") as f:
+            f.write(b"GGUF written")
+        os.kill(os.getpid(), signal.SIGINT)
+        return 0
+
+    # Called through a C function pointer, as llama.cpp calls tuneforge's log callback: a KeyboardInterrupt
+    # raised in there is printed and dropped by ctypes, and the call returns 0 as if all went well.
+    proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p)
+    callback = proto(quantize_while_the_user_presses_ctrl_c)
+    through_c = proto(ctypes.cast(callback, ctypes.c_void_p).value)
+    monkeypatch.setattr(llama_cpp, "llama_model_quantize", lambda source, target, params: through_c(source, target, None))
+    source = tmp_path / "model-f32.gguf"
+    source.write_bytes(b"GGUF")
+    target = tmp_path / "out" / "model-q4_k_m.gguf"
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        llamacpp_quantize(source, target, "q4_k_m")
+    assert list(target.parent.iterdir()) == []  # neither the target nor its temporary file
+    assert signal.getsignal(signal.SIGINT) is handler

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -117,15 +119,26 @@ def llamacpp_quantize(source: Path, target: Path, qtype: str, *, importance: dic
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
+    # A Ctrl-C during the C call would surface inside `collect`, where ctypes swallows it and the run went on;
+    # it is held until the call returns instead (llama.cpp's quantizer cannot be cancelled midway).
+    stop: list[int] = []
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1)) if main else None
     try:
         llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
         print(f"llama.cpp quantizer: {source.name} -> {LLAMACPP_TYPES[qtype]}"
-              + (f", weighted by {len(importance)} importance vectors" if importance else ""))
-        if llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params)) != 0:
+              + (f", weighted by {len(importance)} importance vectors" if importance else "")
+              + " (Ctrl-C stops once it returns)")
+        failed = llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params)) != 0
+        if stop:
+            raise KeyboardInterrupt
+        if failed:
             tail = "".join(log).strip().splitlines()[-5:]
             raise UserError(f"llama.cpp could not quantize {source} to {LLAMACPP_TYPES[qtype]}:\n  " + "\n  ".join(tail))
         os.replace(tmp, target)
     finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
         llama_cpp.llama_log_set(default_log, ctypes.c_void_p(0))
         Path(tmp).unlink(missing_ok=True)
     return target
