@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", None):
         print(f"error: {args._missing}", file=sys.stderr)
         return 2
+    from tuneforge import runs
     from tuneforge.runs import discard_unstarted_runs
 
+    runs.command_line = ["tuneforge", *(sys.argv[1:] if argv is None else argv)]
     try:
         code = importlib.import_module(args._module).run(args)
     except UserError as e:

@@ -16,6 +16,7 @@ PACKAGES = ("tuneforge", "torch", "transformers", "peft", "accelerate")
 
 
 _started: list[Path] = []  # run folders this process created, for discard_unstarted_runs
+command_line: list[str] | None = None  # the CLI's own words (set by cli.main), to print a resume command from
 
 
 def new_run_dir(cfg, *, reuse: bool = False) -> Path:
@@ -31,6 +32,25 @@ def new_run_dir(cfg, *, reuse: bool = False) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     write_text(path / "config.yaml", resolved_config_yaml(cfg))
     return path
+
+
+def resumed_run_dir(cfg) -> Path | None:
+    """The run folder train.resume points into: runs/<name> for 'latest', else the checkpoint's own run."""
+    resume = getattr(getattr(cfg, "train", None), "resume", None)
+    if not resume:
+        return None
+    if resume == "latest":
+        return Path(cfg.output_dir) / cfg.name
+    return Path(resume).resolve().parent.parent  # runs/<name>/checkpoints/step-N
+
+
+def run_dir_for(cfg) -> Path:
+    """A resumed run continues in its own folder (its config.yaml kept as the run started); else a new one."""
+    folder = resumed_run_dir(cfg)
+    if folder is None:
+        return new_run_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def discard_unstarted_runs() -> list[Path]:

@@ -274,3 +274,47 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(request, sentiment
     assert resumed == full  # resumes in place
     all_losses = losses(full)  # first run's 8 lines, then the resumed run's steps 5..8
     torch.testing.assert_close(all_losses[4:8], all_losses[8:], rtol=1e-5, atol=1e-6)
+
+
+def test_the_resume_hint_is_the_users_own_command_with_train_resume_set(monkeypatch, tmp_path):
+    from tuneforge import runs
+    from tuneforge.recipes.training import resume_hint
+
+    ckpt = tmp_path / "run dir" / "checkpoints" / "step-7"
+    monkeypatch.setattr(runs, "command_line", ["tuneforge", "distill", "recipes/d.yaml", "data.train.limit=64",
+                                               "train.resume=old"])
+    assert resume_hint("tuneforge distill <config>", ckpt) == (
+        f"tuneforge distill recipes/d.yaml data.train.limit=64 'train.resume={ckpt}'")
+    monkeypatch.setattr(runs, "command_line", None)  # called from Python, not the CLI
+    assert resume_hint("tuneforge distill <config>", ckpt) == f"tuneforge distill <config> train.resume={ckpt}"
+    assert resume_hint(None, ckpt) is None
+
+
+def test_a_second_ctrl_c_waits_for_the_checkpoint_being_saved():
+    import os
+    import signal
+
+    from tuneforge.recipes.training import sigint_held
+
+    handler = signal.getsignal(signal.SIGINT)
+    with sigint_held():
+        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt in the middle of the save
+        finished = True
+    assert finished and signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_resumed_run_continues_in_its_own_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from tuneforge.runs import run_dir_for
+
+    cfg = SimpleNamespace(output_dir=str(tmp_path), name="r", model_dump=lambda mode: {"name": "r"},
+                          train=SimpleNamespace(resume=None))
+    first = run_dir_for(cfg)
+    (first / "checkpoints" / "step-3").mkdir(parents=True)
+    cfg.train.resume = str(first / "checkpoints" / "step-3")
+    assert run_dir_for(cfg) == first.resolve()
+    cfg.train.resume = "latest"
+    assert run_dir_for(cfg) == first
+    cfg.train.resume = None
+    assert run_dir_for(cfg) == tmp_path / "r-2"

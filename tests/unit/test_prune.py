@@ -3,6 +3,8 @@ masked recovery LoRA and save/reload of the zeros."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -417,11 +419,54 @@ def test_an_interrupted_recovery_resumes_with_the_command_it_prints(tiny_llama_d
     with pytest.raises(Interrupted):
         prune(validate(PruneConfig, {**base, "name": "cut"}))
     monkeypatch.setattr(training, "collate", collate)
-    hint = re.search(r"resume with: tuneforge prune <config> train\.resume=(\S+)", capsys.readouterr().out)
+    hint = re.search(r"resume with: tuneforge prune <config> train\.resume=(\S+)", capsys.readouterr().err)
     assert hint, "the hint names prune, not finetune"
     resumed = prune(validate(PruneConfig, {**base, "name": "resumed", "train": {**base["train"], "resume": hint[1]}}))
+    assert resumed == tmp_path / "cut", "a resumed run finishes in the interrupted run's folder, not a new one"
     before, after = (load_file(run / "model" / "model.safetensors") for run in (full, resumed))
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(UserError, match="a run in steps cannot resume"):
         validate(PruneConfig, {**base, "prune": {"method": "magnitude", "steps": 2},
                                "train": {**base["train"], "resume": hint[1]}})
+
+
+def test_ctrl_c_during_a_periodic_save_checkpoints_the_steps_taken(tiny_llama_dir, sentiment_tsv, tmp_path, capsys,
+                                                                   monkeypatch):
+    """Interrupted while step 1's checkpoint is written: the saved checkpoint is step-1, holding 1 step (it was
+    named after the loop index, step-0, and a resume replayed a batch); resuming matches an uninterrupted run."""
+    import json
+    import re
+
+    from safetensors.torch import load_file
+
+    from tuneforge.config import validate
+    from tuneforge.recipes import training
+    from tuneforge.recipes.finetune import Interrupted
+    from tuneforge.recipes.prune import PruneConfig, prune
+
+    base = {"model": str(tiny_llama_dir), "output_dir": str(tmp_path),
+            "task": {"name": "sentiment", "labels": ["negative", "positive"]},
+            "data": {split: {"path": str(sentiment_tsv), "text_column": "sentence"} for split in ("train", "dev")},
+            "prune": {"method": "magnitude", "sparsity": 0.5}, "recovery": {"enabled": True, "train": "weights"},
+            "eval": {"limit": 2, "batch_size": 2}, "eval_before": False,
+            "train": {"max_steps": 3, "batch_size": 2, "lr": 1e-2, "max_seq_len": 64, "save_every": 1}}
+    full = prune(validate(PruneConfig, {**base, "name": "full"}))
+    save, calls = training.save_checkpoint, []
+
+    def ctrl_c_in_the_first_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(training, "save_checkpoint", ctrl_c_in_the_first_save)
+    with pytest.raises(Interrupted):
+        prune(validate(PruneConfig, {**base, "name": "cut"}))
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    err = capsys.readouterr().err
+    assert "interrupted after step 1" in err
+    ckpt = Path(re.search(r"train\.resume=(\S+)", err)[1])
+    assert ckpt.name == "step-1" and json.loads((ckpt / "step.json").read_text())["step"] == 1
+    resumed = prune(validate(PruneConfig, {**base, "name": "cut", "train": {**base["train"], "resume": str(ckpt)}}))
+    before, after = (load_file(run / "model" / "model.safetensors") for run in (full, resumed))
+    assert all(torch.equal(before[k], after[k]) for k in before)

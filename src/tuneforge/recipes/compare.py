@@ -5,7 +5,8 @@ folder), a base model plus a LoRA adapter (merged before measuring), or a .gguf 
 through llama.cpp with llama-cpp-python). For each: parameters and non-zero parameters, weights size on
 disk, prefill and decode tokens/s on this machine, the task metric and its change from the baseline row.
 
-Writes runs/<name>/: config.yaml, compare.json, compare.md, compare.png, report.md/html.
+Writes runs/<name>/: config.yaml, compare.json (last: a complete run), compare.md, compare.png, report.md/html;
+while it runs, compare.partial.json holds the rows measured so far.
 """
 
 from __future__ import annotations
@@ -187,7 +188,9 @@ def compare(cfg: CompareConfig) -> Path:
     for row in cfg.models:
         measured = measure_gguf(row, cfg, task, dev_rows) if is_gguf(row) else measure_hf(row, cfg, task, dev_rows)
         results.append({"name": row.name, "path": row.path, "adapter": row.adapter, "baseline": row.baseline, **measured})
-        write_json(run_dir / "compare.json", {"task": task.name, "metric": task.primary_metric, "rows": results})
+        # each row is kept as it is measured (an interrupted run keeps them), under a name that says it is partial
+        write_json(run_dir / "compare.partial.json", {"task": task.name, "metric": task.primary_metric,
+                                                      "measured": f"{len(results)} of {len(cfg.models)}", "rows": results})
         gc.collect()
     rows = table_rows(results, task.primary_metric)
     write_text(run_dir / "compare.md", format_table(rows) + "\n")
@@ -202,6 +205,8 @@ def compare(cfg: CompareConfig) -> Path:
                "model in f32; for GGUF, its tensor types); runs in: the dtype it was loaded, scored and timed in (the "
                "config's dtype; for GGUF, the type holding most of the file, run by llama.cpp)."],
     )
+    write_json(run_dir / "compare.json", {"task": task.name, "metric": task.primary_metric, "rows": results})  # last
+    (run_dir / "compare.partial.json").unlink(missing_ok=True)
     print(format_table(rows))
     return run_dir
 

@@ -103,15 +103,17 @@ def distill(cfg: DistillConfig) -> Path:
     from tuneforge.compress import common
     from tuneforge.compress.measure import count_parameters, hf_speed, speed_prompt_ids
     from tuneforge.compress.train import DistillLoss, encode_rows, train
-    from tuneforge.runs import new_run_dir
+    from tuneforge.recipes.finetune import checkpoint_to_resume
+    from tuneforge.runs import run_dir_for
     from tuneforge.tasks import get_task
 
+    checkpoint_to_resume(cfg)  # a missing checkpoint is reported before anything loads
     task = get_task(cfg.task.name, **cfg.task.options())
     train_rows, dev_rows = common.load_rows(cfg, task)
     teacher, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
     teacher.requires_grad_(False)
     student, origin = build_student(teacher, tok, cfg, task, train_rows)  # a bad student fails before runs/<name> too
-    run_dir = new_run_dir(cfg)
+    run_dir = run_dir_for(cfg)  # train.resume continues in the interrupted run's folder
     metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "kd": cfg.kd.model_dump(), **origin}
     if cfg.eval_teacher:
         metrics["teacher"], _ = common.score(teacher, tok, task, dev_rows, cfg.eval, label="teacher")
@@ -133,6 +135,7 @@ def distill(cfg: DistillConfig) -> Path:
     history = stats.pop("history")
     metrics["train"] = stats
     student.to(dtype)
+    common.save_model(student, tok, run_dir / "model")  # before the last scoring: a Ctrl-C there keeps the student
     metrics["after"], predictions = common.score(student, tok, task, dev_rows, cfg.eval, label="student after")
 
     prompt = speed_prompt_ids(tok, cfg.speed.prompt_tokens)
@@ -141,7 +144,6 @@ def distill(cfg: DistillConfig) -> Path:
         metrics[f"{name}_speed"] = {**hf_speed(net, prompt, cfg.speed.new_tokens, cfg.speed.repeats),
                                     "parameters": total, "nonzero_parameters": nonzero}
     metrics["decode_speedup"] = metrics["student_speed"]["decode_tok_s"] / metrics["teacher_speed"]["decode_tok_s"]
-    common.save_model(student, tok, run_dir / "model")
     write_jsonl(run_dir / "predictions.jsonl", predictions)
     write_distill_report(run_dir, metrics, task.primary_metric, history)
     write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a complete run

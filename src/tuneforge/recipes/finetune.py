@@ -7,6 +7,7 @@ split with the task's own metrics. Runs the same under `torchrun --nproc_per_nod
 from __future__ import annotations
 
 import json
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -181,15 +182,10 @@ def checkpoint_to_resume(cfg: FinetuneConfig) -> Path | None:
 
 
 def resolve_run_dir(cfg: FinetuneConfig, accelerator) -> Path:
-    from tuneforge.runs import new_run_dir
+    from tuneforge.runs import resumed_run_dir, run_dir_for
 
     resume = cfg.train.resume
-    path = Path(cfg.output_dir) / cfg.name
-    if resume and resume != "latest":
-        path = Path(resume).resolve().parent.parent  # runs/<name>/checkpoints/step-N
-    if accelerator.is_main_process:
-        path = new_run_dir(cfg, reuse=bool(resume)) if not resume else path
-        path.mkdir(parents=True, exist_ok=True)
+    path = run_dir_for(cfg) if accelerator.is_main_process else resumed_run_dir(cfg)
     accelerator.wait_for_everyone()
     if accelerator.num_processes > 1 and not resume:
         # every rank must agree on the folder the main process picked
@@ -219,7 +215,7 @@ def fit(s: Setup) -> dict:
         torch.cuda.reset_peak_memory_stats()  # what QLoRA saves is GPU memory: report this run's own peak
     step_rng = T.rng_state()
     bar = tqdm(total=s.total_steps, initial=start_step, desc="training", unit="step", disable=not acc.is_main_process)
-    step = start_step
+    completed = start_step  # optimizer steps taken: what a checkpoint saved now holds
     try:
         for step in range(start_step, s.total_steps):
             window = s.batches[step * cfg.train.grad_accum:(step + 1) * cfg.train.grad_accum]
@@ -242,7 +238,7 @@ def fit(s: Setup) -> dict:
             s.scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
             step_rng = T.rng_state()
-            done = step + 1
+            done = completed = step + 1
             elapsed = time.time() - t_start
             tps = tokens_seen * acc.num_processes / elapsed
             bar.set_postfix(loss=f"{loss_total:.4f}", tok_s=f"{tps:.0f}")
@@ -266,10 +262,15 @@ def fit(s: Setup) -> dict:
     except KeyboardInterrupt:
         bar.close()
         if acc.is_main_process:
-            ckpt = T.save_checkpoint(s.run_dir / "checkpoints" / f"step-{step}", s.model, s.optimizer, s.scheduler, step, step_rng)
-            print(f"\ninterrupted at step {step}; checkpoint saved to {ckpt}\n"
-                  + (f"resume with: {s.resume_command} train.resume={ckpt}" if s.resume_command else
-                     "this run cannot resume from it: run the command again"))
+            print(f"\ninterrupted after step {completed}; saving a checkpoint (a second Ctrl-C waits for it)...",
+                  file=sys.stderr, flush=True)
+            with T.sigint_held():
+                ckpt = T.save_checkpoint(s.run_dir / "checkpoints" / f"step-{completed}", s.model, s.optimizer,
+                                         s.scheduler, completed, step_rng)
+            hint = T.resume_hint(s.resume_command, ckpt)
+            print(f"checkpoint saved to {ckpt}\n"
+                  + (f"resume with: {hint}" if hint else "this run cannot resume from it: run the command again"),
+                  file=sys.stderr)
         raise Interrupted() from None
     finally:
         if log:
@@ -323,8 +324,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return s.run_dir
+    artifact = save_artifact(s)  # before the last scoring: a Ctrl-C there keeps the trained weights
     after = validate(s, desc="dev after") if s.dev_rows else {}
-    artifact = save_artifact(s)
     if s.dev_rows:
         write_jsonl(s.run_dir / "predictions.jsonl", s.last_predictions)
     result = {"task": s.task.name, "method": cfg.method, "model": cfg.model, "primary_metric": s.task.primary_metric,

@@ -220,9 +220,11 @@ def step_configs(cfg: PruneConfig) -> list[PruneConfig]:
 def prune(cfg: PruneConfig) -> Path:
     from tuneforge.compress import common
     from tuneforge.compress.prune import sparsity_report
-    from tuneforge.runs import new_run_dir
+    from tuneforge.recipes.finetune import checkpoint_to_resume
+    from tuneforge.runs import run_dir_for
     from tuneforge.tasks import get_task
 
+    checkpoint_to_resume(cfg)  # a missing checkpoint is reported before anything loads
     task = get_task(cfg.task.name, **cfg.task.options())
     configs = step_configs(cfg)
     train_rows, dev_rows = common.load_rows(cfg, task)  # step 1's rows; bad data fails before runs/<name> exists
@@ -231,7 +233,7 @@ def prune(cfg: PruneConfig) -> Path:
     if cfg.prune.method == "blocks":  # the count needs the model's depth; checked before any scoring
         blocks_to_remove(model.config.num_hidden_layers, cfg.prune.remove)
     teacher = recovery_teacher(model, tok, cfg)
-    run_dir = new_run_dir(cfg)
+    run_dir = run_dir_for(cfg)  # train.resume continues in the interrupted run's folder
     metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "method": cfg.prune.method}
     if cfg.prune.method != "existing":
         metrics.update(pattern=cfg.prune.pattern, sparsity_target=cfg.prune.sparsity)
@@ -251,7 +253,8 @@ def prune(cfg: PruneConfig) -> Path:
     if len(steps) > 1:
         metrics["steps"] = steps
         write_jsonl(run_dir / "metrics.jsonl", history)  # one loss curve over all steps
-    common.save_model(model, tok, run_dir / "model")
+    if not cfg.recovery.enabled:  # with recovery, the last step saved the model before scoring it
+        common.save_model(model, tok, run_dir / "model")
     del model
     reloaded = common.reload(run_dir / "model", cfg.dtype)
     sparsity = sparsity_report(reloaded)  # counted on what was saved, not on what is in memory
@@ -283,6 +286,7 @@ def prune_step(model, tok, task, cfg: PruneConfig, train_rows, dev_rows, run_dir
         offset = history[-1]["step"] if history else 0
         history.extend({**row, "step": row["step"] + offset} for row in stats.pop("history"))
         step["recovery"] = stats
+        common.save_model(model, tok, run_dir / "model")  # before scoring: a Ctrl-C there keeps the recovered model
         step["recovered"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label=f"after recovery{label}")
     return step, predictions
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +189,32 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler) -> tup
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     return found[-1] if found else None
+
+
+@contextmanager
+def sigint_held():
+    """Ctrl-C is held while a checkpoint is written (a second press used to leave a half-saved one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def resume_hint(fallback: str | None, checkpoint: Path) -> str | None:
+    """The command that resumes from `checkpoint`: the user's own command line with train.resume set, when the
+    CLI ran this verb; else `fallback` ("tuneforge prune <config>"). None: the run cannot resume."""
+    import shlex
+
+    from tuneforge import runs
+
+    if fallback is None:
+        return None
+    line = runs.command_line
+    if line and len(line) > 1 and line[1] == fallback.split()[1]:
+        return shlex.join([*(a for a in line if not a.startswith("train.resume=")), f"train.resume={checkpoint}"])
+    return f"{fallback} train.resume={checkpoint}"
