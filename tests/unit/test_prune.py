@@ -388,6 +388,36 @@ def test_pruning_in_steps_recovers_after_each_and_reports_every_step(tiny_llama_
     assert "recovered 25.0%" in (run / "report.md").read_text()
 
 
+def recovery_run(tiny_llama_dir, sentiment_tsv, tmp_path, **train) -> dict:
+    """A magnitude prune with a 3-step recovery of the masked weights on the tiny model, as a config mapping."""
+    return {"model": str(tiny_llama_dir), "output_dir": str(tmp_path),
+            "task": {"name": "sentiment", "labels": ["negative", "positive"]},
+            "data": {split: {"path": str(sentiment_tsv), "text_column": "sentence"} for split in ("train", "dev")},
+            "prune": {"method": "magnitude", "sparsity": 0.5}, "recovery": {"enabled": True, "train": "weights"},
+            "eval": {"limit": 2, "batch_size": 2}, "eval_before": False,
+            "train": {"max_steps": 3, "batch_size": 2, "lr": 1e-2, "max_seq_len": 64, **train}}
+
+
+def ctrl_c_on_call(monkeypatch, name: str, call: int, cfg) -> None:
+    """prune(cfg) with the training loop's `name` pressed Ctrl-C on at its call-th call; it must end Interrupted."""
+    from tuneforge.recipes import training
+    from tuneforge.recipes.finetune import Interrupted
+    from tuneforge.recipes.prune import prune
+
+    original, calls = getattr(training, name), []
+
+    def pressed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, name, pressed)
+    with pytest.raises(Interrupted):
+        prune(cfg)
+    monkeypatch.setattr(training, name, original)
+
+
 def test_an_interrupted_recovery_resumes_with_the_command_it_prints(tiny_llama_dir, sentiment_tsv, tmp_path, capsys, monkeypatch):
     """Ctrl-C in a recovery saves a checkpoint and prints `tuneforge prune <config> train.resume=...`; running
     that gives the same model as an uninterrupted run."""
@@ -396,29 +426,11 @@ def test_an_interrupted_recovery_resumes_with_the_command_it_prints(tiny_llama_d
     from safetensors.torch import load_file
 
     from tuneforge.config import validate
-    from tuneforge.recipes import training
-    from tuneforge.recipes.finetune import Interrupted
     from tuneforge.recipes.prune import PruneConfig, prune
 
-    base = {"model": str(tiny_llama_dir), "output_dir": str(tmp_path),
-            "task": {"name": "sentiment", "labels": ["negative", "positive"]},
-            "data": {split: {"path": str(sentiment_tsv), "text_column": "sentence"} for split in ("train", "dev")},
-            "prune": {"method": "magnitude", "sparsity": 0.5}, "recovery": {"enabled": True, "train": "weights"},
-            "eval": {"limit": 2, "batch_size": 2}, "eval_before": False,
-            "train": {"max_steps": 3, "batch_size": 2, "lr": 1e-2, "max_seq_len": 64}}
+    base = recovery_run(tiny_llama_dir, sentiment_tsv, tmp_path)
     full = prune(validate(PruneConfig, {**base, "name": "full"}))
-    collate, calls = training.collate, []
-
-    def interrupt_at_step_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return collate(*args, **kwargs)
-
-    monkeypatch.setattr(training, "collate", interrupt_at_step_two)
-    with pytest.raises(Interrupted):
-        prune(validate(PruneConfig, {**base, "name": "cut"}))
-    monkeypatch.setattr(training, "collate", collate)
+    ctrl_c_on_call(monkeypatch, "collate", 2, validate(PruneConfig, {**base, "name": "cut"}))  # in step 2
     hint = re.search(r"resume with: tuneforge prune <config> train\.resume=(\S+)", capsys.readouterr().err)
     assert hint, "the hint names prune, not finetune"
     resumed = prune(validate(PruneConfig, {**base, "name": "resumed", "train": {**base["train"], "resume": hint[1]}}))
@@ -440,29 +452,11 @@ def test_ctrl_c_during_a_periodic_save_checkpoints_the_steps_taken(tiny_llama_di
     from safetensors.torch import load_file
 
     from tuneforge.config import validate
-    from tuneforge.recipes import training
-    from tuneforge.recipes.finetune import Interrupted
     from tuneforge.recipes.prune import PruneConfig, prune
 
-    base = {"model": str(tiny_llama_dir), "output_dir": str(tmp_path),
-            "task": {"name": "sentiment", "labels": ["negative", "positive"]},
-            "data": {split: {"path": str(sentiment_tsv), "text_column": "sentence"} for split in ("train", "dev")},
-            "prune": {"method": "magnitude", "sparsity": 0.5}, "recovery": {"enabled": True, "train": "weights"},
-            "eval": {"limit": 2, "batch_size": 2}, "eval_before": False,
-            "train": {"max_steps": 3, "batch_size": 2, "lr": 1e-2, "max_seq_len": 64, "save_every": 1}}
+    base = recovery_run(tiny_llama_dir, sentiment_tsv, tmp_path, save_every=1)
     full = prune(validate(PruneConfig, {**base, "name": "full"}))
-    save, calls = training.save_checkpoint, []
-
-    def ctrl_c_in_the_first_save(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        return save(*args, **kwargs)
-
-    monkeypatch.setattr(training, "save_checkpoint", ctrl_c_in_the_first_save)
-    with pytest.raises(Interrupted):
-        prune(validate(PruneConfig, {**base, "name": "cut"}))
-    monkeypatch.setattr(training, "save_checkpoint", save)
+    ctrl_c_on_call(monkeypatch, "save_checkpoint", 1, validate(PruneConfig, {**base, "name": "cut"}))
     err = capsys.readouterr().err
     assert "interrupted after step 1" in err
     ckpt = Path(re.search(r"train\.resume=(\S+)", err)[1])
