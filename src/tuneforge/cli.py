@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ == "Interrupted":
             return 130
         raise
+    finally:
+        runs.command_line = None  # a later library call in this process is not this command
     return int(code or 0)
 
 

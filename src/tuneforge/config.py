@@ -207,7 +207,7 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"config file {path} not found")
-    if not path.is_file():
+    if path.is_dir():  # (a pipe such as <(sed ...) is read like a file)
         raise UserError(f"config file {path} is a folder; pass a recipe file in it, e.g. {path / 'sst2_lora.yaml'}")
     try:
         data = load_yaml(path.read_text(encoding="utf-8")) or {}

@@ -22,14 +22,17 @@ command_line: list[str] | None = None  # the CLI's own words (set by cli.main), 
 def new_run_dir(cfg, *, reuse: bool = False) -> Path:
     """runs/<name>; if it exists and we are not resuming, runs/<name>-2, -3, ... so no earlier work is lost."""
     base = Path(cfg.output_dir) / cfg.name
-    path = base
-    n = 2
-    while path.exists() and not reuse:
-        path = base.with_name(f"{base.name}-{n}")
-        n += 1
-    if not path.exists():
-        _started.append(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path, n = base, 2
+    while True:
+        try:  # claimed atomically: two runs of one name never share (or discard) one folder
+            path.mkdir(parents=True, exist_ok=False)
+            _started.append(path)
+            break
+        except FileExistsError:
+            if reuse:
+                break
+            path = base.with_name(f"{base.name}-{n}")
+            n += 1
     write_text(path / "config.yaml", resolved_config_yaml(cfg))
     return path
 

@@ -83,9 +83,13 @@ def test_missing_adapter_names_the_recipe_that_makes_it(tmp_path, monkeypatch):
         attach_adapter(None, "not-an-adapter")
     from tuneforge.models import resolve_model
 
-    with pytest.raises(UserError, match=r"Make it first: `tuneforge finetune recipes/sst2_lora.yaml` writes "
-                                        r"runs/sst2-lora/model\.$"):
-        resolve_model("runs/sst2-lora/model")  # a pruned or distilled model/ folder, named the same way
+    (tmp_path / "recipes" / "prune_x.yaml").write_text(
+        "# Run:\n#   tuneforge prune recipes/prune_x.yaml\nname: pruned\nprune: {method: wanda}\n")
+    with pytest.raises(UserError, match=r"Make it first: `tuneforge prune recipes/prune_x.yaml` writes "
+                                        r"runs/pruned/model\.$"):
+        resolve_model("runs/pruned/model")  # a pruned or distilled model/ folder
+    with pytest.raises(UserError, match=r"Run `tuneforge models` to list known models\.$"):
+        resolve_model("runs/sst2-lora/model")  # that LoRA recipe writes adapter/, not model/
 
 
 def test_torchao_start_up_notices_are_dropped():
@@ -188,7 +192,8 @@ def test_a_missing_folder_under_a_local_folder_is_not_looked_up_on_the_hub(tmp_p
     from tuneforge.errors import UserError
     from tuneforge.models import resolve_model
 
-    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "earlier").mkdir(parents=True)
+    (tmp_path / "runs" / "earlier" / "config.yaml").write_text("name: earlier\n")  # a folder of run folders
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(UserError, match=r"model 'runs/nope' not found; tried: .*local folder runs/nope \(not found\)"):

@@ -139,6 +139,7 @@ def test_task_options_are_checked_by_type_and_internal_fields_are_not_options(op
     with pytest.raises(UserError, match=expected):
         get_task("sentiment", **options)
     assert get_task("sentiment", labels=["bad", "good"], max_new_tokens="4").max_new_tokens == 4
+    assert get_task("sentiment", labels=[1, 2, 3]).labels == ["1", "2", "3"]  # star ratings are names too
 
 
 def test_evaluate_refuses_a_strategy_the_task_lacks_before_reading_data():
@@ -167,11 +168,11 @@ def test_resume_without_a_checkpoint_is_refused_before_any_work(tmp_path):
     cfg = validate(FinetuneConfig, {**TRAIN, "output_dir": str(tmp_path), "name": "r", "train": {"resume": "latest"}})
     with pytest.raises(UserError, match=r"train.resume: no checkpoint found at .*r/checkpoints; pass a checkpoints/step-N"):
         checkpoint_to_resume(cfg)
+    assert not (tmp_path / "r").exists()  # refused without making the run folder
     step = tmp_path / "r" / "checkpoints" / "step-4"
     step.mkdir(parents=True)
     (step / "step.json").write_text('{"step": 4}')
     assert checkpoint_to_resume(cfg) == step
-    assert not (tmp_path / "other").exists()
 
 
 def test_a_model_given_as_a_file_says_what_it_takes(tmp_path):

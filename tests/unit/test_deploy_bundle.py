@@ -245,6 +245,17 @@ def test_an_empty_folder_or_an_earlier_bundle_is_replaced(tmp_path, gguf_file):
     assert (out / MARKER).is_file() and not (out / "k8s").exists()
 
 
+def test_a_hand_written_service_with_bundle_like_names_is_left_alone(tmp_path, gguf_file):
+    mine = tmp_path / "service"
+    mine.mkdir()
+    for name, text in {"Dockerfile": "FROM python:3.11\n", "entrypoint.sh": "#!/bin/sh\nexec python app.py\n",
+                       "README.md": "my notes\n", "compose.yaml": "services: {}\n"}.items():
+        (mine / name).write_text(text)
+    with pytest.raises(UserError, match="holds other files"):
+        deploy("docker", mine, str(gguf_file))
+    assert (mine / "README.md").read_text() == "my notes\n"
+
+
 @pytest.mark.parametrize("out, message", [
     ("afile", r"--out .*afile is a file, not a folder"),
     ("afile/sub/bundle", r"--out .*afile/sub/bundle: .*afile is a file, so no folder can be made under it"),

@@ -301,6 +301,12 @@ def test_a_second_ctrl_c_waits_for_the_checkpoint_being_saved():
         os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt in the middle of the save
         finished = True
     assert finished and signal.getsignal(signal.SIGINT) is handler
+    applied = []
+    with pytest.raises(KeyboardInterrupt):  # an optimizer update: applied whole, then the press is raised
+        with sigint_held(reraise=True):
+            os.kill(os.getpid(), signal.SIGINT)
+            applied.append("update")
+    assert applied == ["update"] and signal.getsignal(signal.SIGINT) is handler
 
 
 def test_a_resumed_run_continues_in_its_own_folder(tmp_path):

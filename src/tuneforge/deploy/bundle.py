@@ -162,7 +162,10 @@ def is_bundle_or_empty(folder: Path) -> bool:
     names = {p.name for p in folder.iterdir()}
     if not names or MARKER in names:
         return True
-    return {"Dockerfile", "entrypoint.sh"} <= names and names <= BUNDLE_ENTRIES
+    if not ({"Dockerfile", "entrypoint.sh"} <= names and names <= BUNDLE_ENTRIES):
+        return False
+    entry = folder / "entrypoint.sh"  # and the entrypoint deploy writes, not a hand-written one
+    return entry.is_file() and "exec tuneforge serve" in entry.read_text(encoding="utf-8", errors="replace")
 
 
 def make_plan(target, model, adapters, *, gpu, bake, name, image, engine) -> Plan:

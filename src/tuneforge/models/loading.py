@@ -142,7 +142,11 @@ def recipe_hint(adapter: Path, recipes: Path = Path("recipes")) -> str:
     for recipe in sorted(recipes.glob("*.yaml")):
         text = recipe.read_text(encoding="utf-8")
         if re.search(rf"^name:\s*{re.escape(run_name)}\s*(#.*)?$", text, re.M):
-            verb = re.search(rf"tuneforge (\w+) {re.escape(recipe.as_posix())}", text)
-            command = f"tuneforge {verb.group(1) if verb else 'finetune'} {recipe.as_posix()}"
-            return f", or make this one first: `{command}` writes {adapter.as_posix()}"
+            found = re.search(rf"tuneforge (\w+) {re.escape(recipe.as_posix())}", text)
+            verb = found.group(1) if found else "finetune"
+            method = re.search(r"^method:\s*(\w+)", text, re.M)
+            lora = verb == "finetune" and (method is None or method.group(1) in ("lora", "qlora"))
+            if adapter.name != ("adapter" if lora else "model"):  # the recipe writes the other folder
+                return ""
+            return f", or make this one first: `tuneforge {verb} {recipe.as_posix()}` writes {adapter.as_posix()}"
     return ""

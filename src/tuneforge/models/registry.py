@@ -96,8 +96,11 @@ def resolve_model(name: str | None, *, do_import: bool = True) -> str:
         tried.append(f"local folder {path} (exists but has no config.json)")
     else:
         tried.append(f"local folder {path} (not found)")
-    # runs/x reads like a hub id; a first part that is a local folder says it is a path, so no network is tried
-    looks_like_hub_id = name.count("/") == 1 and not name.startswith(("/", ".", "~")) and not Path(name.split("/")[0]).is_dir()
+    # runs/x reads like a hub id; under a local folder of run folders (one holding a config.yaml run) it is a
+    # path, so no network is tried. Any other org/name stays a hub id, even beside a folder named like the org.
+    first = Path(name.split("/")[0])
+    local_runs = first.is_dir() and any(first.glob("*/config.yaml"))
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith(("/", ".", "~")) and not local_runs
     if looks_like_hub_id and not path.exists():
         from huggingface_hub import try_to_load_from_cache
 

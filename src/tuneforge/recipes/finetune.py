@@ -234,11 +234,12 @@ def fit(s: Setup) -> dict:
                 tokens_seen += int(batch["attention_mask"].sum())
             if cfg.train.max_grad_norm:
                 acc.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm)
-            s.optimizer.step()
-            s.scheduler.step()
-            s.optimizer.zero_grad(set_to_none=True)
-            step_rng = T.rng_state()
-            done = completed = step + 1
+            with T.sigint_held(reraise=True):  # an update is applied whole and counted, or not at all
+                s.optimizer.step()
+                s.scheduler.step()
+                s.optimizer.zero_grad(set_to_none=True)
+                step_rng = T.rng_state()
+                done = completed = step + 1
             elapsed = time.time() - t_start
             tps = tokens_seen * acc.num_processes / elapsed
             bar.set_postfix(loss=f"{loss_total:.4f}", tok_s=f"{tps:.0f}")
@@ -260,13 +261,14 @@ def fit(s: Setup) -> dict:
             if cfg.train.save_every and done % cfg.train.save_every == 0 and acc.is_main_process:
                 T.save_checkpoint(s.run_dir / "checkpoints" / f"step-{done}", s.model, s.optimizer, s.scheduler, done, step_rng)
     except KeyboardInterrupt:
-        bar.close()
-        if acc.is_main_process:
-            print(f"\ninterrupted after step {completed}; saving a checkpoint (a second Ctrl-C waits for it)...",
-                  file=sys.stderr, flush=True)
-            with T.sigint_held():
+        with T.sigint_held():  # a second Ctrl-C waits for the checkpoint
+            bar.close()
+            if acc.is_main_process:
+                print(f"\ninterrupted after step {completed}; saving a checkpoint (a second Ctrl-C waits for it)...",
+                      file=sys.stderr, flush=True)
                 ckpt = T.save_checkpoint(s.run_dir / "checkpoints" / f"step-{completed}", s.model, s.optimizer,
                                          s.scheduler, completed, step_rng)
+        if acc.is_main_process:
             hint = T.resume_hint(s.resume_command, ckpt)
             print(f"checkpoint saved to {ckpt}\n"
                   + (f"resume with: {hint}" if hint else "this run cannot resume from it: run the command again"),

@@ -192,8 +192,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 @contextmanager
-def sigint_held():
-    """Ctrl-C is held while a checkpoint is written (a second press used to leave a half-saved one)."""
+def sigint_held(reraise: bool = False):
+    """Ctrl-C waits until the block is done (a checkpoint being written, an optimizer update being applied);
+    with `reraise`, a press during the block is raised as KeyboardInterrupt once it is done."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -203,6 +204,8 @@ def sigint_held():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+    if pressed and reraise:
+        raise KeyboardInterrupt
 
 
 def resume_hint(fallback: str | None, checkpoint: Path) -> str | None:

@@ -96,7 +96,13 @@ def check_port_free(host: str, port: int) -> None:
                         "use 127.0.0.1, 0.0.0.0 or an interface's address") from e
     bound = 0
     for family, kind, proto, _, address in dict.fromkeys(infos):
-        with socket.socket(family, kind, proto) as sock:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as e:  # an address family this kernel lacks (IPv6 off): asyncio skips it too
+            if e.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+                continue
+            raise UserError(f"--host {host}: cannot open a socket for it ({e.strerror})") from e
+        with sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

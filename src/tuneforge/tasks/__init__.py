@@ -37,7 +37,7 @@ def checked_options(task_cls, name: str, options: dict) -> dict:
     import dataclasses
     import typing
 
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
 
     hints = typing.get_type_hints(task_cls)
     allowed = sorted(f.name for f in dataclasses.fields(task_cls) if f.init and f.name not in INTERNAL_FIELDS)
@@ -45,11 +45,13 @@ def checked_options(task_cls, name: str, options: dict) -> dict:
     if unknown:
         raise UserError(f"task.{unknown[0]} is not an option of task '{name}'; its options are: {', '.join(allowed)}")
     checked = {}
+    as_text = ConfigDict(coerce_numbers_to_str=True)  # labels: [1, 2, 3, 4, 5] are names too
     for key, value in options.items():
         try:
-            checked[key] = TypeAdapter(hints[key]).validate_python(value)
+            checked[key] = TypeAdapter(hints[key], config=as_text).validate_python(value)
         except ValidationError as e:
             first = e.errors()[0]
+            wants_list = "list" in str(hints[key]) and not isinstance(value, list)
             raise UserError(f"task.{key}: {first['msg']} (got {value!r})"
-                            + ("; write a list, e.g. [negative, positive]" if "list" in str(hints[key]) else "")) from None
+                            + ("; write a list, e.g. [negative, positive]" if wants_list else "")) from None
     return checked
