@@ -274,6 +274,8 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(request, sentiment
     assert resumed == full  # resumes in place
     all_losses = losses(full)  # first run's 8 lines, then the resumed run's steps 5..8
     torch.testing.assert_close(all_losses[4:8], all_losses[8:], rtol=1e-5, atol=1e-6)
+    train = json.loads((full / "metrics.json").read_text())["train"]
+    assert train["steps"] == 4 and train["resumed_from_step"] == 4  # the stats cover the resumed part only, and say so
 
 
 def test_the_resume_hint_is_the_users_own_command_with_train_resume_set(monkeypatch, tmp_path):

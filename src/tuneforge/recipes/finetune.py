@@ -281,7 +281,8 @@ def fit(s: Setup) -> dict:
     seconds = time.time() - t_start
     return {"tokens": tokens_seen * acc.num_processes, "seconds": seconds,
             "tokens_per_second": tokens_seen * acc.num_processes / max(seconds, 1e-9),
-            "steps": s.total_steps - start_step,
+            "steps": s.total_steps - start_step,  # this process's; a resumed run says where it started
+            **({"resumed_from_step": start_step} if start_step else {}),
             **({"peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9} if on_cuda else {})}
 
 
