@@ -106,9 +106,11 @@ class RunConfig(Section):
     @classmethod
     def _output_dir_is_a_folder(cls, value: str) -> str:
         """Checked now, not after minutes of loading when the run folder is made."""
-        for part in (Path(value).expanduser(), *Path(value).expanduser().parents):
-            if part.exists() and not part.is_dir():
-                raise ValueError(f"output_dir {value}: {part} is a file, not a folder; set output_dir to a folder")
+        from tuneforge.fileio import nearest_existing
+
+        found = nearest_existing(value)
+        if not found.is_dir():
+            raise ValueError(f"output_dir {value}: {found} is a file, not a folder; set output_dir to a folder")
         return value
 
 

@@ -10,6 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def nearest_existing(path: str | Path) -> Path:
+    """`path` or its nearest ancestor that is there (a broken link counts): what a write under `path` meets first."""
+    found = Path(path).expanduser().absolute()
+    while not found.exists() and not found.is_symlink():
+        found = found.parent
+    return found
+
+
 def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

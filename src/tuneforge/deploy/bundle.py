@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tuneforge.deploy.checks import check_files
 from tuneforge.errors import UserError
-from tuneforge.fileio import atomic_dir
+from tuneforge.fileio import atomic_dir, nearest_existing
 from tuneforge.quant.llamacpp import has_gguf_magic
 
 TARGETS = ("docker", "k8s", "aws", "gcp", "azure")
@@ -143,14 +143,11 @@ def check_out(out: str | Path) -> Path:
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; choose a new folder for the bundle")
-    for parent in path.absolute().parents:  # the nearest existing folder above --out must be a writable folder
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"--out {out}: {parent} is a file, so no folder can be made under it; "
-                                "choose another --out")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UserError(f"--out {out}: cannot write in {parent}; choose a folder you can write to")
-            break
+    parent = nearest_existing(path.absolute().parent)  # must be a folder --out can be made (or replaced) in
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, so no folder can be made under it; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: cannot write in {parent}; choose a folder you can write to")
     if path.is_dir() and not is_bundle_or_empty(path):
         raise UserError(f"--out {out} holds other files (not a bundle `tuneforge deploy` wrote); "
                         "choose a new folder or empty it")

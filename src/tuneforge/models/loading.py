@@ -135,10 +135,17 @@ def _mismatch_detail(text: str) -> str:
 
 
 def recipe_hint(adapter: Path, recipes: Path = Path("recipes")) -> str:
-    """For runs/<name>/adapter (or /model): the shipped recipe whose `name:` is <name>, as the command that makes it."""
-    if adapter.name not in ("adapter", "model") or not recipes.is_dir():
-        return ""
-    run_name = adapter.parent.name
+    """', or make this one first: `tuneforge finetune recipes/x.yaml` writes runs/x/adapter', or ''."""
+    made_by = recipe_that_writes(adapter, recipes)
+    return f", or make this one first: {made_by}" if made_by else ""
+
+
+def recipe_that_writes(folder: Path, recipes: Path = Path("recipes")) -> str | None:
+    """For runs/<name>/adapter (or /model): the shipped recipe whose `name:` is <name> and that writes that
+    folder, as "`tuneforge VERB recipes/x.yaml` writes runs/<name>/adapter"."""
+    if folder.name not in ("adapter", "model") or not recipes.is_dir():
+        return None
+    run_name = folder.parent.name
     for recipe in sorted(recipes.glob("*.yaml")):
         text = recipe.read_text(encoding="utf-8")
         if re.search(rf"^name:\s*{re.escape(run_name)}\s*(#.*)?$", text, re.M):
@@ -146,7 +153,7 @@ def recipe_hint(adapter: Path, recipes: Path = Path("recipes")) -> str:
             verb = found.group(1) if found else "finetune"
             method = re.search(r"^method:\s*(\w+)", text, re.M)
             lora = verb == "finetune" and (method is None or method.group(1) in ("lora", "qlora"))
-            if adapter.name != ("adapter" if lora else "model"):  # the recipe writes the other folder
-                return ""
-            return f", or make this one first: `tuneforge {verb} {recipe.as_posix()}` writes {adapter.as_posix()}"
-    return ""
+            if folder.name != ("adapter" if lora else "model"):  # the recipe writes the other folder
+                return None
+            return f"`tuneforge {verb} {recipe.as_posix()}` writes {folder.as_posix()}"
+    return None

@@ -110,8 +110,8 @@ def resolve_model(name: str | None, *, do_import: bool = True) -> str:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True"):
             return name  # let transformers download it; its error is reported by load_model
         tried.append(f"hub id {name} (not in the local HF cache and HF_HUB_OFFLINE is set)")
-    from tuneforge.models.loading import recipe_hint
+    from tuneforge.models.loading import recipe_that_writes
 
-    made_by = recipe_hint(path).removeprefix(", or make this one first: ")  # runs/<name>/model of a shipped recipe
+    made_by = recipe_that_writes(path)  # runs/<name>/model of a shipped recipe
     advice = f"Make it first: {made_by}" if made_by else "Run `tuneforge models` to list known models"
     raise UserError(f"model '{name}' not found; tried: " + "; ".join(tried) + f". {advice}.")

@@ -43,6 +43,7 @@ def load_error(path: str | Path, error: Exception) -> UserError:
     why = f"llama.cpp refused it ({error})" if has_gguf_magic(path) else "it is not a GGUF file (no GGUF magic)"
     return UserError(f"GGUF file {path} could not be loaded: {why}; write it again with `tuneforge export`")
 
+
 class LlamaCppRunner:
     """A GGUF model with the runner interface of tuneforge.parity (prompt_ids, greedy, stop_ids, decode)."""
 

@@ -185,12 +185,12 @@ def compare(cfg: CompareConfig) -> Path:
     _, dev_rows = load_rows(cfg, task)
     run_dir = new_run_dir(cfg)
     results = []
+    summary = {"task": task.name, "metric": task.primary_metric, "rows": results}
     for row in cfg.models:
         measured = measure_gguf(row, cfg, task, dev_rows) if is_gguf(row) else measure_hf(row, cfg, task, dev_rows)
         results.append({"name": row.name, "path": row.path, "adapter": row.adapter, "baseline": row.baseline, **measured})
         # each row is kept as it is measured (an interrupted run keeps them), under a name that says it is partial
-        write_json(run_dir / "compare.partial.json", {"task": task.name, "metric": task.primary_metric,
-                                                      "measured": f"{len(results)} of {len(cfg.models)}", "rows": results})
+        write_json(run_dir / "compare.partial.json", {**summary, "measured": f"{len(results)} of {len(cfg.models)}"})
         gc.collect()
     rows = table_rows(results, task.primary_metric)
     write_text(run_dir / "compare.md", format_table(rows) + "\n")
@@ -205,7 +205,7 @@ def compare(cfg: CompareConfig) -> Path:
                "model in f32; for GGUF, its tensor types); runs in: the dtype it was loaded, scored and timed in (the "
                "config's dtype; for GGUF, the type holding most of the file, run by llama.cpp)."],
     )
-    write_json(run_dir / "compare.json", {"task": task.name, "metric": task.primary_metric, "rows": results})  # last
+    write_json(run_dir / "compare.json", summary)  # last: a complete run
     (run_dir / "compare.partial.json").unlink(missing_ok=True)
     print(format_table(rows))
     return run_dir

@@ -170,10 +170,12 @@ def encode_row(tok, task, row, max_len):
 
 def checkpoint_to_resume(cfg: FinetuneConfig) -> Path | None:
     """train.resume's checkpoint (latest: the newest in runs/<name>/checkpoints); None when not resuming."""
+    from tuneforge.runs import resumed_run_dir
+
     resume = cfg.train.resume
     if not resume:
         return None
-    run = Path(cfg.output_dir) / cfg.name
+    run = resumed_run_dir(cfg)
     ckpt = T.latest_checkpoint(run) if resume == "latest" else Path(resume)
     if ckpt is None or not (ckpt / "step.json").exists():
         raise UserError(f"train.resume: no checkpoint found at {ckpt or run / 'checkpoints'}; "

@@ -16,10 +16,10 @@ class ServeConfig(Section):
     model: str | None = Field(None, description="registry name, HF folder/id, or a .gguf file; None = the embedded model")
     adapters: dict[str, str] = Field(default_factory=dict, description="LoRA adapters served by name: NAME -> adapter folder")
     served_model_name: str | None = Field(None, description="the base model's name in /v1/models (default: derived from `model`)")
-    engine: Literal["auto", "transformers", "llamacpp", "vllm"] = Field(
+    engine: Literal[ENGINES] = Field(
         "auto", description="auto: llamacpp for a .gguf, vllm when installed with a GPU, transformers otherwise"
     )
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+    dtype: Literal[DTYPES] = Field(
         "auto", description="transformers/vllm weights dtype: auto | bfloat16 | float16 | float32"
     )
     device: str | None = Field(None, description="transformers device (default: cuda when available, else cpu)")
