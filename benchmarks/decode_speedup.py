@@ -28,8 +28,8 @@ def main() -> None:
 
     import torch
 
-    from tuneforge.compress.common import load_merged, reload
     from tuneforge.compress.measure import count_parameters, hf_speed, speed_prompt_ids
+    from tuneforge.models.loading import load_merged, reload
 
     torch.manual_seed(0)
     reference, tok = load_merged(args.reference, args.adapter, "float32")

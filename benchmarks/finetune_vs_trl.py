@@ -36,9 +36,9 @@ import torch
 
 from tuneforge.config import FinetuneConfig, validate
 from tuneforge.data.encode import encode_conversation
-from tuneforge.recipes.common import build_task, load_split
-from tuneforge.recipes.evaluate import score_task
-from tuneforge.recipes.training import group_batches
+from tuneforge.scoring import score_task
+from tuneforge.tasks.splits import build_task, load_split
+from tuneforge.training.batching import group_batches
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sentiment" / "sst2"
 
@@ -96,7 +96,7 @@ def run_trl(cfg, task, train_rows, dev_rows, tok, out_dir: str, same_batches: bo
     from trl import SFTConfig, SFTTrainer
 
     from tuneforge.models import load_model
-    from tuneforge.recipes.finetune import apply_method
+    from tuneforge.training.setup import apply_method
 
     def pair(row):
         conv = task.conversation(row)

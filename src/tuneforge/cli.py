@@ -10,8 +10,8 @@ import sys
 
 # verb -> (module with add_arguments/run, one-line help)
 VERBS = {
-    "models": ("tuneforge.models.cli", "list known models; `models import NAME` converts the embedded GGUF once"),
-    "inspect": ("tuneforge.models.inspect", "architecture, parameters, memory; --attention / --tokens"),
+    "models": ("tuneforge.recipes.models", "list known models; `models import NAME` converts the embedded GGUF once"),
+    "inspect": ("tuneforge.recipes.inspect", "architecture, parameters, memory; --attention / --tokens"),
     "prompt-eval": ("tuneforge.recipes.prompt_eval", "score zero-shot / few-shot / chain-of-thought on a task"),
     "finetune": ("tuneforge.recipes.finetune", "LoRA / full / freeze fine-tuning (CONFIG.yaml [key=value ...])"),
     "evaluate": ("tuneforge.recipes.evaluate", "score a model (+ adapter) on a task's dev split"),
@@ -20,9 +20,9 @@ VERBS = {
     "prune": ("tuneforge.recipes.prune", "magnitude, Wanda, 2:4, block removal (+ recovery)"),
     "compare": ("tuneforge.recipes.compare", "one table: size, speed and quality of several models"),
     "export": ("tuneforge.recipes.export", "merged HF folder, GGUF, Ollama Modelfile, with a parity check"),
-    "serve": ("tuneforge.serve.cli", "OpenAI-compatible server + web chat page"),
-    "chat": ("tuneforge.serve.chat", "chat in the terminal"),
-    "deploy": ("tuneforge.deploy.cli", "write a deploy bundle for docker, k8s, aws, gcp or azure"),
+    "serve": ("tuneforge.recipes.serve", "OpenAI-compatible server + web chat page"),
+    "chat": ("tuneforge.recipes.chat", "chat in the terminal"),
+    "deploy": ("tuneforge.recipes.deploy", "write a deploy bundle for docker, k8s, aws, gcp or azure"),
 }
 
 

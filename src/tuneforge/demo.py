@@ -35,9 +35,10 @@ def demo_config(extra: list[str]) -> FinetuneConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tuneforge.models.registry import DEFAULT_MODEL, resolve_model
+    from tuneforge.models.known import DEFAULT_MODEL
+    from tuneforge.models.registry import resolve_model
     from tuneforge.recipes.finetune import finetune
-    from tuneforge.recipes.run_report import print_summary
+    from tuneforge.report.run_report import print_summary
 
     try:
         print(f"model: {DEFAULT_MODEL} -> {resolve_model(DEFAULT_MODEL)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import platform
+import re
 import shutil
 from pathlib import Path
 
@@ -98,3 +99,28 @@ def _version(pkg: str) -> str:
         return importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def recipe_hint(adapter: Path, recipes: Path = Path("recipes")) -> str:
+    """', or make this one first: `tuneforge finetune recipes/x.yaml` writes runs/x/adapter', or ''."""
+    made_by = recipe_that_writes(adapter, recipes)
+    return f", or make this one first: {made_by}" if made_by else ""
+
+
+def recipe_that_writes(folder: Path, recipes: Path = Path("recipes")) -> str | None:
+    """For runs/<name>/adapter (or /model): the shipped recipe whose `name:` is <name> and that writes that
+    folder, as "`tuneforge VERB recipes/x.yaml` writes runs/<name>/adapter"."""
+    if folder.name not in ("adapter", "model") or not recipes.is_dir():
+        return None
+    run_name = folder.parent.name
+    for recipe in sorted(recipes.glob("*.yaml")):
+        text = recipe.read_text(encoding="utf-8")
+        if re.search(rf"^name:\s*{re.escape(run_name)}\s*(#.*)?$", text, re.M):
+            found = re.search(rf"tuneforge (\w+) {re.escape(recipe.as_posix())}", text)
+            verb = found.group(1) if found else "finetune"
+            method = re.search(r"^method:\s*(\w+)", text, re.M)
+            lora = verb == "finetune" and (method is None or method.group(1) in ("lora", "qlora"))
+            if folder.name != ("adapter" if lora else "model"):  # the recipe writes the other folder
+                return None
+            return f"`tuneforge {verb} {recipe.as_posix()}` writes {folder.as_posix()}"
+    return None

@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-RUN_CHAT = ("import argparse, sys; from tuneforge.serve import chat; p = argparse.ArgumentParser(); "
+RUN_CHAT = ("import argparse, sys; from tuneforge.recipes import chat; p = argparse.ArgumentParser(); "
             "chat.add_arguments(p); sys.exit(chat.run(p.parse_args(sys.argv[1:])))")
 
 

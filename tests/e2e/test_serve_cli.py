@@ -63,7 +63,7 @@ def test_serve_process_honours_port_env_and_api_key_file(tiny_paths, tmp_path):
 
 
 def test_bad_adapter_path_is_one_clear_error(tmp_path):
-    out = subprocess.run([sys.executable, "-c", "from tuneforge.serve.cli import serve; "
+    out = subprocess.run([sys.executable, "-c", "from tuneforge.recipes.serve import serve; "
                           f"serve(adapters={{'x': '{tmp_path}'}})"], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "no adapter_config.json" in out.stderr
 

@@ -78,7 +78,7 @@ def test_block_removal_recipe_saves_a_shorter_model_that_reloads(data_dir, tmp_p
 
 
 def test_int8_recipe_reloads_smaller_and_answers_like_the_float_model(data_dir, tmp_path):
-    from tuneforge.quant.torchao import load_quantized
+    from tuneforge.compress.quant.torchao import load_quantized
     from tuneforge.recipes.quantize import QuantizeConfig, quantize
 
     cfg = recipe(QuantizeConfig, "quantize_int8_sst2.yaml", tmp_path, name="int8",

@@ -41,8 +41,8 @@ def source():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tuneforge.export.parity import HFRunner
     from tuneforge.models import resolve_model
-    from tuneforge.parity import HFRunner
 
     folder = resolve_model(None)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -51,7 +51,7 @@ def source():
 
 @pytest.fixture(scope="module")
 def f16_path(source, tmp_path_factory):
-    from tuneforge.quant.gguf_writer import pre_tokenizer_from_source, write_gguf
+    from tuneforge.compress.quant.gguf_writer import pre_tokenizer_from_source, write_gguf
 
     runner, folder = source
     path = tmp_path_factory.mktemp("gguf") / "smollm2-f16.gguf"
@@ -59,8 +59,8 @@ def f16_path(source, tmp_path_factory):
 
 
 def parity_of(source, path):
-    from tuneforge.parity import run_parity
-    from tuneforge.quant.llamacpp import LlamaCppRunner
+    from tuneforge.compress.quant.llamacpp import LlamaCppRunner
+    from tuneforge.export.parity import run_parity
 
     return run_parity(source[0], LlamaCppRunner(path, n_ctx=512), max_new_tokens=MAX_NEW)
 
@@ -68,7 +68,7 @@ def parity_of(source, path):
 def test_f16_metadata_matches_the_original_gguf(f16_path):
     import gguf
 
-    from tuneforge.models.registry import KNOWN_MODELS, package_folder
+    from tuneforge.models.known import KNOWN_MODELS, package_folder
 
     known = KNOWN_MODELS["smollm2-135m-instruct"]
     ref = gguf.GGUFReader(package_folder(known) / known.gguf_file)
@@ -93,7 +93,7 @@ def test_f16_same_greedy_tokens_as_pytorch(source, f16_path):
 
 @pytest.fixture(scope="module")
 def q8_0_path(source, tmp_path_factory):
-    from tuneforge.quant.gguf_writer import pre_tokenizer_from_source, write_gguf
+    from tuneforge.compress.quant.gguf_writer import pre_tokenizer_from_source, write_gguf
 
     runner, folder = source
     path = tmp_path_factory.mktemp("gguf") / "q8_0.gguf"
@@ -111,7 +111,7 @@ def test_q8_0_files_own_weights_answer_like_pytorch(source, q8_0_path):
     """The Q8_0 file holds the model faithfully: its weights, read back and dequantized by transformers' own GGUF
     reader and run in PyTorch, answer every golden prompt token for token like the float model. Where llama.cpp
     parts from them (below), it is llama.cpp's arithmetic (8-bit activations in Q8_0 matmuls), not the file."""
-    from tuneforge.parity import gguf_weights_runner, run_parity
+    from tuneforge.export.parity import gguf_weights_runner, run_parity
 
     result = run_parity(source[0], gguf_weights_runner(q8_0_path, source[0].tok), max_new_tokens=MAX_NEW)
     print("Q8_0 weights in PyTorch", result.summary())
@@ -134,7 +134,7 @@ def test_q8_0_same_greedy_tokens_as_pytorch(q8_0_parity):
 
 @pytest.mark.slow
 def test_q4_0_match_rate_is_reported(source, tmp_path):
-    from tuneforge.quant.gguf_writer import write_gguf
+    from tuneforge.compress.quant.gguf_writer import write_gguf
 
     runner, _ = source
     result = parity_of(source, write_gguf(runner.model, runner.tok, tmp_path / "q4_0.gguf", "q4_0"))

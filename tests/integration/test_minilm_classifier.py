@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tuneforge.config import load_config
-from tuneforge.recipes.classifier import ClassifierConfig, finetune_classifier
+from tuneforge.training.classifier import ClassifierConfig, finetune_classifier
 
 ROOT = Path(__file__).parents[2]
 DATA = ROOT.parent / "shared" / "data" / "sentiment"

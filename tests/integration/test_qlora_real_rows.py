@@ -26,7 +26,8 @@ def test_qlora_on_the_embedded_model_and_real_rows(tmp_path):
     from peft import PeftModel
 
     from tuneforge.models import load_model
-    from tuneforge.recipes.finetune import finetune, setup
+    from tuneforge.recipes.finetune import finetune
+    from tuneforge.training.setup import setup
 
     if not (SST2 / "train.tsv").exists():
         pytest.skip(f"real data not found at {SST2}")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tuneforge.config.data import DataSpec
 from tuneforge.data.readers import read_rows
-from tuneforge.data.spec import DataSpec
 from tuneforge.tasks import get_task
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def model_tok():
 
 
 def run(task, rows, model_tok, strategy="zero_shot", shots=(), max_new_tokens=None):
-    from tuneforge.recipes.evaluate import score_task
+    from tuneforge.scoring import score_task
 
     model, tok = model_tok
     rows = task.truncate(rows, tok) if hasattr(task, "truncate") else rows

@@ -8,7 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_finetune import make_cfg  # noqa: E402
 
-from tuneforge.recipes.finetune import finetune, setup  # noqa: E402, F401
+from tuneforge.recipes.finetune import finetune  # noqa: E402, F401
 
 
 def main():

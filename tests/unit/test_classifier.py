@@ -13,7 +13,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from tuneforge.config import load_config, validate
 from tuneforge.errors import UserError
-from tuneforge.recipes.classifier import (
+from tuneforge.training.classifier import (
     ClassifierConfig,
     batches,
     encode_rows,

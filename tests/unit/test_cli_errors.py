@@ -168,8 +168,8 @@ def test_an_adapter_trained_on_another_base_model_is_named_as_such(tiny_llama_di
 def test_group_size_must_divide_every_linear_input(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
+    from tuneforge.compress.quant.torchao import check_group_size
     from tuneforge.errors import UserError
-    from tuneforge.quant.torchao import check_group_size
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)  # Linear inputs 32 and 64 wide
     check_group_size(model, 32)

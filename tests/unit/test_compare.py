@@ -71,7 +71,7 @@ def test_parameters_nonzeros_size_and_speed_of_a_pruned_model(tmp_path):
 def test_a_4bit_model_counts_its_weights_not_its_packed_bytes(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.quant.bnb import bnb_load_arguments
+    from tuneforge.models.bnb import bnb_load_arguments
 
     model = tiny_llama()
     model.save_pretrained(tmp_path)
@@ -138,7 +138,7 @@ def test_shipped_recipes_validate_and_open_with_their_command(path):
 def test_a_gguf_row_names_its_tensor_types_most_bytes_first(tmp_path):
     from test_gguf_tiny import tiny_chat_model
 
-    from tuneforge.quant.gguf_writer import write_gguf
+    from tuneforge.compress.quant.gguf_writer import write_gguf
 
     model, tok = tiny_chat_model()
     parameters, types = measure.gguf_storage(write_gguf(model, tok, tmp_path / "m.gguf", "q4_0"))

@@ -89,7 +89,7 @@ def test_every_shipped_recipe_validates_against_its_verb(recipe):
     module = importlib.import_module(VERBS[verb][0])
     classes = _config_classes(module)
     if verb == "finetune":
-        from tuneforge.recipes.classifier import ClassifierConfig
+        from tuneforge.training.classifier import ClassifierConfig
 
         classes.append(ClassifierConfig)
     assert classes, f"no config class found for verb {verb}"
@@ -163,7 +163,7 @@ def test_more_shots_than_training_rows_is_an_error():
 
 
 def test_resume_without_a_checkpoint_is_refused_before_any_work(tmp_path):
-    from tuneforge.recipes.finetune import checkpoint_to_resume
+    from tuneforge.training.setup import checkpoint_to_resume
 
     cfg = validate(FinetuneConfig, {**TRAIN, "output_dir": str(tmp_path), "name": "r", "train": {"resume": "latest"}})
     with pytest.raises(UserError, match=r"train.resume: no checkpoint found at .*r/checkpoints; pass a checkpoints/step-N"):
@@ -184,7 +184,7 @@ def test_a_model_given_as_a_file_says_what_it_takes(tmp_path):
 
 
 def test_a_misspelt_head_is_named():
-    from tuneforge.recipes.classifier import is_classifier_config
+    from tuneforge.training.classifier import is_classifier_config
 
     with pytest.raises(UserError, match=r"head: 'clasifier' is not a head tuneforge trains"):
         is_classifier_config({"head": "clasifier"})

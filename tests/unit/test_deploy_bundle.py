@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from tuneforge.deploy import TARGETS, deploy
-from tuneforge.deploy import cli as deploy_cli
 from tuneforge.deploy.checks import (
     check_azureml_deployment,
     check_bundle,
@@ -19,6 +18,7 @@ from tuneforge.deploy.checks import (
     check_kserve,
 )
 from tuneforge.errors import UserError
+from tuneforge.recipes import deploy as deploy_cli
 
 ADAPTER = "hỗ-trợ"  # Vietnamese names must survive every file format
 

@@ -13,7 +13,7 @@ from test_gguf_tiny import tiny_chat_model
 
 from tuneforge.config import validate
 from tuneforge.errors import UserError
-from tuneforge.parity import GOLDEN_PROMPTS, ChatFormat, HFRunner, chat_format, check_chat_format
+from tuneforge.export.parity import GOLDEN_PROMPTS, ChatFormat, HFRunner, chat_format, check_chat_format
 from tuneforge.recipes.export import ExportConfig, export, modelfile_text, stop_strings
 
 SMOL_LIKE = (
@@ -158,7 +158,7 @@ def test_unknown_format_is_a_config_error():
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
 def test_k_quant_export_weighted_by_task_rows_is_a_complete_ollama_folder(tiny_with_adapter, tmp_path):
-    from tuneforge.quant.llamacpp_quantize import matrix_types
+    from tuneforge.compress.quant.llamacpp_quantize import matrix_types
 
     root = tiny_with_adapter
     (tmp_path / "train.tsv").write_text("sentence\tlabel\nphim này thật tuyệt vời\t1\nan ugly mess .\t0\n", encoding="utf-8")

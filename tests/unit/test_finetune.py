@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tuneforge.config import FinetuneConfig, validate
-from tuneforge.recipes.finetune import finetune, setup
+from tuneforge.recipes.finetune import finetune
+from tuneforge.training.setup import setup
 
 
 def make_cfg(model_dir, data, out, **train):
@@ -54,7 +55,7 @@ def test_loss_masking_and_token_weighting_are_batch_size_invariant(tiny_llama_di
         s = setup(cfg)
         order = [0, 1, 2, 3]  # the same rows for both arms
         s.batches = [[i] for i in order] if batch == 1 else [order]
-        from tuneforge.recipes import training as T
+        from tuneforge.training import batching as T
 
         total = sum(int((T.collate([s.examples[i]], 2)["labels"][:, 1:] != -100).sum()) for i in order)
         s.model.zero_grad()
@@ -122,7 +123,7 @@ def test_prompting_run_on_other_rows_is_refused_before_training(tiny_llama_dir, 
 def test_a_second_run_in_one_process_may_use_another_precision():
     """accelerate refuses a second Accelerator with another precision unless its state is dropped first
     (a notebook running finetune then prune, or these tests on a CPU where bf16=auto means bf16)."""
-    from tuneforge.recipes.training import make_accelerator
+    from tuneforge.training.optim import make_accelerator
 
     assert str(make_accelerator(False).mixed_precision) == "no"
     assert str(make_accelerator(True).mixed_precision) == "bf16"
@@ -181,8 +182,8 @@ def test_qlora_gradients_are_the_same_after_a_dev_evaluation(tiny_llama_64_dir, 
     On CPUs with AVX512-BF16, bitsandbytes repacks NF4 weights for inference there, and the repacked layers
     passed no gradient to their inputs until finetune turned that off.
     """
-    from tuneforge.recipes import training as T
-    from tuneforge.recipes.finetune import validate as score_dev
+    from tuneforge.training import batching as T
+    from tuneforge.training.loop import validate as score_dev
 
     cfg = make_cfg(tiny_llama_64_dir, sentiment_tsv, tmp_path)
     cfg.method = "qlora"
@@ -209,7 +210,7 @@ def test_qlora_gradients_are_the_same_after_a_dev_evaluation(tiny_llama_64_dir, 
 
 @pytest.mark.parametrize("method", ["lora", pytest.param("qlora", marks=needs_bnb)])
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama_64_dir, sentiment_tsv, tmp_path, method):
-    from tuneforge.recipes import training as T
+    from tuneforge.training import batching as T
 
     grads = {}
     for checkpointing in (False, True):
@@ -229,7 +230,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama_64_dir, sent
 @needs_bnb
 def test_qlora_without_kernels_here_is_refused_before_any_work(tiny_llama_dir, sentiment_tsv, tmp_path, monkeypatch):
     from tuneforge.errors import UserError
-    from tuneforge.quant import bnb
+    from tuneforge.models import bnb
 
     if torch.cuda.is_available():
         pytest.skip("checks the CPU refusal")
@@ -280,7 +281,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(request, sentiment
 
 def test_the_resume_hint_is_the_users_own_command_with_train_resume_set(monkeypatch, tmp_path):
     from tuneforge import runs
-    from tuneforge.recipes.training import resume_hint
+    from tuneforge.training.checkpoints import resume_hint
 
     ckpt = tmp_path / "run dir" / "checkpoints" / "step-7"
     monkeypatch.setattr(runs, "command_line", ["tuneforge", "distill", "recipes/d.yaml", "data.train.limit=64",
@@ -296,7 +297,7 @@ def test_a_second_ctrl_c_waits_for_the_checkpoint_being_saved():
     import os
     import signal
 
-    from tuneforge.recipes.training import sigint_held
+    from tuneforge.training.checkpoints import sigint_held
 
     handler = signal.getsignal(signal.SIGINT)
     with sigint_held():

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tuneforge.config.data import DataSpec
 from tuneforge.data.formats import (
     chat_messages,
     desegment,
@@ -15,7 +16,6 @@ from tuneforge.data.formats import (
     read_squad,
     summary_row,
 )
-from tuneforge.data.spec import DataSpec
 from tuneforge.errors import UserError
 
 

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from test_gguf_tiny import CHATML, tiny_chat_model
 
+from tuneforge.compress.quant.gguf_writer import (
+    detect_pre_tokenizer,
+    permute_for_rope,
+    read_gguf_string,
+    write_gguf,
+)
 from tuneforge.errors import UserError
-from tuneforge.quant.gguf_writer import detect_pre_tokenizer, permute_for_rope, read_gguf_string, write_gguf
 
 
 def block_bound(ref: np.ndarray, divisor: float) -> np.ndarray:

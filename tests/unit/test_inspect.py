@@ -21,7 +21,6 @@ from transformers import (
 
 from tuneforge import cli
 from tuneforge.errors import UserError
-from tuneforge.models import cli as models_cli
 from tuneforge.models import inspect as inspect_module
 from tuneforge.models import loading
 from tuneforge.models.inspect import (
@@ -33,7 +32,8 @@ from tuneforge.models.inspect import (
     render,
     token_label,
 )
-from tuneforge.models.registry import DEFAULT_MODEL
+from tuneforge.models.known import DEFAULT_MODEL
+from tuneforge.recipes import models as models_cli
 
 VI = "Giảng viên rất nhiệt tình, tôi yêu Hà Nội."
 CORPUS = ["the lecturer is kind and the course is great", "hello world", "xin chào thế giới", "tôi yêu Hà Nội"] * 3

@@ -11,14 +11,14 @@ import torch
 from test_gguf_tiny import tiny_chat_model
 from test_gguf_writer import expected_tensors
 
-from tuneforge.errors import UserError
-from tuneforge.quant.llamacpp_quantize import (
+from tuneforge.compress.quant.llamacpp_quantize import (
     activation_importance,
     k_quant_fallback_note,
     llamacpp_quantize,
     matrix_types,
     write_any_gguf,
 )
+from tuneforge.errors import UserError
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
 
@@ -30,7 +30,7 @@ def dequantized(path) -> dict[str, np.ndarray]:
 
 
 def test_q4_k_m_holds_k_quants_close_to_the_weights_and_runs_in_llamacpp(tmp_path):
-    from tuneforge.quant.llamacpp import LlamaCppRunner
+    from tuneforge.compress.quant.llamacpp import LlamaCppRunner
 
     model, tok = tiny_chat_model(seed=3, hidden=256)  # rows of 256: one K-quant block each
     path = write_any_gguf(model, tok, tmp_path / "tiny-q4_k_m.gguf", "q4_k_m", pre_tokenizer=None)

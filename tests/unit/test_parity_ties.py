@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tuneforge.parity import GOLDEN_PROMPTS, HFRunner, run_parity
+from tuneforge.export.parity import GOLDEN_PROMPTS, HFRunner, run_parity
 
 
 @pytest.fixture()

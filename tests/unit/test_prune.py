@@ -234,8 +234,8 @@ def test_masked_lora_weight_is_the_masked_sum_of_weight_and_scaled_delta():
 def test_distilled_recovery_moves_towards_the_unpruned_model_and_keeps_zeros():
     import copy
 
-    from tuneforge.compress.train import DistillLoss
-    from tuneforge.recipes.distill import KDSection
+    from tuneforge.compress.distill import DistillLoss
+    from tuneforge.compress.sections import KDSection
 
     dense = tiny_llama()
     model = copy.deepcopy(dense)
@@ -400,9 +400,9 @@ def recovery_run(tiny_llama_dir, sentiment_tsv, tmp_path, **train) -> dict:
 
 def ctrl_c_on_call(monkeypatch, name: str, call: int, cfg) -> None:
     """prune(cfg) with the training loop's `name` pressed Ctrl-C on at its call-th call; it must end Interrupted."""
-    from tuneforge.recipes import training
-    from tuneforge.recipes.finetune import Interrupted
     from tuneforge.recipes.prune import prune
+    from tuneforge.training import loop as training
+    from tuneforge.training.loop import Interrupted
 
     original, calls = getattr(training, name), []
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_gguf_tiny import tiny_chat_model
 
+from tuneforge.compress.quant.torchao import load_quantized
 from tuneforge.config import validate
 from tuneforge.errors import UserError
-from tuneforge.quant.torchao import load_quantized
 from tuneforge.recipes.quantize import QuantizeConfig, quantize
 
 ROWS = [
@@ -72,7 +72,7 @@ def test_bitsandbytes_run_folder_reloads_quantized_layers(setup, method, layer):
 @needs_bnb
 @pytest.mark.parametrize("method", ["bnb_8bit", "bnb_nf4"])
 def test_bitsandbytes_without_kernels_here_is_refused_before_any_work(setup, method, monkeypatch):
-    from tuneforge.quant import bnb
+    from tuneforge.models import bnb
 
     if torch.cuda.is_available():
         pytest.skip("checks the CPU refusal")
@@ -101,7 +101,7 @@ def test_a_bitsandbytes_too_old_for_transformers_is_refused(setup, monkeypatch):
 @needs_bnb
 @pytest.mark.parametrize("method", ["bnb_8bit", "bnb_nf4"])
 def test_cpu_probe_runs_a_real_bitsandbytes_layer(method):
-    from tuneforge.quant.bnb import cpu_probe
+    from tuneforge.models.bnb import cpu_probe
 
     assert cpu_probe(method) is None  # the bnb extra's floor (0.48) has CPU kernels
 

@@ -7,8 +7,13 @@ import torch
 from test_gguf_tiny import tiny_chat_model
 
 from tuneforge.compress.measure import weights_size
+from tuneforge.compress.quant.torchao import (
+    is_torchao_quantized,
+    load_quantized,
+    quantize_folder,
+    save_quantized,
+)
 from tuneforge.errors import UserError
-from tuneforge.quant.torchao import is_torchao_quantized, load_quantized, quantize_folder, save_quantized
 
 
 @pytest.fixture(scope="module")

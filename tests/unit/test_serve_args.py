@@ -8,8 +8,8 @@ import pytest
 
 from tuneforge.cli import main
 from tuneforge.errors import UserError
-from tuneforge.serve import chat as chat_module
-from tuneforge.serve.cli import check_port_free, make_config
+from tuneforge.recipes import chat as chat_module
+from tuneforge.recipes.serve import check_port_free, make_config
 
 
 @pytest.fixture()

@@ -5,9 +5,9 @@ import asyncio
 import pytest
 
 from tuneforge.errors import UserError
+from tuneforge.recipes.serve import make_config, parse_adapters
 from tuneforge.serve import protocol as oai
 from tuneforge.serve.app import parse
-from tuneforge.serve.cli import make_config, parse_adapters
 from tuneforge.serve.engines.base import Chunk, IncrementalDecoder, with_stop_strings
 from tuneforge.serve.metrics import Metrics
 

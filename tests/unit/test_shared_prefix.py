@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tuneforge.data.encode import IGNORE
-from tuneforge.recipes.training import TargetOnlyLoss, shared_prefix_length
+from tuneforge.training.batching import shared_prefix_length
+from tuneforge.training.losses import TargetOnlyLoss
 
 
 def _batch(prefix_len=12, suffix_lens=(5, 3, 7), vocab=100, seed=0):
@@ -83,7 +84,7 @@ def test_distillation_loss_with_a_shared_prefix_equals_the_plain_one(tiny_llama_
     from transformers import AutoModelForCausalLM
 
     from tuneforge.compress.blocks import keep_blocks
-    from tuneforge.compress.train import DistillLoss
+    from tuneforge.compress.distill import DistillLoss
 
     teacher = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     student = keep_blocks(copy.deepcopy(teacher), [1])
@@ -108,8 +109,8 @@ def test_text_kd_leaves_out_the_shared_prefix(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
     from tuneforge.compress.blocks import keep_blocks
+    from tuneforge.compress.distill import DistillLoss
     from tuneforge.compress.kd import distill_loss
-    from tuneforge.compress.train import DistillLoss
 
     teacher = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     student = keep_blocks(copy.deepcopy(teacher), [1])

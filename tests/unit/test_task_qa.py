@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tuneforge.data.spec import DataSpec
+from tuneforge.config.data import DataSpec
 from tuneforge.errors import UserError
 from tuneforge.tasks import get_task
 from tuneforge.tasks.qa import exact_match, normalize_answer, squad_metrics, token_f1

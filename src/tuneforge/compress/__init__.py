@@ -1,4 +1,4 @@
 """Compression building blocks: pruning masks, block removal, masked recovery LoRA, distillation losses.
 
-The verbs that use them live in tuneforge.recipes.prune / distill / compare.
+The verbs that use them live in tuneforge.recipes (prune, distill, quantize, compare).
 """

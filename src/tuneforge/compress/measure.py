@@ -42,7 +42,7 @@ def stored_dtypes(path: str | Path) -> str | None:
 def count_parameters(model: torch.nn.Module) -> tuple[int, int | None]:
     """(parameters, non-zero parameters); tied weights count once. Non-zeros are None for quantized weights
     (torchao tensor subclasses, bitsandbytes 4-bit and 8-bit) that cannot be counted element-wise."""
-    from tuneforge.quant.bnb import is_bnb_quantized, weight_count
+    from tuneforge.models.bnb import is_bnb_quantized, weight_count
 
     params = list({id(p): p for p in model.parameters()}.values())
     total = sum(weight_count(p) for p in params)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+from tuneforge.config.data import DataSpec
 from tuneforge.data.readers import read_rows
-from tuneforge.data.spec import DataSpec
 from tuneforge.errors import UserError
 
 __all__ = ["DataSpec", "read_rows", "sample_path", "sample_names"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 import re
 
+from tuneforge.config.data import DataSpec
 from tuneforge.data.readers import read_rows
-from tuneforge.data.spec import DataSpec
 from tuneforge.errors import UserError
 
 # -- SQuAD v1.1 ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from tuneforge.data.spec import DataSpec
+from tuneforge.config.data import DataSpec
 from tuneforge.errors import UserError
 
 _EXTENSIONS = {

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from tuneforge.compress.quant.llamacpp import has_gguf_magic
 from tuneforge.deploy.checks import check_files
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir, nearest_existing
-from tuneforge.quant.llamacpp import has_gguf_magic
 
 TARGETS = ("docker", "k8s", "aws", "gcp", "azure")
 ENGINES = ("transformers", "llamacpp", "vllm")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.fileio import nearest_existing
-from tuneforge.models.registry import DEFAULT_MODEL
+from tuneforge.models.known import DEFAULT_MODEL
 
 MAX_ATTENTION_TOKENS = 48
 

@@ -8,7 +8,7 @@ import time
 from tqdm import tqdm
 
 from tuneforge.fileio import atomic_dir
-from tuneforge.models.registry import KnownModel, imported_folder, package_folder
+from tuneforge.models.known import KnownModel, imported_folder, package_folder
 
 
 def import_embedded(known: KnownModel, *, force: bool = False):

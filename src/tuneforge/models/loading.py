@@ -2,44 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from contextlib import contextmanager
 from pathlib import Path
 
 from tuneforge.errors import UserError
+from tuneforge.fileio import atomic_dir
+from tuneforge.models.dtypes import default_device, pick_dtype
 from tuneforge.models.registry import resolve_model
-
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """True where the CPU runs bf16 matmuls natively (AVX512-BF16 or AMX); elsewhere bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def pick_dtype(name: str = "auto", device: str | None = None):
-    import torch
-
-    if name not in DTYPES:
-        raise UserError(f"dtype '{name}' is not one of {', '.join(DTYPES)}")
-    if name != "auto":
-        return getattr(torch, name)
-    device = device or default_device()
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_tokenizer(model: str | None = None):
@@ -75,7 +45,7 @@ def load_model(
     cls = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "classifier": AutoModelForSequenceClassification}[kind]
     extra = {"num_labels": num_labels} if kind == "classifier" and num_labels else {}
     if quantization:
-        from tuneforge.quant.bnb import bnb_load_arguments
+        from tuneforge.models.bnb import bnb_load_arguments
 
         extra |= bnb_load_arguments(quantization, device, compute_dtype=torch_dtype)
     try:
@@ -85,7 +55,7 @@ def load_model(
     except ImportError as e:  # e.g. a quantized folder whose library (bitsandbytes, torchao) is missing or too old
         raise UserError(f"model '{model}' needs a package to load: {str(e).splitlines()[0]}") from e
     tok = load_tokenizer(model)
-    from tuneforge.quant.bnb import skip_unfit_cpu_repacking
+    from tuneforge.models.bnb import skip_unfit_cpu_repacking
 
     skip_unfit_cpu_repacking(net)  # a saved bitsandbytes folder is quantized while it loads
     if adapter:
@@ -102,6 +72,8 @@ def attach_adapter(net, adapter: str):
     path = Path(adapter)
     if not (path / "adapter_config.json").exists():
         problem = "has no adapter_config.json" if path.exists() else "does not exist"
+        from tuneforge.runs import recipe_hint
+
         raise UserError(f"adapter '{adapter}' {problem}: pass a run's adapter/ folder{recipe_hint(path)}")
     with adapter_fits(adapter):
         return PeftModel.from_pretrained(net, str(path))
@@ -134,26 +106,27 @@ def _mismatch_detail(text: str) -> str:
     return (lines[0] if lines else text)[:200]
 
 
-def recipe_hint(adapter: Path, recipes: Path = Path("recipes")) -> str:
-    """', or make this one first: `tuneforge finetune recipes/x.yaml` writes runs/x/adapter', or ''."""
-    made_by = recipe_that_writes(adapter, recipes)
-    return f", or make this one first: {made_by}" if made_by else ""
+def load_merged(model_name: str | None, adapter: str | None, dtype: str):
+    """(model, tokenizer) with any LoRA adapter merged in: compression works on plain weights."""
+
+    model, tok = load_model(model_name, dtype=dtype, adapter=adapter)
+    if adapter:
+        model = model.merge_and_unload()
+    model.eval()
+    return model, tok
 
 
-def recipe_that_writes(folder: Path, recipes: Path = Path("recipes")) -> str | None:
-    """For runs/<name>/adapter (or /model): the shipped recipe whose `name:` is <name> and that writes that
-    folder, as "`tuneforge VERB recipes/x.yaml` writes runs/<name>/adapter"."""
-    if folder.name not in ("adapter", "model") or not recipes.is_dir():
-        return None
-    run_name = folder.parent.name
-    for recipe in sorted(recipes.glob("*.yaml")):
-        text = recipe.read_text(encoding="utf-8")
-        if re.search(rf"^name:\s*{re.escape(run_name)}\s*(#.*)?$", text, re.M):
-            found = re.search(rf"tuneforge (\w+) {re.escape(recipe.as_posix())}", text)
-            verb = found.group(1) if found else "finetune"
-            method = re.search(r"^method:\s*(\w+)", text, re.M)
-            lora = verb == "finetune" and (method is None or method.group(1) in ("lora", "qlora"))
-            if folder.name != ("adapter" if lora else "model"):  # the recipe writes the other folder
-                return None
-            return f"`tuneforge {verb} {recipe.as_posix()}` writes {folder.as_posix()}"
-    return None
+def save_model(model, tok, folder: Path) -> Path:
+    """save_pretrained (safetensors) + tokenizer, written to a temporary folder and renamed when complete."""
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return folder
+
+
+def reload(folder: Path, dtype: str):
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models.dtypes import pick_dtype
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(dtype))

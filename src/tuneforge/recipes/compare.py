@@ -18,10 +18,10 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from tuneforge.compress.sections import SpeedSection
 from tuneforge.config import RunConfig, Section
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_text
-from tuneforge.recipes.distill import SpeedSection
 
 
 class ModelRow(Section):
@@ -55,8 +55,8 @@ def is_gguf(row: ModelRow) -> bool:
 
 def check_rows(rows: list[ModelRow]) -> None:
     """Every problem with the rows at once, before anything is loaded."""
+    from tuneforge.compress.quant.llamacpp import has_gguf_magic
     from tuneforge.models import resolve_model
-    from tuneforge.quant.llamacpp import has_gguf_magic
 
     problems = []
     for i, row in enumerate(rows):
@@ -80,7 +80,7 @@ def check_rows(rows: list[ModelRow]) -> None:
         import importlib.util
 
         if importlib.util.find_spec("llama_cpp") is None:
-            from tuneforge.quant.llamacpp import INSTALL
+            from tuneforge.compress.quant.llamacpp import INSTALL
 
             problems.append(f"a .gguf row needs llama-cpp-python: {INSTALL}")
     if problems:
@@ -88,7 +88,6 @@ def check_rows(rows: list[ModelRow]) -> None:
 
 
 def measure_hf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
-    from tuneforge.compress.common import load_merged, score
     from tuneforge.compress.measure import (
         count_parameters,
         hf_speed,
@@ -97,6 +96,8 @@ def measure_hf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
         weights_size,
     )
     from tuneforge.models import resolve_model
+    from tuneforge.models.loading import load_merged
+    from tuneforge.scoring import score
 
     model, tok = load_merged(row.path, row.adapter, cfg.dtype)
     total, nonzero = count_parameters(model)
@@ -113,7 +114,7 @@ def measure_hf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
 def measure_gguf(row: ModelRow, cfg: CompareConfig, task, dev_rows) -> dict:
     """Scored with the quantization recipe's llama.cpp runner (the GGUF's own chat template), timed like HF rows."""
     from tuneforge.compress.measure import gguf_speed, gguf_storage, weights_size
-    from tuneforge.quant.llamacpp import LlamaCppRunner, score_with_runner
+    from tuneforge.compress.quant.llamacpp import LlamaCppRunner, score_with_runner
 
     runner = LlamaCppRunner(row.path, n_threads=cfg.gguf_threads)
     metrics, _ = score_with_runner(runner, task, dev_rows, max_new_tokens=cfg.eval.max_new_tokens, desc=row.name)
@@ -175,10 +176,10 @@ def plot_compare(rows: list[dict], primary: str, path: Path) -> Path:
 
 
 def compare(cfg: CompareConfig) -> Path:
-    from tuneforge.compress.common import load_rows
     from tuneforge.report import format_table, write_report
     from tuneforge.runs import new_run_dir
     from tuneforge.tasks import get_task
+    from tuneforge.tasks.splits import load_rows
 
     check_rows(cfg.models)
     task = get_task(cfg.task.name, **cfg.task.options())
@@ -215,13 +216,13 @@ def compare(cfg: CompareConfig) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tuneforge.recipes.common import add_config_arguments
+    from tuneforge.config import add_config_arguments
 
     add_config_arguments(parser)
 
 
 def run(args) -> int:
-    from tuneforge.recipes.common import config_from_args
+    from tuneforge.config import config_from_args
 
     compare(config_from_args(CompareConfig, args))
     return 0

@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tuneforge.compress.sections import KDSection, SpeedSection
 from tuneforge.config import RunConfig, Section, TrainConfig
 from tuneforge.fileio import write_json, write_jsonl
 
@@ -37,23 +38,6 @@ class StudentSection(Section):
             twice = sorted({i for i in value if value.count(i) > 1})
             raise ValueError(f"student.keep_blocks lists block(s) {twice} more than once; list each block to keep once")
         return value
-
-
-class KDSection(Section):
-    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="divergence between teacher and student token distributions")
-    temperature: float = Field(1.0, gt=0, description="softens both distributions; the loss is scaled by T²")
-    beta: float = Field(0.5, ge=0, le=1, description="loss=jsd: mixture weight of the teacher (0 → forward KL, 1 → reverse KL)")
-    ratio: float = Field(0.5, ge=0, le=1, description="loss = ratio·KD + (1 − ratio)·cross-entropy on the targets")
-    tokens: Literal["targets", "text", "all"] = Field("targets", description="KD on the answer tokens only; on every token after the prompt prefix a batch's rows share (each row's own text and answer; the prefix runs once per batch); or on every token (the prompt too). CE stays on the answer")
-    chunk_tokens: int = Field(256, ge=1, description="target tokens whose full-vocabulary logits are formed at once")
-    sequence_level: bool = Field(False, description="train on the teacher's generated answers instead of the gold ones")
-    generate_batch_size: int = Field(16, ge=1, description="sequence_level: prompts per teacher generation batch")
-
-
-class SpeedSection(Section):
-    prompt_tokens: int = Field(128, ge=1, description="prompt length for the prefill measurement")
-    new_tokens: int = Field(64, ge=1, description="greedy tokens for the decode measurement")
-    repeats: int = Field(2, ge=1, description="timed runs; the fastest is kept")
 
 
 class DistillConfig(RunConfig):
@@ -82,7 +66,7 @@ def build_student(teacher, teacher_tok, cfg: DistillConfig, task, train_rows: li
     origin: dict = {}
     if needs_importance(cfg.student.keep_blocks):
         from tuneforge.compress.blocks import block_importance
-        from tuneforge.compress.common import calibration_batches
+        from tuneforge.compress.calibration import calibration_batches
 
         calib = calibration_batches(teacher_tok, task, train_rows[: cfg.student.calibration_rows],
                                     max_len=cfg.train.max_seq_len, batch_size=8)
@@ -101,11 +85,12 @@ def set_trainable(student, which: str) -> None:
 
 def distill(cfg: DistillConfig) -> Path:
     from tuneforge.compress import common
+    from tuneforge.compress.distill import DistillLoss
     from tuneforge.compress.measure import count_parameters, hf_speed, speed_prompt_ids
-    from tuneforge.compress.train import DistillLoss, encode_rows, train
-    from tuneforge.recipes.finetune import checkpoint_to_resume
     from tuneforge.runs import run_dir_for
     from tuneforge.tasks import get_task
+    from tuneforge.training.loop import train
+    from tuneforge.training.setup import checkpoint_to_resume, encode_rows
 
     checkpoint_to_resume(cfg)  # a missing checkpoint is reported before anything loads
     task = get_task(cfg.task.name, **cfg.task.options())
@@ -168,13 +153,13 @@ def write_distill_report(run_dir: Path, metrics: dict, primary: str, history: li
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tuneforge.recipes.common import add_config_arguments
+    from tuneforge.config import add_config_arguments
 
     add_config_arguments(parser)
 
 
 def run(args) -> int:
-    from tuneforge.recipes.common import config_from_args
+    from tuneforge.config import config_from_args
 
     distill(config_from_args(DistillConfig, args))
     return 0

@@ -3,38 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-from tuneforge.config import EvaluateConfig
+from tuneforge.config import EvaluateConfig, add_config_arguments, config_from_args
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
-from tuneforge.generation import generate
-from tuneforge.recipes.common import (
-    add_config_arguments,
-    build_task,
-    config_from_args,
-    load_split,
-    truncate_sources,
-)
-
-
-def score_task(model, tok, task, rows: list[dict], *, strategy: str = "zero_shot", shots: Sequence[dict] = (),
-               batch_size: int = 16, max_new_tokens: int | None = None, desc: str | None = None):
-    """Score `rows` with the task's metrics. Returns (metrics, predictions)."""
-    if task.eval_mode == "loss":
-        return task.loss_metrics(model, tok, rows, batch_size=batch_size)
-    budget = max_new_tokens or (getattr(task, "cot_max_new_tokens", None) if strategy == "cot" else None) or task.max_new_tokens
-    conversations = [task.prompt(row, strategy, shots) for row in rows]
-    texts = generate(model, tok, conversations, max_new_tokens=budget, batch_size=batch_size, desc=desc or f"scoring {strategy}")
-    preds = [task.parse(t, strategy) for t in texts]
-    refs = [task.reference(r) for r in rows]
-    metrics = task.score(preds, refs)
-    predictions = [
-        {"prompt": conv[-1]["content"], "output": text, "prediction": p, "reference": r}
-        for conv, text, p, r in zip(conversations, texts, preds, refs, strict=True)
-    ]
-    return metrics, predictions
+from tuneforge.scoring import score_task
+from tuneforge.tasks.splits import build_task, load_split, truncate_sources
 
 
 def draw_shots(cfg, task) -> list[dict]:
@@ -77,7 +52,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from tuneforge.recipes.classifier import wants_classifier
+    from tuneforge.training.classifier import wants_classifier
 
     if wants_classifier(args):
         raise UserError("head: classifier recipes are scored by `tuneforge finetune` itself (its report has the dev "

@@ -20,10 +20,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from tuneforge.compress.sections import GGUFSection, ParitySection, check_imatrix
 from tuneforge.config import RunConfig
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir, write_json, write_text
-from tuneforge.recipes.quantize import GGUFSection, ParitySection, check_imatrix
 
 
 class ExportParitySection(ParitySection):
@@ -61,7 +61,7 @@ def go_literal(text: str) -> str:
 
 
 def modelfile_text(fmt, gguf_name: str, stops: list[str], n_ctx: int) -> str:
-    """An Ollama Modelfile whose TEMPLATE renders exactly like `fmt.render` (see tuneforge.parity.ChatFormat)."""
+    """An Ollama Modelfile whose TEMPLATE renders exactly like `fmt.render` (see tuneforge.export.parity.ChatFormat)."""
     lit = go_literal
     template = (
         f"{lit(fmt.prefix)}{{{{ if .System }}}}{lit(fmt.system_start)}{{{{ .System }}}}{lit(fmt.system_end)}{{{{ end }}}}"
@@ -133,8 +133,8 @@ def export_merged(cfg: ExportConfig, out: Path, source_runner):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tuneforge.export.parity import HFRunner
     from tuneforge.models import load_model, resolve_model
-    from tuneforge.parity import HFRunner
 
     dtype = save_dtype_of(cfg, resolve_model(cfg.model))
     merged, tok = load_model(cfg.model, dtype="float32", adapter=cfg.adapter, device="cpu")
@@ -154,12 +154,12 @@ def export_merged(cfg: ExportConfig, out: Path, source_runner):
 
 def export_gguf(cfg: ExportConfig, out: Path, source_model, tok) -> Path:
     """Write the GGUF and the Modelfile; a template or stop token Ollama would get wrong fails here."""
+    from tuneforge.compress.calibration import gguf_importance
+    from tuneforge.compress.quant.gguf_writer import pre_tokenizer_from_source
+    from tuneforge.compress.quant.llamacpp_quantize import write_any_gguf
+    from tuneforge.export.parity import ChatFormatError, chat_format, check_chat_format, stop_ids_of
     from tuneforge.models import resolve_model
-    from tuneforge.parity import ChatFormatError, chat_format, check_chat_format, stop_ids_of
-    from tuneforge.quant.gguf_writer import pre_tokenizer_from_source
-    from tuneforge.quant.llamacpp_quantize import write_any_gguf
-    from tuneforge.recipes.common import build_task
-    from tuneforge.recipes.quantize import gguf_importance
+    from tuneforge.tasks.splits import build_task
 
     pre = cfg.gguf.pre_tokenizer or pre_tokenizer_from_source(resolve_model(cfg.model))
     # the task is built only when needed: an export config without an imatrix need not name one
@@ -191,11 +191,11 @@ def free_folder(cfg: ExportConfig) -> Path:
 
 
 def export(cfg: ExportConfig) -> Path:
-    from tuneforge.compress.common import load_merged
+    from tuneforge.compress.quant.llamacpp import require_llama_cpp
+    from tuneforge.compress.quant.llamacpp_quantize import k_quant_fallback_note, needs_llamacpp_quantizer
+    from tuneforge.export.parity import HFRunner, file_weights_parity, run_parity
     from tuneforge.models import load_model
-    from tuneforge.parity import HFRunner, file_weights_parity, run_parity
-    from tuneforge.quant.llamacpp import require_llama_cpp
-    from tuneforge.quant.llamacpp_quantize import k_quant_fallback_note, needs_llamacpp_quantizer
+    from tuneforge.models.loading import load_merged
     from tuneforge.runs import resolved_config_yaml
 
     if cfg.format == "gguf" and needs_llamacpp_quantizer(cfg.gguf_type, bool(cfg.gguf.imatrix_rows)):
@@ -212,7 +212,7 @@ def export(cfg: ExportConfig) -> Path:
             source_runner = HFRunner(source, tok)
             export_runner, artifact = export_merged(cfg, out, source_runner)
         else:
-            from tuneforge.quant.llamacpp import LlamaCppRunner
+            from tuneforge.compress.quant.llamacpp import LlamaCppRunner
 
             source, tok = load_merged(cfg.model, cfg.adapter, "float32")
             source_runner = HFRunner(source, tok)
@@ -250,14 +250,14 @@ def export(cfg: ExportConfig) -> Path:
 def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, problems: list[str],
                         file_parity: dict | None = None, gguf_note: str | None = None) -> None:
     from tuneforge.compress.measure import weights_size
-    from tuneforge.parity import file_parity_report
+    from tuneforge.export.parity import file_parity_report
     from tuneforge.report import write_report
 
     kind = "merged Hugging Face folder" if cfg.format == "merged" else f"GGUF {cfg.gguf_type.upper()}"
     summary = [("artifact", artifact.name), ("kind", kind), ("size MB", weights_size(artifact) / 1e6),
                ("model", cfg.model or "embedded default"), ("adapter", cfg.adapter or "none")]
     if cfg.format == "gguf":
-        from tuneforge.quant.llamacpp_quantize import matrix_types, types_line
+        from tuneforge.compress.quant.llamacpp_quantize import matrix_types, types_line
 
         summary.append(("matrices by GGUF type", types_line(matrix_types(artifact))))
     tables = []
@@ -283,13 +283,13 @@ def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, pr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tuneforge.recipes.common import add_config_arguments
+    from tuneforge.config import add_config_arguments
 
     add_config_arguments(parser)
 
 
 def run(args) -> int:
-    from tuneforge.recipes.common import config_from_args
+    from tuneforge.config import config_from_args
 
     export(config_from_args(ExportConfig, args))
     return 0

@@ -15,10 +15,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from tuneforge.config import RunConfig
+from tuneforge.config import RunConfig, add_config_arguments, config_from_args
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
-from tuneforge.recipes.common import add_config_arguments, build_task, config_from_args, load_split
+from tuneforge.tasks.splits import build_task, load_split
 
 Strategy = Literal["zero_shot", "few_shot", "cot"]
 
@@ -32,9 +32,9 @@ class PromptEvalConfig(RunConfig):
 
 def prompt_eval(cfg: PromptEvalConfig) -> Path:
     from tuneforge.models import load_model
-    from tuneforge.recipes.evaluate import score_task
     from tuneforge.report import write_report
     from tuneforge.runs import new_run_dir
+    from tuneforge.scoring import score_task
     from tuneforge.tasks.prompts import check_enough_shots, draw_shots
 
     task = build_task(cfg)

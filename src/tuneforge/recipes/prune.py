@@ -35,10 +35,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tuneforge.compress.sections import KDSection
 from tuneforge.config import RunConfig, Section, TrainConfig
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
-from tuneforge.recipes.distill import KDSection
 
 CALIBRATED = ("wanda", "blocks")  # methods that run calibration rows through the model
 
@@ -164,8 +164,8 @@ def prune_model(model, cfg: PruneConfig, calib: list[dict]) -> tuple[dict | None
 def recovery_teacher(model, tok, cfg: PruneConfig):
     """The model recovery distills from: recovery.teacher, or by default the unpruned model, copied now,
     before pruning changes the weights in place. None without recovery.distill."""
-    from tuneforge.compress.common import load_merged
     from tuneforge.compress.kd import check_same_tokenizer
+    from tuneforge.models.loading import load_merged
 
     r = cfg.recovery
     if not (r.enabled and r.distill):
@@ -182,6 +182,7 @@ def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path
     """Masked LoRA (or the masked weights themselves) on the block linears, trained with finetune's loop, then
     merged (zeros kept). The loss is finetune's cross-entropy on the answers, or with a `teacher` (the
     unpruned model) distill's KD + CE mix."""
+    from tuneforge.compress.distill import DistillLoss
     from tuneforge.compress.masked_lora import (
         add_masked_lora,
         add_masked_weights,
@@ -189,8 +190,9 @@ def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path
         target_linears,
     )
     from tuneforge.compress.prune import prunable_linears
-    from tuneforge.compress.train import DistillLoss, encode_rows, train
-    from tuneforge.recipes.training import TargetOnlyLoss
+    from tuneforge.training.loop import train
+    from tuneforge.training.losses import TargetOnlyLoss
+    from tuneforge.training.setup import encode_rows
 
     linears = target_linears(model, prunable_linears(model), cfg.recovery.target_modules)
     if cfg.recovery.train == "weights":
@@ -220,9 +222,9 @@ def step_configs(cfg: PruneConfig) -> list[PruneConfig]:
 def prune(cfg: PruneConfig) -> Path:
     from tuneforge.compress import common
     from tuneforge.compress.prune import sparsity_report
-    from tuneforge.recipes.finetune import checkpoint_to_resume
     from tuneforge.runs import run_dir_for
     from tuneforge.tasks import get_task
+    from tuneforge.training.setup import checkpoint_to_resume
 
     checkpoint_to_resume(cfg)  # a missing checkpoint is reported before anything loads
     task = get_task(cfg.task.name, **cfg.task.options())
@@ -314,13 +316,13 @@ def write_prune_report(run_dir: Path, metrics: dict, primary: str, history: list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tuneforge.recipes.common import add_config_arguments
+    from tuneforge.config import add_config_arguments
 
     add_config_arguments(parser)
 
 
 def run(args) -> int:
-    from tuneforge.recipes.common import config_from_args
+    from tuneforge.config import config_from_args
 
     prune(config_from_args(PruneConfig, args))
     return 0

@@ -7,7 +7,7 @@ Methods (`method`):
 - int8_weight_only, int8_dynamic: torchao through transformers; model/ is a Hugging Face folder that
   `AutoModelForCausalLM.from_pretrained` reloads (the quantization settings live in its config.json).
 - gguf_f16, gguf_q8_0, gguf_q4_0: one GGUF file for llama.cpp, scored through llama-cpp-python, and
-  compared token by token with the float model on the golden prompts (tuneforge.parity).
+  compared token by token with the float model on the golden prompts (tuneforge.export.parity).
 - gguf_q4_k_m, gguf_q5_k_m, gguf_q6_k: llama.cpp's K-quant mixes, written by llama.cpp's own quantizer;
   gguf.imatrix_rows weights any quantized GGUF type by the task's activations (llama.cpp's imatrix).
 - bnb_8bit, bnb_nf4: bitsandbytes on a CUDA GPU, or on CPU where bitsandbytes >= 0.48 runs them.
@@ -26,35 +26,17 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tuneforge.config import RunConfig, Section
+from tuneforge.compress.calibration import gguf_importance
+from tuneforge.compress.sections import GGUFSection, ParitySection, SpeedSection, check_imatrix
+from tuneforge.config import RunConfig
 from tuneforge.fileio import write_json, write_jsonl
 
 GGUFMethod = Literal["gguf_f16", "gguf_q8_0", "gguf_q4_0", "gguf_q4_k_m", "gguf_q5_k_m", "gguf_q6_k"]
 Method = Literal["int8_weight_only", "int8_dynamic", GGUFMethod, "bnb_8bit", "bnb_nf4"]
 
 
-class GGUFSection(Section):
-    pre_tokenizer: str | None = Field(None, description="llama.cpp pre-tokenizer name (tokenizer.ggml.pre); null: from the embedded model's GGUF or detected from tokenizer.json")
-    n_ctx: int = Field(2048, ge=64, description="context window llama.cpp allocates when the file is scored")
-    threads: int | None = Field(None, ge=1, description="llama.cpp threads; null: all cores")
-    imatrix_rows: int = Field(0, ge=0, description="training rows (data.train) whose activations weight llama.cpp's "
-                              "quantization of the block matrices (its imatrix; Q4_0 and K-quants); 0: unweighted")
-    imatrix_max_len: int = Field(256, ge=8, description="tokens per calibration row for the imatrix")
-
-
-class ParitySection(Section):
-    enabled: bool = Field(True, description="compare greedy tokens of source and artifact on the golden prompts")
-    max_new_tokens: int = Field(32, ge=1, description="greedy tokens per golden prompt")
-    file_weights: bool = Field(True, description="GGUF: also answer them with the file's own weights read back by "
-                               "transformers and run in PyTorch, which separates what the stored weights change from "
-                               "what llama.cpp's arithmetic changes")
-
-
-class SpeedSection(Section):
+class QuantizeSpeedSection(SpeedSection):
     enabled: bool = Field(True, description="measure prefill and decode tokens/s of the float and quantized models")
-    prompt_tokens: int = Field(128, ge=1, description="prompt length for the prefill measurement")
-    new_tokens: int = Field(64, ge=2, description="greedy tokens for the decode measurement")
-    repeats: int = Field(2, ge=1, description="timed runs; the fastest is kept")
 
 
 class QuantizeConfig(RunConfig):
@@ -67,7 +49,7 @@ class QuantizeConfig(RunConfig):
     eval_before: bool = Field(True, description="score the float model on the same rows (the 'before' column)")
     gguf: GGUFSection = Field(default_factory=GGUFSection)
     parity: ParitySection = Field(default_factory=ParitySection)
-    speed: SpeedSection = Field(default_factory=SpeedSection)
+    speed: QuantizeSpeedSection = Field(default_factory=QuantizeSpeedSection)
 
     @model_validator(mode="after")
     def _group_size_is_weight_only(self):
@@ -88,19 +70,6 @@ class QuantizeConfig(RunConfig):
         return self
 
 
-def check_imatrix(gguf: GGUFSection, qtype: str | None, data, what: str) -> None:
-    """imatrix_rows only for a GGUF type llama.cpp weights, and with training rows to take it from."""
-    from tuneforge.quant.llamacpp_quantize import WEIGHTABLE
-
-    if not gguf.imatrix_rows:
-        return
-    if qtype not in WEIGHTABLE:
-        raise ValueError(f"gguf.imatrix_rows weights GGUF types {', '.join(WEIGHTABLE)} only (llama.cpp's Q8_0 encoder "
-                         f"ignores an imatrix), not {what}: set gguf.imatrix_rows=0")
-    if data.train is None:
-        raise ValueError("gguf.imatrix_rows needs data.train: the task's training split, whose rows the imatrix is taken on")
-
-
 # -- steps ----------------------------------------------------------------------------------------------
 
 
@@ -116,7 +85,7 @@ def source_weights_bytes(model_name: str | None, model) -> int:
 
 
 def score_hf(model, tok, task, rows, cfg, label):
-    from tuneforge.recipes.evaluate import score_task
+    from tuneforge.scoring import score_task
 
     t0 = time.perf_counter()
     metrics, predictions = score_task(model, tok, task, rows, strategy="zero_shot", batch_size=cfg.eval.batch_size,
@@ -125,27 +94,16 @@ def score_hf(model, tok, task, rows, cfg, label):
 
 
 def pre_tokenizer_for(cfg: QuantizeConfig) -> str | None:
+    from tuneforge.compress.quant.gguf_writer import pre_tokenizer_from_source
     from tuneforge.models import resolve_model
-    from tuneforge.quant.gguf_writer import pre_tokenizer_from_source
 
     return cfg.gguf.pre_tokenizer or pre_tokenizer_from_source(resolve_model(cfg.model))
 
 
-def gguf_importance(cfg, model, tok, task) -> tuple[dict | None, int]:
-    """(llama.cpp's imatrix taken on up to gguf.imatrix_rows training conversations, rows used); (None, 0) when off."""
-    if not cfg.gguf.imatrix_rows:
-        return None, 0
-    from tuneforge.compress.common import calibration_batches, load_train_rows
-    from tuneforge.quant.llamacpp_quantize import activation_importance
-
-    rows = load_train_rows(cfg, task)[: cfg.gguf.imatrix_rows]
-    batches = calibration_batches(tok, task, rows, max_len=cfg.gguf.imatrix_max_len, batch_size=8)
-    return activation_importance(model, batches), len(rows)
-
-
 def quantize_in_torch(cfg: QuantizeConfig, model, tok, run_dir: Path):
     """torchao or bitsandbytes: quantize from a float copy on disk, save model/, reload it from there."""
-    from tuneforge.quant import bnb, torchao
+    from tuneforge.compress.quant import torchao
+    from tuneforge.models import bnb
 
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=".float-") as tmp:
         model.save_pretrained(tmp)
@@ -160,16 +118,16 @@ def quantize_in_torch(cfg: QuantizeConfig, model, tok, run_dir: Path):
 
 
 def quantize(cfg: QuantizeConfig) -> Path:
-    from tuneforge.compress.common import load_merged
     from tuneforge.compress.measure import gguf_speed, hf_speed, speed_prompt_ids, weights_size
-    from tuneforge.parity import HFRunner, file_weights_parity, run_parity
-    from tuneforge.quant.llamacpp import require_llama_cpp
-    from tuneforge.recipes.common import build_task, load_split
+    from tuneforge.compress.quant.llamacpp import require_llama_cpp
+    from tuneforge.export.parity import HFRunner, file_weights_parity, run_parity
+    from tuneforge.models.loading import load_merged
     from tuneforge.runs import new_run_dir
+    from tuneforge.tasks.splits import build_task, load_split
 
     is_gguf = cfg.method.startswith("gguf_")
     if cfg.method.startswith("bnb_"):
-        from tuneforge.quant.bnb import require_bnb
+        from tuneforge.models.bnb import require_bnb
 
         require_bnb(cfg.method)  # before minutes of loading and scoring
     if is_gguf:
@@ -179,7 +137,7 @@ def quantize(cfg: QuantizeConfig) -> Path:
     # GGUF is written from fp32 weights and compared with them; F16 rounding then matches llama.cpp's.
     model, tok = load_merged(cfg.model, cfg.adapter, "float32" if is_gguf else cfg.dtype)
     if cfg.method == "int8_weight_only":
-        from tuneforge.quant.torchao import check_group_size
+        from tuneforge.compress.quant.torchao import check_group_size
 
         check_group_size(model, cfg.group_size)
     run_dir = new_run_dir(cfg)
@@ -195,8 +153,12 @@ def quantize(cfg: QuantizeConfig) -> Path:
     t0 = time.perf_counter()
     predictions: list[dict] = []
     if is_gguf:
-        from tuneforge.quant.llamacpp import LlamaCppRunner, score_with_runner
-        from tuneforge.quant.llamacpp_quantize import k_quant_fallback_note, matrix_types, write_any_gguf
+        from tuneforge.compress.quant.llamacpp import LlamaCppRunner, score_with_runner
+        from tuneforge.compress.quant.llamacpp_quantize import (
+            k_quant_fallback_note,
+            matrix_types,
+            write_any_gguf,
+        )
 
         qtype = cfg.method.removeprefix("gguf_")
         importance, metrics["imatrix_rows"] = gguf_importance(cfg, model, tok, task)
@@ -263,7 +225,7 @@ def print_summary(metrics: dict, primary: str, artifact: Path) -> None:
 
 
 def write_quantize_report(run_dir: Path, metrics: dict, primary: str) -> None:
-    from tuneforge.parity import file_parity_report
+    from tuneforge.export.parity import file_parity_report
     from tuneforge.report import write_report
 
     rows = []
@@ -282,7 +244,7 @@ def write_quantize_report(run_dir: Path, metrics: dict, primary: str) -> None:
     summary += file_rows
     notes = list(metrics.get("parity", {}).get("problems", [])) + file_notes
     if "gguf_types" in metrics:
-        from tuneforge.quant.llamacpp_quantize import types_line
+        from tuneforge.compress.quant.llamacpp_quantize import types_line
 
         summary.append(("matrices by GGUF type", types_line(metrics["gguf_types"])))
         summary.append(("imatrix rows", metrics["imatrix_rows"] or "none (unweighted)"))
@@ -295,13 +257,13 @@ def write_quantize_report(run_dir: Path, metrics: dict, primary: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tuneforge.recipes.common import add_config_arguments
+    from tuneforge.config import add_config_arguments
 
     add_config_arguments(parser)
 
 
 def run(args) -> int:
-    from tuneforge.recipes.common import config_from_args
+    from tuneforge.config import config_from_args
 
     quantize(config_from_args(QuantizeConfig, args))
     return 0

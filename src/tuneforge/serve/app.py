@@ -32,7 +32,7 @@ log = logging.getLogger("tuneforge.serve")
 def served_name(config: ServeConfig) -> str:
     if config.served_model_name:
         return config.served_model_name
-    from tuneforge.models.registry import DEFAULT_MODEL
+    from tuneforge.models.known import DEFAULT_MODEL
 
     model = config.model or DEFAULT_MODEL
     path = Path(model)

@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from tuneforge.config import Section
+from tuneforge.models.dtypes import DTYPES
 
 ENGINES = ("auto", "transformers", "llamacpp", "vllm")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 class ServeConfig(Section):

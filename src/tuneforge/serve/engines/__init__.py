@@ -14,7 +14,7 @@ __all__ = ["Chunk", "Engine", "GenerationRequest", "Sampling", "load_engine", "p
 
 def gguf_file(model: str | None) -> Path | None:
     """The GGUF a model name points at: a .gguf file, a folder holding exactly one, or a packaged registry model."""
-    from tuneforge.models.registry import DEFAULT_MODEL, KNOWN_MODELS, package_folder
+    from tuneforge.models.known import DEFAULT_MODEL, KNOWN_MODELS, package_folder
 
     name = model or DEFAULT_MODEL
     path = Path(name).expanduser()

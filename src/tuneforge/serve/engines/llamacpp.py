@@ -38,7 +38,7 @@ class LlamaCppEngine:
         try:
             llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
         except ValueError as e:
-            from tuneforge.quant.llamacpp import load_error
+            from tuneforge.compress.quant.llamacpp import load_error
 
             raise load_error(path, e) from e
         return cls(llm)

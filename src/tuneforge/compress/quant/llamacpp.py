@@ -45,7 +45,7 @@ def load_error(path: str | Path, error: Exception) -> UserError:
 
 
 class LlamaCppRunner:
-    """A GGUF model with the runner interface of tuneforge.parity (prompt_ids, greedy, stop_ids, decode)."""
+    """A GGUF model with the runner interface of tuneforge.export.parity (prompt_ids, greedy, stop_ids, decode)."""
 
     def __init__(self, path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None):
         llama_cpp = import_llama_cpp()

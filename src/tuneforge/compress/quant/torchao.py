@@ -48,7 +48,7 @@ def quantize_folder(float_folder: str | Path, method: str, dtype: str = "auto", 
     """Load a float HF folder with its Linear weights quantized by torchao; returns the model."""
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.models.loading import pick_dtype
+    from tuneforge.models.dtypes import pick_dtype
 
     return AutoModelForCausalLM.from_pretrained(
         str(float_folder), quantization_config=torchao_config(method, group_size), dtype=pick_dtype(dtype, "cpu")
@@ -73,7 +73,7 @@ def load_quantized(folder: str | Path):
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise UserError(f"{folder} has no config.json: pass the model/ folder of a quantize run")
-    from tuneforge.quant.bnb import skip_unfit_cpu_repacking
+    from tuneforge.models.bnb import skip_unfit_cpu_repacking
 
     return skip_unfit_cpu_repacking(AutoModelForCausalLM.from_pretrained(str(folder)).eval())
 

@@ -6,6 +6,7 @@ validated before any work starts and every problem is reported at once, each nam
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tuneforge.data.spec import DataSpec
+from tuneforge.config.data import DataSpec
 from tuneforge.errors import UserError
 
 
@@ -284,3 +285,21 @@ def known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
 
 def to_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a recipe YAML (see recipes/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 data.train.limit=500")
+
+
+def split_config_args(args) -> tuple[str | None, list[str]]:
+    """(YAML path, overrides); argparse puts a leading key=value into `config` when no YAML is given."""
+    path, overrides = args.config, list(args.overrides)
+    if path and "=" in path and not path.endswith((".yaml", ".yml")):
+        overrides.insert(0, path)
+        path = None
+    return path, overrides
+
+
+def config_from_args(cls, args):
+    return load_config(cls, *split_config_args(args))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from tuneforge.config import LoraConfig, RunConfig, TrainConfig, to_yaml
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir, write_json, write_jsonl, write_text
-from tuneforge.recipes.run_report import write_run_report
+from tuneforge.report.run_report import write_run_report
 
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 
@@ -141,7 +141,7 @@ def count_params(model) -> tuple[int, int]:
 def use_bf16(setting: str, device: str) -> bool:
     import torch
 
-    from tuneforge.models.loading import cpu_has_bf16
+    from tuneforge.models.dtypes import cpu_has_bf16
 
     if setting != "auto":
         return setting == "true"
@@ -303,8 +303,7 @@ def finetune_classifier(cfg: ClassifierConfig) -> Path:
 
 def wants_classifier(args) -> bool:
     """Route `tuneforge finetune` here when the recipe (or an override) says `head: classifier`."""
-    from tuneforge.config import merge, parse_overrides, read_yaml
-    from tuneforge.recipes.common import split_config_args
+    from tuneforge.config import merge, parse_overrides, read_yaml, split_config_args
 
     path, overrides = split_config_args(args)
     data = merge(read_yaml(path) if path else {}, parse_overrides(overrides))

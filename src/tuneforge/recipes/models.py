@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.models.inspect import format_table
-from tuneforge.models.registry import DEFAULT_MODEL, KNOWN_MODELS, KnownModel, imported_folder, package_folder
+from tuneforge.models.known import DEFAULT_MODEL, KNOWN_MODELS, KnownModel, imported_folder, package_folder
 
 
 def model_status(known: KnownModel) -> dict:

@@ -1,31 +1,25 @@
-"""Pieces every recipe shares: config from the command line, task + data loading, timing."""
+"""A task's rows from a recipe: build the task pack, read and prepare a split, cut over-long sources."""
 
 from __future__ import annotations
 
-import argparse
-
-from tuneforge.config import load_config
 from tuneforge.data.readers import read_rows
 from tuneforge.errors import UserError
 from tuneforge.tasks import get_task
 
 
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="a recipe YAML (see recipes/)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 data.train.limit=500")
+def load_train_rows(cfg, task) -> list[dict]:
+    """data.train's rows (or []) through the lead's reader (tasks may read their own files)."""
+    from tuneforge.tasks.splits import load_split
+
+    return load_split(task, cfg.data.train, "train") if cfg.data.train else []
 
 
-def split_config_args(args) -> tuple[str | None, list[str]]:
-    """(YAML path, overrides); argparse puts a leading key=value into `config` when no YAML is given."""
-    path, overrides = args.config, list(args.overrides)
-    if path and "=" in path and not path.endswith((".yaml", ".yml")):
-        overrides.insert(0, path)
-        path = None
-    return path, overrides
+def load_rows(cfg, task) -> tuple[list[dict], list[dict]]:
+    """(train rows or [], dev rows cut to eval.limit)."""
+    from tuneforge.tasks.splits import load_split
 
-
-def config_from_args(cls, args):
-    return load_config(cls, *split_config_args(args))
+    dev = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
+    return load_train_rows(cfg, task), dev
 
 
 def build_task(cfg):

@@ -83,7 +83,7 @@ def bnb_config(method: str, device: str = "cuda", compute_dtype=None):
     or fp32 (CPU). QLoRA passes its run's precision instead."""
     from transformers import BitsAndBytesConfig
 
-    from tuneforge.models.loading import pick_dtype
+    from tuneforge.models.dtypes import pick_dtype
 
     if method == "bnb_8bit":
         return BitsAndBytesConfig(load_in_8bit=True)

@@ -88,7 +88,7 @@ def activation_importance(model, batches) -> dict[str, np.ndarray]:
 def llamacpp_quantize(source: Path, target: Path, qtype: str, *, importance: dict[str, np.ndarray] | None = None,
                       threads: int | None = None) -> Path:
     """Quantize the F32/F16 GGUF `source` into `target` (written under a temporary name, renamed when done)."""
-    from tuneforge.quant.llamacpp import import_llama_cpp
+    from tuneforge.compress.quant.llamacpp import import_llama_cpp
 
     llama_cpp = import_llama_cpp()
     if qtype not in LLAMACPP_TYPES:
@@ -176,7 +176,7 @@ def types_line(types: dict[str, int]) -> str:
 def write_any_gguf(model, tok, path: Path, qtype: str, *, pre_tokenizer: str | None,
                    importance: dict[str, np.ndarray] | None = None, threads: int | None = None) -> Path:
     """The GGUF of `qtype`: tuneforge's Python writer where it can, else an F32 file handed to llama.cpp."""
-    from tuneforge.quant.gguf_writer import write_gguf
+    from tuneforge.compress.quant.gguf_writer import write_gguf
 
     path = Path(path)
     if not needs_llamacpp_quantizer(qtype, bool(importance)):

@@ -2,7 +2,7 @@
 
 A runner is anything with `prompt_ids(messages) -> list[int]`, `greedy(ids, max_new_tokens, stop_ids) ->
 list[int]`, `stop_ids() -> set[int]` and `decode(ids) -> str`: `HFRunner` wraps a transformers model,
-`tuneforge.quant.llamacpp.LlamaCppRunner` a GGUF file. Each side renders prompts with its *own* chat
+`tuneforge.compress.quant.llamacpp.LlamaCppRunner` a GGUF file. Each side renders prompts with its *own* chat
 template and tokenizer, so a template or tokenizer that drifted during export shows up as different
 prompt tokens, not only as different answers.
 """

@@ -1,0 +1,43 @@
+"""Batched scoring with a task's own metrics: the one scorer behind evaluate, finetune's dev scores and compression."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from tuneforge.generation import generate
+
+
+def score_task(model, tok, task, rows: list[dict], *, strategy: str = "zero_shot", shots: Sequence[dict] = (),
+               batch_size: int = 16, max_new_tokens: int | None = None, desc: str | None = None):
+    """Score `rows` with the task's metrics. Returns (metrics, predictions)."""
+    if task.eval_mode == "loss":
+        return task.loss_metrics(model, tok, rows, batch_size=batch_size)
+    budget = max_new_tokens or (getattr(task, "cot_max_new_tokens", None) if strategy == "cot" else None) or task.max_new_tokens
+    conversations = [task.prompt(row, strategy, shots) for row in rows]
+    texts = generate(model, tok, conversations, max_new_tokens=budget, batch_size=batch_size, desc=desc or f"scoring {strategy}")
+    preds = [task.parse(t, strategy) for t in texts]
+    refs = [task.reference(r) for r in rows]
+    metrics = task.score(preds, refs)
+    predictions = [
+        {"prompt": conv[-1]["content"], "output": text, "prediction": p, "reference": r}
+        for conv, text, p, r in zip(conversations, texts, preds, refs, strict=True)
+    ]
+    return metrics, predictions
+
+
+def score(model, tok, task, rows: list[dict], eval_cfg, *, label: str) -> tuple[dict, list[dict]]:
+    """The task's metrics on `rows` with the same prompting for every model; adds seconds taken."""
+    from tuneforge.scoring import score_task
+    from tuneforge.tasks.splits import truncate_sources
+
+    rows = truncate_sources(task, rows, tok, "dev")  # as `tuneforge evaluate` does, so numbers compare
+    model.eval()
+    start = time.perf_counter()
+    metrics, predictions = score_task(
+        model, tok, task, rows, strategy=eval_cfg.strategy, batch_size=eval_cfg.batch_size,
+        max_new_tokens=eval_cfg.max_new_tokens, desc=f"scoring: {label}",
+    )
+    metrics = {**metrics, "seconds": time.perf_counter() - start}
+    print(f"{label}: {task.primary_metric} = {metrics[task.primary_metric]:.4f} on {len(rows)} rows")
+    return metrics, predictions

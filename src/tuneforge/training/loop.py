@@ -1,0 +1,164 @@
+"""The one training loop (fit): forward, loss on target tokens, backward, clip, step, log, mid-run dev
+scores, checkpoints, Ctrl-C. finetune, the classifier head, distill and prune recovery all run it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from tuneforge.scoring import score_task
+from tuneforge.training.batching import collate, group_batches
+from tuneforge.training.checkpoints import (
+    load_checkpoint,
+    resume_hint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    sigint_held,
+)
+from tuneforge.training.optim import count_params, make_accelerator, make_optimizer, make_scheduler
+from tuneforge.training.setup import Setup, checkpoint_to_resume
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; a checkpoint was written. The CLI exits 130."""
+
+
+def fit(s: Setup) -> dict:
+    """The training loop: forward, loss on target tokens, backward, clip, step, log, evaluate, checkpoint."""
+    cfg, acc = s.cfg, s.accelerator
+    start_step = 0
+    if cfg.train.resume:
+        ckpt = checkpoint_to_resume(cfg)
+        start_step, rng = load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler)
+        set_rng_state(rng)
+        acc.print(f"resumed from {ckpt} at step {start_step}")
+    metrics_path = s.run_dir / "metrics.jsonl"
+    log = open(metrics_path, "a", encoding="utf-8") if acc.is_main_process else None
+    pad = s.tok.pad_token_id
+    tokens_seen, t_start = 0, time.time()
+    on_cuda = next(s.model.parameters()).is_cuda
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()  # what QLoRA saves is GPU memory: report this run's own peak
+    step_rng = rng_state()
+    bar = tqdm(total=s.total_steps, initial=start_step, desc="training", unit="step", disable=not acc.is_main_process)
+    completed = start_step  # optimizer steps taken: what a checkpoint saved now holds
+    try:
+        for step in range(start_step, s.total_steps):
+            window = s.batches[step * cfg.train.grad_accum:(step + 1) * cfg.train.grad_accum]
+            micro = [collate([s.examples[i] for i in b], pad) for b in window]
+            n_targets = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
+            loss_total = 0.0
+            for k, batch in enumerate(micro):
+                batch = {key: v.to(acc.device) for key, v in batch.items()}
+                sync = k == len(micro) - 1
+                ctx = acc.no_sync(s.loss_module) if not sync else nullcontext()
+                with ctx:
+                    loss_sum, _ = s.loss_module(**batch)
+                    loss = loss_sum / max(n_targets, 1)  # token-weighted: batch 8 == 8 x batch 1 accumulated
+                    acc.backward(loss)
+                loss_total += loss.item()
+                tokens_seen += int(batch["attention_mask"].sum())
+            if cfg.train.max_grad_norm:
+                acc.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm)
+            with sigint_held(reraise=True):  # an update is applied whole and counted, or not at all
+                s.optimizer.step()
+                s.scheduler.step()
+                s.optimizer.zero_grad(set_to_none=True)
+                step_rng = rng_state()
+                done = completed = step + 1
+            elapsed = time.time() - t_start
+            tps = tokens_seen * acc.num_processes / elapsed
+            bar.set_postfix(loss=f"{loss_total:.4f}", tok_s=f"{tps:.0f}")
+            bar.update(1)
+            if done % cfg.train.log_every == 0 or done == s.total_steps:
+                row = {"step": done, "loss": loss_total, "lr": s.scheduler.get_last_lr()[0],
+                       "tokens": tokens_seen * acc.num_processes, "tokens_per_second": tps, "elapsed": elapsed}
+                s.history.append(row)
+                if log:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < s.total_steps and s.dev_rows:
+                dev = validate(s, desc=f"dev @ step {done}")
+                row = {"step": done, **{f"dev_{k}": v for k, v in dev.items() if isinstance(v, float)}}
+                s.history.append(row)
+                if log:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+            if cfg.train.save_every and done % cfg.train.save_every == 0 and acc.is_main_process:
+                save_checkpoint(s.run_dir / "checkpoints" / f"step-{done}", s.model, s.optimizer, s.scheduler, done, step_rng)
+    except KeyboardInterrupt:
+        with sigint_held():  # a second Ctrl-C waits for the checkpoint
+            bar.close()
+            if acc.is_main_process:
+                print(f"\ninterrupted after step {completed}; saving a checkpoint (a second Ctrl-C waits for it)...",
+                      file=sys.stderr, flush=True)
+                ckpt = save_checkpoint(s.run_dir / "checkpoints" / f"step-{completed}", s.model, s.optimizer,
+                                         s.scheduler, completed, step_rng)
+        if acc.is_main_process:
+            hint = resume_hint(s.resume_command, ckpt)
+            print(f"checkpoint saved to {ckpt}\n"
+                  + (f"resume with: {hint}" if hint else "this run cannot resume from it: run the command again"),
+                  file=sys.stderr)
+        raise Interrupted() from None
+    finally:
+        if log:
+            log.close()
+    bar.close()
+    seconds = time.time() - t_start
+    return {"tokens": tokens_seen * acc.num_processes, "seconds": seconds,
+            "tokens_per_second": tokens_seen * acc.num_processes / max(seconds, 1e-9),
+            "steps": s.total_steps - start_step,  # this process's; a resumed run says where it started
+            **({"resumed_from_step": start_step} if start_step else {}),
+            **({"peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9} if on_cuda else {})}
+
+
+def validate(s: Setup, desc: str = "dev") -> dict:
+    s.model.eval()
+    metrics, predictions = score_task(s.model, s.tok, s.task, s.dev_rows, batch_size=s.cfg.eval.batch_size,
+                                      max_new_tokens=s.cfg.eval.max_new_tokens, desc=desc)
+    s.model.train()
+    s.last_predictions = predictions
+    return metrics
+
+
+def headline(metrics: dict) -> dict:
+    """The scalar metrics (for tables and metrics.json's before/after)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def train(cfg, task, model: nn.Module, tok, loss_module: nn.Module, examples: list[dict], run_dir: Path,
+          dev_rows: list[dict] = (), resume_command: str | None = None) -> dict:
+    """Run finetune's loop on `model` (its trainable parameters are those with requires_grad). On Ctrl-C a
+    checkpoint is saved; `resume_command` (e.g. "tuneforge prune <config>") is how the user resumes from it."""
+    from tuneforge.models.dtypes import use_bf16
+
+    cuda = torch.cuda.is_available()
+    bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
+    accelerator = make_accelerator(bf16)
+    batches = group_batches([len(e["input_ids"]) for e in examples], cfg.train.batch_size, cfg.train.seed,
+                              cfg.train.epochs, cfg.train.group_by_length)
+    usable = len(batches) - len(batches) % cfg.train.grad_accum or len(batches)
+    batches = batches[:usable]
+    total_steps = max(1, len(batches) // cfg.train.grad_accum)
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    torch.manual_seed(cfg.train.seed)
+    model.train()
+    optimizer = make_optimizer(model, cfg.train)
+    scheduler = make_scheduler(optimizer, cfg.train, total_steps)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    trainable, total = count_params(model)
+    print(f"training {trainable:,} of {total:,} parameters on {len(examples)} rows, {total_steps} steps")
+    setup = Setup(cfg, task, accelerator, model, tok, loss_module, optimizer, scheduler, examples, batches,
+                  list(dev_rows), run_dir, total_steps, resume_command=resume_command)
+    stats = fit(setup)
+    model.eval()
+    return {**stats, "trainable_params": trainable, "total_params": total, "history": setup.history}

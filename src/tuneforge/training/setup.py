@@ -1,0 +1,212 @@
+"""Everything a training run needs before its first step: task rows, model (+ LoRA / freeze / QLoRA),
+encoded examples, this process's batches, optimizer, schedule and run folder. Every verb that trains
+builds a Setup and hands it to training.loop.fit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from tuneforge.config import FinetuneConfig
+from tuneforge.errors import UserError
+from tuneforge.fileio import atomic_dir
+from tuneforge.models.dtypes import use_bf16
+from tuneforge.report.run_report import read_prompting
+from tuneforge.tasks.splits import build_task, load_split, truncate_sources
+from tuneforge.training.batching import group_batches
+from tuneforge.training.checkpoints import latest_checkpoint
+from tuneforge.training.losses import TargetOnlyLoss
+from tuneforge.training.optim import make_accelerator, make_optimizer, make_scheduler
+
+
+@dataclass
+class Setup:
+    cfg: FinetuneConfig
+    task: object
+    accelerator: object
+    model: torch.nn.Module          # the (peft-wrapped) causal LM
+    tok: object
+    loss_module: torch.nn.Module    # what accelerate prepared (DDP-wrapped when distributed)
+    optimizer: object
+    scheduler: object
+    examples: list[dict]
+    batches: list[list[int]]        # this process's micro-batches, in order
+    dev_rows: list[dict]
+    run_dir: Path
+    total_steps: int
+    history: list[dict] = field(default_factory=list)
+    prompting: list[dict] = field(default_factory=list)  # strategies of cfg.prompting, for the report
+    resume_command: str | None = "tuneforge finetune <config>"  # shown on Ctrl-C; None: this run cannot resume
+
+
+def apply_method(model, cfg: FinetuneConfig):
+    if cfg.method in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=cfg.lora.target_modules, use_rslora=cfg.lora.use_rslora,
+                          use_dora=cfg.lora.use_dora, task_type="CAUSAL_LM")
+        try:
+            return get_peft_model(model, lora)
+        except ValueError as e:
+            raise UserError(f"lora.target_modules: {e}") from e
+    if cfg.method == "freeze":
+        blocks = model.get_decoder().layers
+        n = cfg.freeze.trainable_blocks
+        if n > len(blocks):
+            raise UserError(f"freeze.trainable_blocks={n} but the model has only {len(blocks)} blocks")
+        model.requires_grad_(False)
+        for block in list(blocks)[len(blocks) - n:]:
+            block.requires_grad_(True)
+        model.get_decoder().norm.requires_grad_(True)
+        model.get_output_embeddings().requires_grad_(True)  # tied models train the embeddings with it
+    return model
+
+
+def setup(cfg: FinetuneConfig) -> Setup:
+    from accelerate.utils import set_seed
+
+    from tuneforge.models import load_model
+
+    quantization = "bnb_nf4" if cfg.method == "qlora" else None
+    if quantization:
+        from tuneforge.models.bnb import require_bnb
+
+        require_bnb(quantization, what="method qlora", instead="method=lora")  # before minutes of reading data
+    checkpoint_to_resume(cfg)  # before minutes of reading and loading
+    task = build_task(cfg)
+    train_rows = load_split(task, cfg.data.train, "train")
+    dev_rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
+    prompting = read_prompting(cfg.prompting, task.name, len(dev_rows)) if cfg.prompting else []
+    cuda = torch.cuda.is_available()
+    bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
+    accelerator = make_accelerator(bf16)
+    set_seed(cfg.train.seed)
+    # LoRA keeps the frozen base in bf16 where it is fast; full/freeze keep fp32 master weights under autocast.
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if bf16 and cfg.method in ("lora", "qlora") else "float32")
+    model, tok = load_model(cfg.model, dtype=dtype, adapter=None, device=str(accelerator.device), quantization=quantization)
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        from tuneforge.models.bnb import keep_nf4_layers_trainable
+
+        keep_nf4_layers_trainable(model)
+        # peft's k-bit preparation: the unquantized parameters (embeddings, norms) in fp32; checkpointing is
+        # train.gradient_checkpointing's to choose
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.train.gradient_checkpointing:
+        # non-reentrant: gradients reach LoRA inside a block without the inputs themselves requiring grad
+        try:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        except ValueError as e:  # an architecture without checkpointing support
+            raise UserError(f"train.gradient_checkpointing: {e}; set it to false for this model") from e
+    if cfg.adapter:  # continue training an existing adapter
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+    else:
+        model = apply_method(model, cfg)
+    model.train()
+    train_rows = truncate_sources(task, train_rows, tok, "train")
+    dev_rows = truncate_sources(task, dev_rows, tok, "dev")
+
+    examples = [encode_row(tok, task, row, cfg.train.max_seq_len) for row in tqdm(train_rows, desc="tokenizing", leave=False)]
+    truncated = sum(e["truncated"] for e in examples)
+    if truncated:
+        print(f"note: {truncated} of {len(examples)} training examples were longer than train.max_seq_len="
+              f"{cfg.train.max_seq_len} and were cut on the source side")
+    if not any(any(label != -100 for label in e["labels"]) for e in examples):
+        raise UserError("no training example has a target token: check data.train columns and task settings")
+    batches = group_batches([len(e["input_ids"]) for e in examples], cfg.train.batch_size, cfg.train.seed, cfg.train.epochs,
+                              cfg.train.group_by_length)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    usable = len(batches) - len(batches) % (world * cfg.train.grad_accum) or len(batches)
+    batches = batches[:usable][rank::world]
+    total_steps = max(1, len(batches) // cfg.train.grad_accum)
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    share_prefix = cfg.train.share_prefix and not cfg.train.gradient_checkpointing
+    if cfg.train.share_prefix and not share_prefix:
+        accelerator.print("note: train.gradient_checkpointing turns train.share_prefix off (each row runs its whole prompt)")
+    loss_module = TargetOnlyLoss(model, share_prefix)
+    optimizer = make_optimizer(model, cfg.train)
+    scheduler = make_scheduler(optimizer, cfg.train, total_steps)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    run_dir = resolve_run_dir(cfg, accelerator)
+    return Setup(cfg, task, accelerator, model, tok, loss_module, optimizer, scheduler, examples, batches,
+                 dev_rows, run_dir, total_steps, prompting=prompting)
+
+
+def encode_row(tok, task, row, max_len):
+    from tuneforge.data.encode import encode_conversation
+
+    return encode_conversation(tok, task.conversation(row), max_len)
+
+
+def checkpoint_to_resume(cfg: FinetuneConfig) -> Path | None:
+    """train.resume's checkpoint (latest: the newest in runs/<name>/checkpoints); None when not resuming."""
+    from tuneforge.runs import resumed_run_dir
+
+    resume = cfg.train.resume
+    if not resume:
+        return None
+    run = resumed_run_dir(cfg)
+    ckpt = latest_checkpoint(run) if resume == "latest" else Path(resume)
+    if ckpt is None or not (ckpt / "step.json").exists():
+        raise UserError(f"train.resume: no checkpoint found at {ckpt or run / 'checkpoints'}; "
+                        "pass a checkpoints/step-N folder of an interrupted run, or drop train.resume")
+    return ckpt
+
+
+def resolve_run_dir(cfg: FinetuneConfig, accelerator) -> Path:
+    from tuneforge.runs import resumed_run_dir, run_dir_for
+
+    resume = cfg.train.resume
+    path = run_dir_for(cfg) if accelerator.is_main_process else resumed_run_dir(cfg)
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1 and not resume:
+        # every rank must agree on the folder the main process picked
+        import torch.distributed as dist
+
+        box = [str(path)]
+        dist.broadcast_object_list(box, src=0)
+        path = Path(box[0])
+    return path
+
+
+def save_artifact(s: Setup) -> Path:
+    model = s.model
+    name = "adapter" if hasattr(model, "peft_config") else "model"
+    with atomic_dir(s.run_dir / name) as tmp:
+        model.save_pretrained(tmp)
+        if name == "model":
+            s.tok.save_pretrained(tmp)
+    return s.run_dir / name
+
+
+def encode_rows(tok, task, rows: Sequence[dict], max_len: int, *, answers: Sequence[str] | None = None) -> list[dict]:
+    """Training conversations → ids with labels on the assistant turn. With `answers` (sequence-level KD)
+    the assistant turn is the teacher's generated text instead of the gold one."""
+    from tuneforge.data.encode import encode_conversation
+
+    rows = truncate_sources(task, list(rows), tok, "train")  # as finetune does
+    feats = []
+    for i, row in enumerate(tqdm(rows, desc="tokenizing", leave=False)):
+        conv = task.conversation(row)
+        if answers is not None:
+            conv = [m for m in conv if m["role"] != "assistant"] + [{"role": "assistant", "content": answers[i]}]
+        feats.append(encode_conversation(tok, conv, max_len))
+    if not any(any(label != -100 for label in f["labels"]) for f in feats):
+        raise UserError("no training example has a target token: check data.train columns and task settings")
+    return feats
+
+
+def as_float32(model) -> None:
+    """Trainable copies in fp32 (AdamW on bf16 weights loses small updates); bf16 stays for autocast."""
+    if next(model.parameters()).dtype != torch.float32:
+        model.float()
