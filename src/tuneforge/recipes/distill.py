@@ -84,26 +84,28 @@ def set_trainable(student, which: str) -> None:
 
 
 def distill(cfg: DistillConfig) -> Path:
-    from tuneforge.compress import common
     from tuneforge.compress.distill import DistillLoss
     from tuneforge.compress.measure import count_parameters, hf_speed, speed_prompt_ids
+    from tuneforge.models.loading import load_merged, save_model
     from tuneforge.runs import run_dir_for
+    from tuneforge.scoring import score
     from tuneforge.tasks import get_task
+    from tuneforge.tasks.splits import load_rows
     from tuneforge.training.loop import train
-    from tuneforge.training.setup import checkpoint_to_resume, encode_rows
+    from tuneforge.training.setup import as_float32, checkpoint_to_resume, encode_rows
 
     checkpoint_to_resume(cfg)  # a missing checkpoint is reported before anything loads
     task = get_task(cfg.task.name, **cfg.task.options())
-    train_rows, dev_rows = common.load_rows(cfg, task)
-    teacher, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
+    train_rows, dev_rows = load_rows(cfg, task)
+    teacher, tok = load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
     teacher.requires_grad_(False)
     student, origin = build_student(teacher, tok, cfg, task, train_rows)  # a bad student fails before runs/<name> too
     run_dir = run_dir_for(cfg)  # train.resume continues in the interrupted run's folder
     metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "kd": cfg.kd.model_dump(), **origin}
     if cfg.eval_teacher:
-        metrics["teacher"], _ = common.score(teacher, tok, task, dev_rows, cfg.eval, label="teacher")
+        metrics["teacher"], _ = score(teacher, tok, task, dev_rows, cfg.eval, label="teacher")
     if cfg.eval_before:
-        metrics["before"], _ = common.score(student, tok, task, dev_rows, cfg.eval, label="student before")
+        metrics["before"], _ = score(student, tok, task, dev_rows, cfg.eval, label="student before")
 
     answers = None
     if cfg.kd.sequence_level:
@@ -113,15 +115,15 @@ def distill(cfg: DistillConfig) -> Path:
                            batch_size=cfg.kd.generate_batch_size, desc="teacher answers")
     examples = encode_rows(tok, task, train_rows, cfg.train.max_seq_len, answers=answers)
     dtype = next(student.parameters()).dtype
-    common.as_float32(student)  # fp32 master weights; the loop runs under bf16 autocast where supported
+    as_float32(student)  # fp32 master weights; the loop runs under bf16 autocast where supported
     set_trainable(student, cfg.student.trainable)
     stats = train(cfg, task, student, tok, DistillLoss(student, teacher, cfg.kd, cfg.train.share_prefix), examples, run_dir,
-                  resume_command="tuneforge distill <config>")
+                  dev_rows=dev_rows, resume_command="tuneforge distill <config>")
     history = stats.pop("history")
     metrics["train"] = stats
     student.to(dtype)
-    common.save_model(student, tok, run_dir / "model")  # before the last scoring: a Ctrl-C there keeps the student
-    metrics["after"], predictions = common.score(student, tok, task, dev_rows, cfg.eval, label="student after")
+    save_model(student, tok, run_dir / "model")  # before the last scoring: a Ctrl-C there keeps the student
+    metrics["after"], predictions = score(student, tok, task, dev_rows, cfg.eval, label="student after")
 
     prompt = speed_prompt_ids(tok, cfg.speed.prompt_tokens)
     for name, net in (("teacher", teacher), ("student", student)):

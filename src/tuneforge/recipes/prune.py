@@ -178,7 +178,7 @@ def recovery_teacher(model, tok, cfg: PruneConfig):
 
 
 def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path, teacher=None,
-            resume_command: str | None = None) -> dict:
+            resume_command: str | None = None, dev_rows: list[dict] = ()) -> dict:
     """Masked LoRA (or the masked weights themselves) on the block linears, trained with finetune's loop, then
     merged (zeros kept). The loss is finetune's cross-entropy on the answers, or with a `teacher` (the
     unpruned model) distill's KD + CE mix."""
@@ -202,7 +202,7 @@ def recover(model, tok, task, train_rows, masks, cfg: PruneConfig, run_dir: Path
     examples = encode_rows(tok, task, train_rows, cfg.train.max_seq_len)
     share = cfg.train.share_prefix
     loss = DistillLoss(model, teacher, cfg.recovery.kd, share) if teacher is not None else TargetOnlyLoss(model, share)
-    stats = train(cfg, task, model, tok, loss, examples, run_dir, resume_command=resume_command)
+    stats = train(cfg, task, model, tok, loss, examples, run_dir, dev_rows=dev_rows, resume_command=resume_command)
     merge_masked_lora(model)
     return stats
 
@@ -220,18 +220,20 @@ def step_configs(cfg: PruneConfig) -> list[PruneConfig]:
 
 
 def prune(cfg: PruneConfig) -> Path:
-    from tuneforge.compress import common
     from tuneforge.compress.prune import sparsity_report
+    from tuneforge.models.loading import load_merged, reload, save_model
     from tuneforge.runs import run_dir_for
+    from tuneforge.scoring import score
     from tuneforge.tasks import get_task
+    from tuneforge.tasks.splits import load_rows, load_train_rows
     from tuneforge.training.setup import checkpoint_to_resume
 
     checkpoint_to_resume(cfg)  # a missing checkpoint is reported before anything loads
     task = get_task(cfg.task.name, **cfg.task.options())
     configs = step_configs(cfg)
-    train_rows, dev_rows = common.load_rows(cfg, task)  # step 1's rows; bad data fails before runs/<name> exists
-    step_rows = [train_rows] + [common.load_train_rows(c, task) for c in configs[1:]]  # each step's seed
-    model, tok = common.load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
+    train_rows, dev_rows = load_rows(cfg, task)  # step 1's rows; bad data fails before runs/<name> exists
+    step_rows = [train_rows] + [load_train_rows(c, task) for c in configs[1:]]  # each step's seed
+    model, tok = load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
     if cfg.prune.method == "blocks":  # the count needs the model's depth; checked before any scoring
         blocks_to_remove(model.config.num_hidden_layers, cfg.prune.remove)
     teacher = recovery_teacher(model, tok, cfg)
@@ -240,7 +242,7 @@ def prune(cfg: PruneConfig) -> Path:
     if cfg.prune.method != "existing":
         metrics.update(pattern=cfg.prune.pattern, sparsity_target=cfg.prune.sparsity)
     if cfg.eval_before:
-        metrics["before"], _ = common.score(model, tok, task, dev_rows, cfg.eval, label="before pruning")
+        metrics["before"], _ = score(model, tok, task, dev_rows, cfg.eval, label="before pruning")
     history: list[dict] = []
     steps = []
     # a resumed run prunes again (the same zeros) and loads the checkpoint; in steps it could be any step's
@@ -256,9 +258,9 @@ def prune(cfg: PruneConfig) -> Path:
         metrics["steps"] = steps
         write_jsonl(run_dir / "metrics.jsonl", history)  # one loss curve over all steps
     if not cfg.recovery.enabled:  # with recovery, the last step saved the model before scoring it
-        common.save_model(model, tok, run_dir / "model")
+        save_model(model, tok, run_dir / "model")
     del model
-    reloaded = common.reload(run_dir / "model", cfg.dtype)
+    reloaded = reload(run_dir / "model", cfg.dtype)
     sparsity = sparsity_report(reloaded)  # counted on what was saved, not on what is in memory
     metrics.update({k: v for k, v in sparsity.items() if k != "per_matrix"})
     write_json(run_dir / "sparsity.json", sparsity)
@@ -273,23 +275,25 @@ def prune_step(model, tok, task, cfg: PruneConfig, train_rows, dev_rows, run_dir
                history: list[dict], label: str = "", resume_command: str | None = None) -> tuple[dict, list[dict]]:
     """Prune `model` in place to cfg.prune.sparsity, score it, recover and score again if asked.
     Appends the recovery's loss history (steps counted on from the last entry). Returns (metrics, predictions)."""
-    from tuneforge.compress import common
+    from tuneforge.compress.calibration import calibration_batches
+    from tuneforge.models.loading import save_model
+    from tuneforge.scoring import score
 
     calib = []
     if cfg.prune.method in CALIBRATED:
-        calib = common.calibration_batches(tok, task, train_rows[: cfg.prune.calibration_rows],
+        calib = calibration_batches(tok, task, train_rows[: cfg.prune.calibration_rows],
                                            max_len=cfg.train.max_seq_len, batch_size=cfg.prune.calibration_batch_size)
     start = time.perf_counter()
     masks, details = prune_model(model, cfg, calib)
     step: dict = {"sparsity": cfg.prune.sparsity, **details, "prune_seconds": time.perf_counter() - start}
-    step["pruned"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label=f"after pruning{label}")
+    step["pruned"], predictions = score(model, tok, task, dev_rows, cfg.eval, label=f"after pruning{label}")
     if cfg.recovery.enabled:
-        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir, teacher, resume_command)
+        stats = recover(model, tok, task, train_rows, masks, cfg, run_dir, teacher, resume_command, dev_rows)
         offset = history[-1]["step"] if history else 0
         history.extend({**row, "step": row["step"] + offset} for row in stats.pop("history"))
         step["recovery"] = stats
-        common.save_model(model, tok, run_dir / "model")  # before scoring: a Ctrl-C there keeps the recovered model
-        step["recovered"], predictions = common.score(model, tok, task, dev_rows, cfg.eval, label=f"after recovery{label}")
+        save_model(model, tok, run_dir / "model")  # before scoring: a Ctrl-C there keeps the recovered model
+        step["recovered"], predictions = score(model, tok, task, dev_rows, cfg.eval, label=f"after recovery{label}")
     return step, predictions
 
 

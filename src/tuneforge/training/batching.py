@@ -54,3 +54,8 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(e["labels"])
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def count_target_tokens(batch: dict) -> int:
+    """Target tokens of a causal LM batch (position t predicts token t+1): the loss is their mean."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())

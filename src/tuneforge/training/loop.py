@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from tuneforge.models.dtypes import use_bf16
 from tuneforge.scoring import score_task
-from tuneforge.training.batching import collate, group_batches
 from tuneforge.training.checkpoints import (
     load_checkpoint,
     resume_hint,
@@ -23,8 +23,8 @@ from tuneforge.training.checkpoints import (
     set_rng_state,
     sigint_held,
 )
-from tuneforge.training.optim import count_params, make_accelerator, make_optimizer, make_scheduler
-from tuneforge.training.setup import Setup, checkpoint_to_resume
+from tuneforge.training.optim import count_params, make_accelerator
+from tuneforge.training.setup import Setup, assemble, checkpoint_to_resume
 
 
 class Interrupted(Exception):
@@ -53,8 +53,8 @@ def fit(s: Setup) -> dict:
     try:
         for step in range(start_step, s.total_steps):
             window = s.batches[step * cfg.train.grad_accum:(step + 1) * cfg.train.grad_accum]
-            micro = [collate([s.examples[i] for i in b], pad) for b in window]
-            n_targets = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
+            micro = [s.collate([s.examples[i] for i in b], pad) for b in window]
+            n_targets = sum(s.count_targets(m) for m in micro)
             loss_total = 0.0
             for k, batch in enumerate(micro):
                 batch = {key: v.to(acc.device) for key, v in batch.items()}
@@ -136,29 +136,18 @@ def headline(metrics: dict) -> dict:
 
 def train(cfg, task, model: nn.Module, tok, loss_module: nn.Module, examples: list[dict], run_dir: Path,
           dev_rows: list[dict] = (), resume_command: str | None = None) -> dict:
-    """Run finetune's loop on `model` (its trainable parameters are those with requires_grad). On Ctrl-C a
-    checkpoint is saved; `resume_command` (e.g. "tuneforge prune <config>") is how the user resumes from it."""
-    from tuneforge.models.dtypes import use_bf16
-
+    """fit() on an already built `model` (its trainable parameters are those with requires_grad), for the verbs
+    that make their own model (distill's student, prune's recovery). On Ctrl-C a checkpoint is saved;
+    `resume_command` (e.g. "tuneforge prune <config>") is how the user resumes from it."""
     cuda = torch.cuda.is_available()
-    bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
-    accelerator = make_accelerator(bf16)
-    batches = group_batches([len(e["input_ids"]) for e in examples], cfg.train.batch_size, cfg.train.seed,
-                              cfg.train.epochs, cfg.train.group_by_length)
-    usable = len(batches) - len(batches) % cfg.train.grad_accum or len(batches)
-    batches = batches[:usable]
-    total_steps = max(1, len(batches) // cfg.train.grad_accum)
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
+    accelerator = make_accelerator(use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu"))
     torch.manual_seed(cfg.train.seed)
     model.train()
-    optimizer = make_optimizer(model, cfg.train)
-    scheduler = make_scheduler(optimizer, cfg.train, total_steps)
-    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    setup = assemble(cfg, task, accelerator, model, tok, loss_module, examples, dev_rows, run_dir,
+                     resume_command=resume_command)
     trainable, total = count_params(model)
-    print(f"training {trainable:,} of {total:,} parameters on {len(examples)} rows, {total_steps} steps")
-    setup = Setup(cfg, task, accelerator, model, tok, loss_module, optimizer, scheduler, examples, batches,
-                  list(dev_rows), run_dir, total_steps, resume_command=resume_command)
+    print(f"training {trainable:,} of {total:,} parameters on {len(examples)} rows, {setup.total_steps} steps"
+          + (f" (this process: {len(setup.batches)} batches of {accelerator.num_processes})" if accelerator.num_processes > 1 else ""))
     stats = fit(setup)
     model.eval()
     return {**stats, "trainable_params": trainable, "total_params": total, "history": setup.history}

@@ -4,7 +4,7 @@ builds a Setup and hands it to training.loop.fit."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from tuneforge.fileio import atomic_dir
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import read_prompting
 from tuneforge.tasks.splits import build_task, load_split, truncate_sources
-from tuneforge.training.batching import group_batches
+from tuneforge.training.batching import collate, count_target_tokens, group_batches
 from tuneforge.training.checkpoints import latest_checkpoint
 from tuneforge.training.losses import TargetOnlyLoss
 from tuneforge.training.optim import make_accelerator, make_optimizer, make_scheduler
@@ -41,6 +41,8 @@ class Setup:
     history: list[dict] = field(default_factory=list)
     prompting: list[dict] = field(default_factory=list)  # strategies of cfg.prompting, for the report
     resume_command: str | None = "tuneforge finetune <config>"  # shown on Ctrl-C; None: this run cannot resume
+    collate: Callable[[list[dict], int], dict] = collate  # examples -> a padded batch of tensors
+    count_targets: Callable[[dict], int] = count_target_tokens  # what the summed loss of a batch is divided by
 
 
 def apply_method(model, cfg: FinetuneConfig):
@@ -121,25 +123,37 @@ def setup(cfg: FinetuneConfig) -> Setup:
               f"{cfg.train.max_seq_len} and were cut on the source side")
     if not any(any(label != -100 for label in e["labels"]) for e in examples):
         raise UserError("no training example has a target token: check data.train columns and task settings")
-    batches = group_batches([len(e["input_ids"]) for e in examples], cfg.train.batch_size, cfg.train.seed, cfg.train.epochs,
-                              cfg.train.group_by_length)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    usable = len(batches) - len(batches) % (world * cfg.train.grad_accum) or len(batches)
-    batches = batches[:usable][rank::world]
-    total_steps = max(1, len(batches) // cfg.train.grad_accum)
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-
     share_prefix = cfg.train.share_prefix and not cfg.train.gradient_checkpointing
     if cfg.train.share_prefix and not share_prefix:
         accelerator.print("note: train.gradient_checkpointing turns train.share_prefix off (each row runs its whole prompt)")
-    loss_module = TargetOnlyLoss(model, share_prefix)
+    run_dir = resolve_run_dir(cfg, accelerator)
+    return assemble(cfg, task, accelerator, model, tok, TargetOnlyLoss(model, share_prefix), examples, dev_rows, run_dir,
+                    prompting=prompting)
+
+
+def shard_batches(examples: list[dict], train_cfg, accelerator) -> tuple[list[list[int]], int]:
+    """(this process's micro-batches, optimizer steps): every process draws the same shuffled batches and takes
+    every world-th one, so the processes see disjoint rows."""
+    batches = group_batches([len(e["input_ids"]) for e in examples], train_cfg.batch_size, train_cfg.seed,
+                            train_cfg.epochs, train_cfg.group_by_length)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    usable = len(batches) - len(batches) % (world * train_cfg.grad_accum) or len(batches)
+    batches = batches[:usable][rank::world]
+    total_steps = max(1, len(batches) // train_cfg.grad_accum)
+    if train_cfg.max_steps:
+        total_steps = min(total_steps, train_cfg.max_steps)
+    return batches, total_steps
+
+
+def assemble(cfg, task, accelerator, model, tok, loss_module, examples: list[dict], dev_rows: list[dict], run_dir: Path,
+             **extra) -> Setup:
+    """The one place a run's batches, optimizer and schedule are made and handed to accelerate."""
+    batches, total_steps = shard_batches(examples, cfg.train, accelerator)
     optimizer = make_optimizer(model, cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, total_steps)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
-    run_dir = resolve_run_dir(cfg, accelerator)
     return Setup(cfg, task, accelerator, model, tok, loss_module, optimizer, scheduler, examples, batches,
-                 dev_rows, run_dir, total_steps, prompting=prompting)
+                 list(dev_rows), run_dir, total_steps, **extra)
 
 
 def encode_row(tok, task, row, max_len):
