@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.scoring import score_task
+from tuneforge.training.batching import collate, count_target_tokens
 from tuneforge.training.checkpoints import (
     load_checkpoint,
     resume_hint,
@@ -53,8 +54,8 @@ def fit(s: Setup) -> dict:
     try:
         for step in range(start_step, s.total_steps):
             window = s.batches[step * cfg.train.grad_accum:(step + 1) * cfg.train.grad_accum]
-            micro = [s.collate([s.examples[i] for i in b], pad) for b in window]
-            n_targets = sum(s.count_targets(m) for m in micro)
+            micro = [(s.collate or collate)([s.examples[i] for i in b], pad) for b in window]
+            n_targets = sum((s.count_targets or count_target_tokens)(m) for m in micro)
             loss_total = 0.0
             for k, batch in enumerate(micro):
                 batch = {key: v.to(acc.device) for key, v in batch.items()}

@@ -17,7 +17,7 @@ from tuneforge.fileio import atomic_dir
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import read_prompting
 from tuneforge.tasks.splits import build_task, load_split, truncate_sources
-from tuneforge.training.batching import collate, count_target_tokens, group_batches
+from tuneforge.training.batching import group_batches
 from tuneforge.training.checkpoints import latest_checkpoint
 from tuneforge.training.losses import TargetOnlyLoss
 from tuneforge.training.optim import make_accelerator, make_optimizer, make_scheduler
@@ -41,8 +41,8 @@ class Setup:
     history: list[dict] = field(default_factory=list)
     prompting: list[dict] = field(default_factory=list)  # strategies of cfg.prompting, for the report
     resume_command: str | None = "tuneforge finetune <config>"  # shown on Ctrl-C; None: this run cannot resume
-    collate: Callable[[list[dict], int], dict] = collate  # examples -> a padded batch of tensors
-    count_targets: Callable[[dict], int] = count_target_tokens  # what the summed loss of a batch is divided by
+    collate: Callable[[list[dict], int], dict] | None = None  # examples -> a padded batch; None: a causal LM's
+    count_targets: Callable[[dict], int] | None = None  # what a batch's summed loss is divided by; None: target tokens
 
 
 def apply_method(model, cfg: FinetuneConfig):
