@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tuneforge.config import EvaluateConfig
+from tuneforge.data.seq2seq import check_task, generate_seq2seq, is_encoder_decoder, prompt_to_source
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.generation import generate
@@ -23,10 +24,17 @@ def score_task(model, tok, task, rows: list[dict], *, strategy: str = "zero_shot
                batch_size: int = 16, max_new_tokens: int | None = None, desc: str | None = None):
     """Score `rows` with the task's metrics. Returns (metrics, predictions)."""
     if task.eval_mode == "loss":
+        if is_encoder_decoder(model):
+            check_task(task)
         return task.loss_metrics(model, tok, rows, batch_size=batch_size)
     budget = max_new_tokens or (getattr(task, "cot_max_new_tokens", None) if strategy == "cot" else None) or task.max_new_tokens
     conversations = [task.prompt(row, strategy, shots) for row in rows]
-    texts = generate(model, tok, conversations, max_new_tokens=budget, batch_size=batch_size, desc=desc or f"scoring {strategy}")
+    if is_encoder_decoder(model):  # T5, BART, Marian: the flattened prompt goes to the encoder
+        texts = generate_seq2seq(model, tok, [prompt_to_source(c) for c in conversations], max_new_tokens=budget,
+                                 batch_size=batch_size, desc=desc or f"scoring {strategy}")
+    else:
+        texts = generate(model, tok, conversations, max_new_tokens=budget, batch_size=batch_size,
+                         desc=desc or f"scoring {strategy}")
     preds = [task.parse(t, strategy) for t in texts]
     refs = [task.reference(r) for r in rows]
     metrics = task.score(preds, refs)
@@ -48,15 +56,19 @@ def draw_shots(cfg, task) -> list[dict]:
 
 def evaluate(cfg: EvaluateConfig) -> Path:
     from tuneforge.models import load_model
+    from tuneforge.models.loading import model_kind
     from tuneforge.runs import new_run_dir
 
     task = build_task(cfg)
+    kind = model_kind(cfg.model)  # encoder-decoder (T5, BART, Marian) or decoder-only, from config.json
+    if kind == "seq2seq":
+        check_task(task)
     if cfg.eval.strategy not in task.strategies:
         raise UserError(f"eval.strategy: task '{task.name}' does not support {cfg.eval.strategy}; "
                         f"it supports {', '.join(task.strategies)}")
     rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit]
     shots = draw_shots(cfg, task)
-    model, tok = load_model(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter, kind=kind)
     rows = truncate_sources(task, rows, tok, "dev")
     run_dir = new_run_dir(cfg)
     t0 = time.time()
