@@ -77,8 +77,9 @@ def test_encoding_puts_labels_on_the_answer_only(tiny_t5_dir):
     source = prompt_to_source(task.prompt(rows[0]))  # what scoring feeds the encoder
     assert tok.decode(feats[0]["input_ids"], skip_special_tokens=True).strip() == source
     assert source.startswith("What is the sentiment of this text?") and source.endswith("Text: a gem")
-    cut = encode_row(tok, task, rows[1], max_len=6)
-    assert cut["truncated"] and len(cut["input_ids"]) == 6 and cut["labels"] == feats[1]["labels"]
+    whole, cut = feats[1]["input_ids"], encode_row(tok, task, rows[1], max_len=6)
+    assert cut["truncated"] and cut["labels"] == feats[1]["labels"]
+    assert cut["input_ids"] == whole[:3] + whole[-3:]  # the middle goes: the instruction's start and the text's end stay
 
     model = T5ForConditionalGeneration.from_pretrained(tiny_t5_dir)
     batch = collate_seq2seq(feats, tok.pad_token_id)
@@ -172,3 +173,20 @@ def test_t5_bad_input_gets_one_clear_error(tiny_t5_dir, sentiment_tsv, tmp_path,
     assert cli.main(["prompt-eval", str(pe)]) == 2
     assert "is an encoder-decoder model (t5)" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "t5").exists() and not (tmp_path / "runs" / "pe").exists()
+
+
+def test_the_logged_loss_is_the_mean_over_answer_tokens(tiny_t5_dir, sentiment_tsv, tmp_path):
+    """fit's first logged loss (before any update) is the model's own mean loss on that batch: the batches are
+    (source, target) pairs and every label token counts, none of the prompt's."""
+    from tuneforge.config import FinetuneConfig, load_config
+    from tuneforge.data.seq2seq import collate_seq2seq
+    from tuneforge.recipes.finetune import fit, setup
+
+    recipe = write_recipe(tmp_path, tiny_t5_dir, sentiment_tsv)
+    s = setup(load_config(FinetuneConfig, recipe, ["method=full", "train.batch_size=4", "train.max_steps=1"]))
+    batch = collate_seq2seq([s.examples[i] for i in s.batches[0]], s.tok.pad_token_id)
+    with torch.no_grad():
+        expected = s.model(**batch).loss.item()
+    fit(s)
+    assert s.history[0]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert s.history[0]["tokens"] == int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from tuneforge.data.encode import KEEP_EDGE
 from tuneforge.errors import UserError
 
 IGNORE_INDEX = -100
@@ -67,14 +68,17 @@ def encode_row(tok, task, row: dict, max_len: int) -> dict:
 
 
 def encode_pair(tok, source: str, target: str, *, max_source_len: int, max_target_len: int) -> dict:
-    """Token ids for one pair. A long source loses its end; the target keeps its own budget, so the
-    answer is never cut to make room for the input. `truncated` / `target_truncated` report each cut."""
+    """Token ids for one pair. A long source loses its middle: its start (the instruction) and its last
+    KEEP_EDGE tokens (where a task prompt puts the text, and </s>) stay, as in the decoder-only encoding. The
+    target keeps its own budget, so the answer is never cut to make room for the input; a long one loses
+    its end. `truncated` / `target_truncated` report each cut."""
     src = tok(source, add_special_tokens=True)["input_ids"]
     tgt = tok(text_target=target, add_special_tokens=True)["input_ids"]
     truncated = len(src) > max_source_len
     target_truncated = len(tgt) > max_target_len
     if truncated:
-        src = tok(source, truncation=True, max_length=max_source_len)["input_ids"]
+        tail = min(KEEP_EDGE, max_source_len // 2)
+        src = src[: max_source_len - tail] + src[len(src) - tail:]
     if target_truncated:
         tgt = tok(text_target=target, truncation=True, max_length=max_target_len)["input_ids"]
     return {"input_ids": src, "labels": tgt, "truncated": truncated, "target_truncated": target_truncated}
