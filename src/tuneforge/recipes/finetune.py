@@ -83,7 +83,8 @@ def apply_method(model, cfg: FinetuneConfig):
         blocks = decoder.layers if hasattr(decoder, "layers") else decoder.block  # T5 names its blocks `block`
         n = cfg.freeze.trainable_blocks
         if n > len(blocks):
-            raise UserError(f"freeze.trainable_blocks={n} but the model has only {len(blocks)} blocks")
+            what = "decoder blocks" if S2S.is_encoder_decoder(model) else "blocks"
+            raise UserError(f"freeze.trainable_blocks={n} but the model has only {len(blocks)} {what}")
         model.requires_grad_(False)
         for block in list(blocks)[len(blocks) - n:]:
             block.requires_grad_(True)
