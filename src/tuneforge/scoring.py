@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from tuneforge.data.seq2seq import check_task, generate_seq2seq, is_encoder_decoder, prompt_to_source
 from tuneforge.generation import generate
 
 
@@ -12,10 +13,17 @@ def score_task(model, tok, task, rows: list[dict], *, strategy: str = "zero_shot
                batch_size: int = 16, max_new_tokens: int | None = None, desc: str | None = None):
     """Score `rows` with the task's metrics. Returns (metrics, predictions)."""
     if task.eval_mode == "loss":
+        if is_encoder_decoder(model):
+            check_task(task)
         return task.loss_metrics(model, tok, rows, batch_size=batch_size)
     budget = max_new_tokens or (getattr(task, "cot_max_new_tokens", None) if strategy == "cot" else None) or task.max_new_tokens
     conversations = [task.prompt(row, strategy, shots) for row in rows]
-    texts = generate(model, tok, conversations, max_new_tokens=budget, batch_size=batch_size, desc=desc or f"scoring {strategy}")
+    if is_encoder_decoder(model):  # T5, BART, Marian: the flattened prompt goes to the encoder
+        texts = generate_seq2seq(model, tok, [prompt_to_source(c) for c in conversations], max_new_tokens=budget,
+                                 batch_size=batch_size, desc=desc or f"scoring {strategy}")
+    else:
+        texts = generate(model, tok, conversations, max_new_tokens=budget, batch_size=batch_size,
+                         desc=desc or f"scoring {strategy}")
     preds = [task.parse(t, strategy) for t in texts]
     refs = [task.reference(r) for r in rows]
     metrics = task.score(preds, refs)

@@ -48,7 +48,8 @@ class LoraConfig(Section):
 
 
 class FreezeConfig(Section):
-    trainable_blocks: int = Field(2, ge=0, description="method=freeze: train only the top N transformer blocks, the final norm and the head")
+    trainable_blocks: int = Field(2, ge=0, description="method=freeze: train only the top N transformer blocks (an encoder-decoder's: "
+                                  "decoder blocks), the final norm and the head")
 
 
 class TrainConfig(Section):
@@ -64,7 +65,8 @@ class TrainConfig(Section):
     max_seq_len: int = Field(512, ge=8, description="longer examples are truncated from the source side")
     seed: int = Field(0, description="seeds data order, dropout and init")
     bf16: Literal["auto", "true", "false"] = Field("auto", description="bf16 autocast: auto = where the CPU/GPU supports it")
-    share_prefix: bool = Field(True, description="run the prompt prefix all rows of a batch share once per batch (exact)")
+    share_prefix: bool = Field(True, description="run the prompt prefix all rows of a batch share once per batch (exact); "
+                               "decoder-only models (off for encoder-decoder ones)")
     group_by_length: bool = Field(True, description="batch rows of similar length (less padding); false: random batches")
     log_every: int = Field(5, ge=1, description="optimizer steps between metrics.jsonl lines")
     eval_every: int = Field(0, ge=0, description="optimizer steps between dev evaluations (0: only at the end)")

@@ -9,14 +9,20 @@ to build its decoder inputs, so a batch is just input_ids, attention_mask and la
     batch = collate_seq2seq(feats, tok.pad_token_id)             # tensors
     loss = seq2seq_loss(model, batch)                            # mean over target tokens
     texts = generate_seq2seq(model, tok, [prompt_to_source(task.prompt(r)) for r in rows], max_new_tokens=32)
+
+finetune uses encode_row and Seq2SeqLoss (a summed loss, like the decoder-only TargetOnlyLoss); score_task
+uses generate_seq2seq; both pick this path when the model's config says is_encoder_decoder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
+from tuneforge.data.encode import KEEP_EDGE
 from tuneforge.errors import UserError
 
 IGNORE_INDEX = -100
@@ -46,15 +52,33 @@ def pair_from_conversation(messages: Sequence[dict]) -> tuple[str, str]:
     return prompt_to_source(messages[:-1]), messages[-1]["content"]
 
 
+def check_task(task) -> None:
+    """Refuse, before any loading, a task this path cannot score."""
+    if getattr(task, "eval_mode", "generate") == "loss":
+        raise UserError(f"task.name: '{task.name}' is scored by perplexity over every assistant turn of a chat, which "
+                        "tuneforge computes for decoder-only models only; encoder-decoder models take sentiment, "
+                        "translation, summarization and qa")
+
+
+def encode_row(tok, task, row: dict, max_len: int) -> dict:
+    """A task row's training pair as token ids: its prompt (flattened) for the encoder, its answer as labels.
+    Source and target each get `max_len` tokens (train.max_seq_len)."""
+    source, target = pair_from_conversation(task.conversation(row))
+    return encode_pair(tok, source, target, max_source_len=max_len, max_target_len=max_len)
+
+
 def encode_pair(tok, source: str, target: str, *, max_source_len: int, max_target_len: int) -> dict:
-    """Token ids for one pair. A long source loses its end; the target keeps its own budget, so the
-    answer is never cut to make room for the input. `truncated` / `target_truncated` report each cut."""
+    """Token ids for one pair. A long source loses its middle: its start (the instruction) and its last
+    KEEP_EDGE tokens (where a task prompt puts the text, and </s>) stay, as in the decoder-only encoding. The
+    target keeps its own budget, so the answer is never cut to make room for the input; a long one loses
+    its end. `truncated` / `target_truncated` report each cut."""
     src = tok(source, add_special_tokens=True)["input_ids"]
     tgt = tok(text_target=target, add_special_tokens=True)["input_ids"]
     truncated = len(src) > max_source_len
     target_truncated = len(tgt) > max_target_len
     if truncated:
-        src = tok(source, truncation=True, max_length=max_source_len)["input_ids"]
+        tail = min(KEEP_EDGE, max_source_len // 2)
+        src = src[: max_source_len - tail] + src[len(src) - tail:]
     if target_truncated:
         tgt = tok(text_target=target, truncation=True, max_length=max_target_len)["input_ids"]
     return {"input_ids": src, "labels": tgt, "truncated": truncated, "target_truncated": target_truncated}
@@ -84,6 +108,27 @@ def seq2seq_loss(model, batch: dict):
     return model(**{k: v.to(device) for k, v in batch.items()}).loss
 
 
+class Seq2SeqLoss(nn.Module):
+    """Summed cross-entropy over target tokens and their count: the interface of finetune's decoder-only
+    TargetOnlyLoss. A module wrapping the model, so accelerate's DDP wrapper sees its parameters."""
+
+    share_prefix = False  # sharing a prompt prefix's KV cache across rows is a decoder-only shortcut
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels):
+        lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        # what the model does itself with labels= (shifted right after the start token), but summed, not
+        # averaged: finetune weights micro-batches by their target tokens
+        decoder_input_ids = lm.prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            decoder_input_ids=decoder_input_ids, use_cache=False).logits
+        keep = labels != IGNORE_INDEX
+        return F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum"), keep.sum()
+
+
 def target_tokens(batch: dict) -> int:
     return int((batch["labels"] != IGNORE_INDEX).sum())
 
@@ -98,18 +143,20 @@ def generate_seq2seq(
     max_source_len: int | None = None,
     desc: str | None = None,
 ) -> list[str]:
-    """Batched greedy decoding; encoder inputs are right-padded (no left padding needed here)."""
+    """Batched greedy decoding; encoder inputs are right-padded (the decoder starts fresh, so no left padding).
+    Sources longer than the model's position table (BART, Marian), or `max_source_len`, lose their end."""
     import torch
 
     device = next(model.parameters()).device
+    max_source_len = max_source_len or getattr(model.config, "max_position_embeddings", None)
     model.eval()
     out: list[str] = []
     bar = tqdm(total=len(sources), desc=desc or "generating", unit="row", leave=False)
     with torch.inference_mode():
         for i in range(0, len(sources), batch_size):
             chunk = list(sources[i : i + batch_size])
-            enc = tok(chunk, return_tensors="pt", padding=True, truncation=max_source_len is not None,
-                      max_length=max_source_len)
+            enc = tok(chunk, return_tensors="pt", padding=True, padding_side="right",
+                      truncation=max_source_len is not None, max_length=max_source_len)
             ids = model.generate(
                 **{k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")},
                 max_new_tokens=max_new_tokens,

@@ -196,11 +196,23 @@ def block_of(param_name: str, kind: str) -> str | None:
     return f"block {idx:>2}"
 
 
+def part_of(param_name: str, category: str) -> str:
+    """An encoder-decoder's parts: encoder, decoder, the embedding they share, the head."""
+    parts = param_name.split(".")
+    if "encoder" in parts:
+        return "encoder"
+    if "decoder" in parts:
+        return "decoder"
+    return "head" if category == "head" else "shared embedding"
+
+
 def parameter_tables(model, kind: str) -> dict:
-    """Unique parameters (tied tensors counted once) by category and by transformer block."""
+    """Unique parameters (tied tensors counted once) by category and by transformer block; for an encoder-decoder
+    also by part (`by_part`: encoder / decoder / shared embedding / head, with each stack's block count)."""
     seen: set[int] = set()
     by_type: dict[str, int] = defaultdict(int)
     by_block: dict[str, dict[str, int]] = {}
+    by_part: dict[str, dict[str, int]] = {}
     for mod_name, module in model.named_modules():
         for p_name, p in module.named_parameters(recurse=False):
             if id(p) in seen:
@@ -213,6 +225,9 @@ def parameter_tables(model, kind: str) -> dict:
             n = p.numel()
             by_type[cat] += n
             block = block_of(full, kind)
+            if kind == "seq2seq":
+                part = by_part.setdefault(part_of(full, cat), {"blocks": 0, "parameters": 0})
+                part["parameters"] += n
             if block is not None:
                 row = by_block.setdefault(block, defaultdict(int))
                 group = cat.split(".")[0]
@@ -221,8 +236,16 @@ def parameter_tables(model, kind: str) -> dict:
     for buf_name, buf in model.named_buffers():  # e.g. BART's final_logits_bias is a buffer
         if buf_name.endswith("final_logits_bias"):
             by_type["head"] += buf.numel()
+            if kind == "seq2seq":
+                by_part.setdefault("head", {"blocks": 0, "parameters": 0})["parameters"] += buf.numel()
     total = sum(by_type.values())
-    return {"total": total, "by_type": dict(by_type), "by_block": {k: dict(v) for k, v in by_block.items()}}
+    tables = {"total": total, "by_type": dict(by_type), "by_block": {k: dict(v) for k, v in by_block.items()}}
+    if kind == "seq2seq":
+        for name in by_block:  # "encoder  0", "decoder  1"
+            by_part[name.split()[0]]["blocks"] += 1
+        order = ["shared embedding", "encoder", "decoder", "head"]
+        tables["by_part"] = {k: by_part[k] for k in sorted(by_part, key=order.index)}
+    return tables
 
 
 def lora_trainable(model, r: int) -> int:
@@ -374,7 +397,9 @@ def render(report: dict) -> str:
     arch, params, mem = report["architecture"], report["parameters"], report["memory"]
     total = params["total"]
     parts = [f"model: {report['model']}  ({report['source']})"]
-    arch_rows = [[k.replace("_", " "), "-" if v is None else v] for k, v in arch.items()]
+    # an encoder-decoder's `layers` and `heads` are its encoder's; the decoder's have rows of their own
+    rename = {"layers": "encoder layers", "heads": "encoder heads"} if arch["kind"] == "seq2seq" else {}
+    arch_rows = [[rename.get(k, k.replace("_", " ")), "-" if v is None else v] for k, v in arch.items()]
     parts.append(format_table(["architecture", "value"], arch_rows))
 
     order = ["embedding", "attention.q", "attention.k", "attention.v", "attention.qkv", "attention.o",
@@ -385,6 +410,12 @@ def render(report: dict) -> str:
     rows.append(["total (unique tensors)", f"{total:,}", "100.0%"])
     note = " (lm head tied to the embedding: counted once)" if arch["tied_embeddings"] else ""
     parts.append(format_table(["module type", "parameters", "share"], rows, title=f"parameters per module type{note}"))
+
+    if "by_part" in params:
+        rows = [[name, p["blocks"] or "-", f"{p['parameters']:,}", f"{100 * p['parameters'] / total:.1f}%"]
+                for name, p in params["by_part"].items()]
+        parts.append(format_table(["part", "blocks", "parameters", "share"], rows,
+                                  title="parameters per part (encoder reads the input, decoder writes the output)"))
 
     groups = ["attention", "cross_attention", "mlp", "norm", "other"]
     used = [g for g in groups if any(b.get(g) for b in params["by_block"].values())]

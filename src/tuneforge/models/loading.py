@@ -22,6 +22,26 @@ def load_tokenizer(model: str | None = None):
     return tok
 
 
+SEQ2SEQ_VERBS = "Encoder-decoder models (T5, BART, Marian) run through finetune, evaluate and inspect."
+
+
+def model_config(model: str | None, source=None):
+    """The model's config.json, read without the weights."""
+    from transformers import AutoConfig
+
+    source = source or resolve_model(model)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model '{model}' could not be loaded from {source}: {str(e).splitlines()[0]}") from e
+
+
+def model_kind(model: str | None, source=None) -> str:
+    """'seq2seq' when the model's config says is_encoder_decoder (T5, BART, Marian), else 'causal'; read from
+    config.json alone, so a recipe is checked before minutes of loading."""
+    return "seq2seq" if getattr(model_config(model, source), "is_encoder_decoder", False) else "causal"
+
+
 def load_model(
     model: str | None = None,
     *,
@@ -32,7 +52,8 @@ def load_model(
     num_labels: int | None = None,
     quantization: str | None = None,
 ):
-    """Return (model, tokenizer). `kind`: causal | seq2seq | classifier. `quantization`: bnb_8bit | bnb_nf4."""
+    """Return (model, tokenizer). `kind`: causal | seq2seq | classifier, or auto (seq2seq when the model's config
+    says is_encoder_decoder, else causal). `quantization`: bnb_8bit | bnb_nf4."""
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSeq2SeqLM,
@@ -40,6 +61,13 @@ def load_model(
     )
 
     source = resolve_model(model)
+    config = model_config(model, source)
+    found = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+    if kind == "auto":
+        kind = found
+    elif kind == "causal" and found == "seq2seq":  # BART would load as its decoder alone, the encoder dropped
+        raise UserError(f"model '{model}' is an encoder-decoder model ({config.model_type}); this command runs "
+                        f"decoder-only models. {SEQ2SEQ_VERBS}")
     device = device or default_device()
     torch_dtype = pick_dtype(dtype, device)
     cls = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "classifier": AutoModelForSequenceClassification}[kind]

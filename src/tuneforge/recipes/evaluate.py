@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from tuneforge.config import EvaluateConfig, add_config_arguments, config_from_args
+from tuneforge.data.seq2seq import check_task
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.scoring import score_task
@@ -23,15 +24,19 @@ def draw_shots(cfg, task) -> list[dict]:
 
 def evaluate(cfg: EvaluateConfig) -> Path:
     from tuneforge.models import load_model
+    from tuneforge.models.loading import model_kind
     from tuneforge.runs import new_run_dir
 
     task = build_task(cfg)
+    kind = model_kind(cfg.model)  # encoder-decoder (T5, BART, Marian) or decoder-only, from config.json
+    if kind == "seq2seq":
+        check_task(task)
     if cfg.eval.strategy not in task.strategies:
         raise UserError(f"eval.strategy: task '{task.name}' does not support {cfg.eval.strategy}; "
                         f"it supports {', '.join(task.strategies)}")
     rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit]
     shots = draw_shots(cfg, task)
-    model, tok = load_model(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter, kind=kind)
     rows = truncate_sources(task, rows, tok, "dev")
     run_dir = new_run_dir(cfg)
     t0 = time.time()

@@ -65,4 +65,5 @@ def print_summary(result: dict, run_dir: Path) -> None:
     t = result["train"]
     peak = f", peak GPU memory {t['peak_gpu_memory_gb']:.2f} GB" if "peak_gpu_memory_gb" in t else ""
     print(f"\ntrained {t['steps']} steps, {t['tokens']:,} tokens in {t['seconds']:.0f}s ({t['tokens_per_second']:.0f} tokens/s{peak})")
-    print(f"report: {run_dir / 'report.html'}  (and report.md, metrics.json, adapter/)")
+    artifact = Path(result["artifact"]).name if result.get("artifact") else "adapter"  # model/ after method full or freeze
+    print(f"report: {run_dir / 'report.html'}  (and report.md, metrics.json, {artifact}/)")

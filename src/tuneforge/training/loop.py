@@ -67,6 +67,8 @@ def fit(s: Setup) -> dict:
                     acc.backward(loss)
                 loss_total += loss.item()
                 tokens_seen += int(batch["attention_mask"].sum())
+                if s.encoder_decoder:  # the decoder's tokens too
+                    tokens_seen += int((batch["labels"] != -100).sum())
             if cfg.train.max_grad_norm:
                 acc.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm)
             with sigint_held(reraise=True):  # an update is applied whole and counted, or not at all

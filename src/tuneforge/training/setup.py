@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from tuneforge.config import FinetuneConfig
+from tuneforge.data import seq2seq as S2S
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir
 from tuneforge.models.dtypes import use_bf16
@@ -28,7 +29,7 @@ class Setup:
     cfg: FinetuneConfig
     task: object
     accelerator: object
-    model: torch.nn.Module          # the (peft-wrapped) causal LM
+    model: torch.nn.Module          # the (peft-wrapped) causal or encoder-decoder LM
     tok: object
     loss_module: torch.nn.Module    # what accelerate prepared (DDP-wrapped when distributed)
     optimizer: object
@@ -43,36 +44,53 @@ class Setup:
     resume_command: str | None = "tuneforge finetune <config>"  # shown on Ctrl-C; None: this run cannot resume
     collate: Callable[[list[dict], int], dict] | None = None  # examples -> a padded batch; None: a causal LM's
     count_targets: Callable[[dict], int] | None = None  # what a batch's summed loss is divided by; None: target tokens
+    encoder_decoder: bool = False   # T5, BART, Marian: batches are (source, target) pairs, see data/seq2seq.py
 
 
 def apply_method(model, cfg: FinetuneConfig):
     if cfg.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
+        task_type = "SEQ_2_SEQ_LM" if S2S.is_encoder_decoder(model) else "CAUSAL_LM"
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules=cfg.lora.target_modules, use_rslora=cfg.lora.use_rslora,
-                          use_dora=cfg.lora.use_dora, task_type="CAUSAL_LM")
+                          use_dora=cfg.lora.use_dora, task_type=task_type)
         try:
             return get_peft_model(model, lora)
         except ValueError as e:
-            raise UserError(f"lora.target_modules: {e}") from e
+            raise UserError(f"lora.target_modules: {e} This model's linear layers: {linear_names(model)} "
+                            "(or use all-linear)") from e
     if cfg.method == "freeze":
-        blocks = model.get_decoder().layers
+        decoder = model.get_decoder()
+        blocks = decoder.layers if hasattr(decoder, "layers") else decoder.block  # T5 names its blocks `block`
         n = cfg.freeze.trainable_blocks
         if n > len(blocks):
-            raise UserError(f"freeze.trainable_blocks={n} but the model has only {len(blocks)} blocks")
+            what = "decoder blocks" if S2S.is_encoder_decoder(model) else "blocks"
+            raise UserError(f"freeze.trainable_blocks={n} but the model has only {len(blocks)} {what}")
         model.requires_grad_(False)
         for block in list(blocks)[len(blocks) - n:]:
             block.requires_grad_(True)
-        model.get_decoder().norm.requires_grad_(True)
+        final_norm = next((getattr(decoder, attr) for attr in ("norm", "final_layer_norm", "layer_norm")
+                           if getattr(decoder, attr, None) is not None), None)  # BART and Marian have none
+        if final_norm is not None:
+            final_norm.requires_grad_(True)
         model.get_output_embeddings().requires_grad_(True)  # tied models train the embeddings with it
     return model
+
+
+def linear_names(model) -> str:
+    """The distinct leaf names of the model's linear layers, e.g. 'k, o, q, v, wi, wo' for T5."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    head = model.get_output_embeddings()
+    names -= {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is head}
+    return ", ".join(sorted(names))
 
 
 def setup(cfg: FinetuneConfig) -> Setup:
     from accelerate.utils import set_seed
 
     from tuneforge.models import load_model
+    from tuneforge.models.loading import model_kind
 
     quantization = "bnb_nf4" if cfg.method == "qlora" else None
     if quantization:
@@ -81,6 +99,9 @@ def setup(cfg: FinetuneConfig) -> Setup:
         require_bnb(quantization, what="method qlora", instead="method=lora")  # before minutes of reading data
     checkpoint_to_resume(cfg)  # before minutes of reading and loading
     task = build_task(cfg)
+    kind = model_kind(cfg.model)  # encoder-decoder (T5, BART, Marian) or decoder-only, from config.json
+    if kind == "seq2seq":
+        S2S.check_task(task)
     train_rows = load_split(task, cfg.data.train, "train")
     dev_rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
     prompting = read_prompting(cfg.prompting, task.name, len(dev_rows)) if cfg.prompting else []
@@ -90,7 +111,9 @@ def setup(cfg: FinetuneConfig) -> Setup:
     set_seed(cfg.train.seed)
     # LoRA keeps the frozen base in bf16 where it is fast; full/freeze keep fp32 master weights under autocast.
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if bf16 and cfg.method in ("lora", "qlora") else "float32")
-    model, tok = load_model(cfg.model, dtype=dtype, adapter=None, device=str(accelerator.device), quantization=quantization)
+    model, tok = load_model(cfg.model, dtype=dtype, adapter=None, device=str(accelerator.device), quantization=quantization,
+                            kind=kind)
+    encoder_decoder = kind == "seq2seq"
     if quantization:
         from peft import prepare_model_for_kbit_training
 
@@ -116,17 +139,29 @@ def setup(cfg: FinetuneConfig) -> Setup:
     train_rows = truncate_sources(task, train_rows, tok, "train")
     dev_rows = truncate_sources(task, dev_rows, tok, "dev")
 
-    examples = [encode_row(tok, task, row, cfg.train.max_seq_len) for row in tqdm(train_rows, desc="tokenizing", leave=False)]
+    encode = S2S.encode_row if encoder_decoder else encode_row
+    examples = [encode(tok, task, row, cfg.train.max_seq_len) for row in tqdm(train_rows, desc="tokenizing", leave=False)]
     truncated = sum(e["truncated"] for e in examples)
     if truncated:
         print(f"note: {truncated} of {len(examples)} training examples were longer than train.max_seq_len="
               f"{cfg.train.max_seq_len} and were cut on the source side")
+    cut_targets = sum(e.get("target_truncated", False) for e in examples)
+    if cut_targets:
+        print(f"note: {cut_targets} of {len(examples)} training targets were longer than train.max_seq_len="
+              f"{cfg.train.max_seq_len} tokens and lost their end")
     if not any(any(label != -100 for label in e["labels"]) for e in examples):
         raise UserError("no training example has a target token: check data.train columns and task settings")
+    run_dir = resolve_run_dir(cfg, accelerator)
+    if encoder_decoder:
+        if cfg.train.share_prefix and "share_prefix" in cfg.train.model_fields_set:
+            accelerator.print("note: train.share_prefix is off for an encoder-decoder model (its decoder does not "
+                              "read the prompt as a prefix)")
+        return assemble(cfg, task, accelerator, model, tok, S2S.Seq2SeqLoss(model), examples, dev_rows, run_dir,
+                        prompting=prompting, collate=S2S.collate_seq2seq, count_targets=S2S.target_tokens,
+                        encoder_decoder=True)
     share_prefix = cfg.train.share_prefix and not cfg.train.gradient_checkpointing
     if cfg.train.share_prefix and not share_prefix:
         accelerator.print("note: train.gradient_checkpointing turns train.share_prefix off (each row runs its whole prompt)")
-    run_dir = resolve_run_dir(cfg, accelerator)
     return assemble(cfg, task, accelerator, model, tok, TargetOnlyLoss(model, share_prefix), examples, dev_rows, run_dir,
                     prompting=prompting)
 
