@@ -16,7 +16,7 @@ LAYERS = {
     "errors": 0, "fileio": 0, "runs": 0, "config": 1,
     "models": 2, "data": 2, "tasks": 2, "generation": 2,
     "training": 3, "scoring": 3, "report": 3,
-    "compress": 4, "export": 4,
+    "compress": 4, "export": 4, "continual": 4,
     "serve": 5, "deploy": 5,
     "recipes": 6,
     "cli": 7, "demo": 7, "quiet": 7, "cli_args": 7,
