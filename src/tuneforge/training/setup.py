@@ -107,9 +107,9 @@ def setup(cfg: FinetuneConfig) -> Setup:
         except ValueError as e:  # an architecture without checkpointing support
             raise UserError(f"train.gradient_checkpointing: {e}; set it to false for this model") from e
     if cfg.adapter:  # continue training an existing adapter
-        from peft import PeftModel
+        from tuneforge.models.loading import attach_adapter
 
-        model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+        model = attach_adapter(model, cfg.adapter, trainable=True)
     else:
         model = apply_method(model, cfg)
     model.train()
