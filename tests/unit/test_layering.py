@@ -118,7 +118,8 @@ def test_the_package_keeps_its_layers():
 
 
 @pytest.mark.parametrize("files, expected", [
-    ({"models/loading.py": "from tuneforge.compress.quant import gguf_writer\n"}, "upward"),
+    ({"models/loading.py": "from tuneforge.compress.quant import gguf_writer\n", "compress/quant/gguf_writer.py": ""},
+     "upward"),
     ({"recipes/prune.py": "from tuneforge.recipes.distill import KD\n", "recipes/distill.py": "KD = 1\n"},
      "a verb imports another verb"),
     ({"models/a.py": "def f():\n    from tuneforge.models import b\n", "models/b.py": "from tuneforge.models.a import f\n"},
