@@ -10,6 +10,11 @@ from tuneforge.errors import UserError
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def is_adapter_model(model) -> bool:
+    """A peft-wrapped model: what it saves is its adapter (adapter/), not a whole model folder."""
+    return hasattr(model, "peft_config")
+
+
 def adapter_problem(path: str | Path) -> str | None:
     """Why `path` is not a LoRA adapter folder, as a clause ("does not exist"), or None when it is one."""
     path = Path(path).expanduser()

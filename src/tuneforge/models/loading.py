@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.fileio import atomic_dir
 from tuneforge.models.adapters import ADAPTER_CONFIG, check_adapter
 from tuneforge.models.dtypes import default_device, pick_dtype
 from tuneforge.models.registry import resolve_model
@@ -110,14 +109,6 @@ def load_merged(model_name: str | None, adapter: str | None, dtype: str):
         model = model.merge_and_unload()
     model.eval()
     return model, tok
-
-
-def save_model(model, tok, folder: Path) -> Path:
-    """save_pretrained (safetensors) + tokenizer, written to a temporary folder and renamed when complete."""
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    return folder
 
 
 def reload(folder: Path, dtype: str):

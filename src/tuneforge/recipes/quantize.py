@@ -104,15 +104,15 @@ def quantize_in_torch(cfg: QuantizeConfig, model, tok, run_dir: Path):
     """torchao or bitsandbytes: quantize from a float copy on disk, save model/, reload it from there."""
     from tuneforge.compress.quant import torchao
     from tuneforge.models import bnb
+    from tuneforge.models.saving import save_model
 
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=".float-") as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        float_folder = save_model(model, tok, Path(tmp) / "float")
         if cfg.method in torchao.TORCHAO_METHODS:
-            quantized = torchao.quantize_folder(tmp, cfg.method, cfg.dtype, cfg.group_size)
+            quantized = torchao.quantize_folder(float_folder, cfg.method, cfg.dtype, cfg.group_size)
         else:
-            quantized = bnb.load_bnb(tmp, cfg.method)
-    torchao.save_quantized(quantized, tok, run_dir / "model")
+            quantized = bnb.load_bnb(float_folder, cfg.method)
+    save_model(quantized, tok, run_dir / "model")
     del quantized
     return torchao.load_quantized(run_dir / "model")  # what the user will load: proves the folder is complete
 

@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from tuneforge.config import FinetuneConfig
 from tuneforge.errors import UserError
-from tuneforge.fileio import atomic_dir
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import read_prompting
 from tuneforge.tasks.splits import build_task, load_split, truncate_sources
@@ -194,13 +193,10 @@ def resolve_run_dir(cfg: FinetuneConfig, accelerator) -> Path:
 
 
 def save_artifact(s: Setup) -> Path:
-    model = s.model
-    name = "adapter" if hasattr(model, "peft_config") else "model"
-    with atomic_dir(s.run_dir / name) as tmp:
-        model.save_pretrained(tmp)
-        if name == "model":
-            s.tok.save_pretrained(tmp)
-    return s.run_dir / name
+    from tuneforge.models.adapters import is_adapter_model
+    from tuneforge.models.saving import save_model
+
+    return save_model(s.model, s.tok, s.run_dir / ("adapter" if is_adapter_model(s.model) else "model"))
 
 
 def encode_rows(tok, task, rows: Sequence[dict], max_len: int, *, answers: Sequence[str] | None = None) -> list[dict]:

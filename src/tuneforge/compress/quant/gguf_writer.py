@@ -14,6 +14,7 @@ import numpy as np
 
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_file
+from tuneforge.models.adapters import is_adapter_model
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 SUPPORTED_ARCHS = ("llama",)
@@ -296,7 +297,7 @@ def write_gguf(model, tok, path: str | Path, qtype: str = "f16", *, pre_tokenize
             f"GGUF export supports {', '.join(SUPPORTED_ARCHS)} models; this one is '{config.model_type}'. "
             "Use export format 'merged' for other architectures"
         )
-    if hasattr(model, "peft_config"):
+    if is_adapter_model(model):
         raise UserError("merge the LoRA adapter before writing GGUF (tuneforge export/quantize do it for you)")
     path = Path(path)
     with atomic_file(path) as tmp:
