@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tuneforge.config.data import DataSpec
 from tuneforge.errors import UserError
 
+# Weight dtypes a model loads in. Declared here, the lowest layer that needs them; models.dtypes imports them.
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -98,7 +101,7 @@ class RunConfig(Section):
     output_dir: str = Field("runs", description="where run folders go")
     model: str | None = Field(None, description="registry name, local folder or HF hub id; default: the embedded model")
     adapter: str | None = Field(None, description="a LoRA adapter folder to load on top of the model")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="weights dtype")
+    dtype: Literal[DTYPES] = Field("auto", description="weights dtype")
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -133,15 +136,20 @@ class FinetuneConfig(RunConfig):
         return self
 
 
-class EvaluateConfig(RunConfig):
-    """Scores data.dev. A finetune recipe is accepted as is: its training sections are read and ignored."""
+# What a finetune recipe has beyond RunConfig: training settings, which evaluate has no use for.
+FINETUNE_ONLY = frozenset(FinetuneConfig.model_fields) - frozenset(RunConfig.model_fields)
 
-    method: Literal["lora", "qlora", "full", "freeze"] = Field("lora", description="ignored by evaluate")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="ignored by evaluate")
-    freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="ignored by evaluate")
-    train: FinetuneTrainConfig = Field(default_factory=FinetuneTrainConfig, description="ignored by evaluate")
-    eval_before: bool = Field(True, description="ignored by evaluate")
-    prompting: str | None = Field(None, description="ignored by evaluate")
+
+class EvaluateConfig(RunConfig):
+    """Scores data.dev. A finetune recipe loads as is (`tuneforge evaluate recipes/sst2_lora.yaml adapter=...`):
+    its training-only sections (FINETUNE_ONLY) are dropped unread, so evaluate declares only what it uses."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_finetune_sections(cls, data):
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in FINETUNE_ONLY}
+        return data
 
     @model_validator(mode="after")
     def _needs_dev(self):
