@@ -13,7 +13,7 @@ def score_task(model, tok, task, rows: list[dict], *, strategy: str = "zero_shot
     """Score `rows` with the task's metrics. Returns (metrics, predictions)."""
     if task.eval_mode == "loss":
         return task.loss_metrics(model, tok, rows, batch_size=batch_size)
-    budget = max_new_tokens or (getattr(task, "cot_max_new_tokens", None) if strategy == "cot" else None) or task.max_new_tokens
+    budget = max_new_tokens or (task.cot_max_new_tokens if strategy == "cot" else None) or task.max_new_tokens
     conversations = [task.prompt(row, strategy, shots) for row in rows]
     texts = generate(model, tok, conversations, max_new_tokens=budget, batch_size=batch_size, desc=desc or f"scoring {strategy}")
     preds = [task.parse(t, strategy) for t in texts]

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tuneforge.data.formats import chat_messages
-from tuneforge.tasks.base import Message
+from tuneforge.tasks.base import Message, TaskBase
 
 
 @dataclass
-class ChatTask:
+class ChatTask(TaskBase):
     system: str | None = None  # added to conversations that have no system message of their own
     max_len: int = 1024  # tokens per conversation when scoring loss; longer ones are cut (and counted)
     questions: str | None = "../shared/data/chat/mt_bench/question.jsonl"  # answered for reading

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tuneforge.data.readers import read_rows
 from tuneforge.errors import UserError
 from tuneforge.tasks import get_task
 
@@ -29,9 +28,7 @@ def build_task(cfg):
 def load_split(task, spec, split: str) -> list[dict]:
     if spec is None:
         raise UserError(f"data.{split} is not set; give it a path (see recipes/*.yaml)")
-    reader = getattr(task, "read", None)  # tasks with nested formats (SQuAD, chat) read their own files
-    rows = reader(spec) if reader else read_rows(spec)
-    rows = task.prepare(rows, spec.path)
+    rows = task.prepare(task.read(spec), spec.path)  # tasks with nested formats (SQuAD, chat) read their own files
     if not rows:
         raise UserError(f"data.{split}: {spec.path} gave no rows; check data.{split}.limit/start and the file")
     return rows
@@ -39,8 +36,6 @@ def load_split(task, spec, split: str) -> list[dict]:
 
 def truncate_sources(task, rows: list[dict], tok, split: str) -> list[dict]:
     """Cut over-long sources (articles, dialogues, contexts) on the source side; report how many."""
-    if not hasattr(task, "truncate"):
-        return rows
     rows = task.truncate(rows, tok)
     cut = sum(bool(r.get("truncated")) for r in rows)
     if cut:
