@@ -123,7 +123,7 @@ def quantize(cfg: QuantizeConfig) -> Path:
     from tuneforge.export.parity import HFRunner, file_weights_parity, run_parity
     from tuneforge.models.loading import load_merged
     from tuneforge.runs import new_run_dir
-    from tuneforge.tasks.splits import build_task, load_split
+    from tuneforge.tasks.splits import build_task, load_dev_rows
 
     is_gguf = cfg.method.startswith("gguf_")
     if cfg.method.startswith("bnb_"):
@@ -133,7 +133,7 @@ def quantize(cfg: QuantizeConfig) -> Path:
     if is_gguf:
         require_llama_cpp(f"method {cfg.method}")  # it loads the file to score, compare and time it (and writes K-quants)
     task = build_task(cfg)
-    rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
+    rows = load_dev_rows(cfg, task)
     # GGUF is written from fp32 weights and compared with them; F16 rounding then matches llama.cpp's.
     model, tok = load_merged(cfg.model, cfg.adapter, "float32" if is_gguf else cfg.dtype)
     if cfg.method == "int8_weight_only":

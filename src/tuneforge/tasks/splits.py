@@ -7,18 +7,18 @@ from tuneforge.tasks import get_task
 
 
 def load_train_rows(cfg, task) -> list[dict]:
-    """data.train's rows (or []) through the lead's reader (tasks may read their own files)."""
-    from tuneforge.tasks.splits import load_split
-
+    """data.train's rows, or [] when it is not set."""
     return load_split(task, cfg.data.train, "train") if cfg.data.train else []
 
 
-def load_rows(cfg, task) -> tuple[list[dict], list[dict]]:
-    """(train rows or [], dev rows cut to eval.limit)."""
-    from tuneforge.tasks.splits import load_split
+def load_dev_rows(cfg, task) -> list[dict]:
+    """data.dev's rows cut to eval.limit, or [] when it is not set."""
+    return load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
 
-    dev = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
-    return load_train_rows(cfg, task), dev
+
+def load_rows(cfg, task) -> tuple[list[dict], list[dict]]:
+    """(train rows or [], dev rows cut to eval.limit or [])."""
+    return load_train_rows(cfg, task), load_dev_rows(cfg, task)
 
 
 def build_task(cfg):

@@ -15,7 +15,7 @@ from tuneforge.config import FinetuneConfig
 from tuneforge.errors import UserError
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import read_prompting
-from tuneforge.tasks.splits import build_task, load_split, truncate_sources
+from tuneforge.tasks.splits import build_task, load_rows, truncate_sources
 from tuneforge.training.batching import collate, count_target_tokens, group_batches
 from tuneforge.training.checkpoints import latest_checkpoint
 from tuneforge.training.losses import TargetOnlyLoss
@@ -80,8 +80,7 @@ def setup(cfg: FinetuneConfig) -> Setup:
         require_bnb(quantization, what="method qlora", instead="method=lora")  # before minutes of reading data
     checkpoint_to_resume(cfg)  # before minutes of reading and loading
     task = build_task(cfg)
-    train_rows = load_split(task, cfg.data.train, "train")
-    dev_rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
+    train_rows, dev_rows = load_rows(cfg, task)  # FinetuneConfig requires data.train
     prompting = read_prompting(cfg.prompting, task.name, len(dev_rows)) if cfg.prompting else []
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
