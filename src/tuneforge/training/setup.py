@@ -12,11 +12,12 @@ import torch
 from tqdm import tqdm
 
 from tuneforge.config import FinetuneConfig
+from tuneforge.data.encode import collate
 from tuneforge.errors import UserError
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import read_prompting
 from tuneforge.tasks.splits import build_task, load_rows, truncate_sources
-from tuneforge.training.batching import collate, count_target_tokens, group_batches
+from tuneforge.training.batching import count_target_tokens, group_batches
 from tuneforge.training.checkpoints import latest_checkpoint
 from tuneforge.training.losses import TargetOnlyLoss
 from tuneforge.training.optim import make_accelerator, make_optimizer, make_scheduler
