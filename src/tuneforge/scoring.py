@@ -16,7 +16,7 @@ def score_task(model, tok, task, rows: list[dict], *, strategy: str = "zero_shot
         if is_encoder_decoder(model):
             check_task(task)
         return task.loss_metrics(model, tok, rows, batch_size=batch_size)
-    budget = max_new_tokens or (getattr(task, "cot_max_new_tokens", None) if strategy == "cot" else None) or task.max_new_tokens
+    budget = max_new_tokens or (task.cot_max_new_tokens if strategy == "cot" else None) or task.max_new_tokens
     conversations = [task.prompt(row, strategy, shots) for row in rows]
     if is_encoder_decoder(model):  # T5, BART, Marian: the flattened prompt goes to the encoder
         texts = generate_seq2seq(model, tok, [prompt_to_source(c) for c in conversations], max_new_tokens=budget,

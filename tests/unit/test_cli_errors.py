@@ -81,6 +81,9 @@ def test_missing_adapter_names_the_recipe_that_makes_it(tmp_path, monkeypatch):
         attach_adapter(None, str(Path("runs/other/adapter")))
     with pytest.raises(UserError, match="'not-an-adapter' has no adapter_config.json"):
         attach_adapter(None, "not-an-adapter")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match="^adapter 'a-file' is a file, not a folder: pass a run's adapter/ folder$"):
+        attach_adapter(None, "a-file")
     from tuneforge.models import resolve_model
 
     (tmp_path / "recipes" / "prune_x.yaml").write_text(
@@ -90,6 +93,23 @@ def test_missing_adapter_names_the_recipe_that_makes_it(tmp_path, monkeypatch):
         resolve_model("runs/pruned/model")  # a pruned or distilled model/ folder
     with pytest.raises(UserError, match=r"Run `tuneforge models` to list known models\.$"):
         resolve_model("runs/sst2-lora/model")  # that LoRA recipe writes adapter/, not model/
+
+
+def test_every_verb_words_a_bad_adapter_alike(tmp_path):
+    """deploy names its adapter NAME=PATH and compare prefixes its row; the rest is attach_adapter's message."""
+    from tuneforge.deploy.bundle import parse_adapters
+    from tuneforge.errors import UserError
+    from tuneforge.recipes.compare import ModelRow, check_rows
+
+    (tmp_path / "empty").mkdir()
+    expected = f"adapter 'support={tmp_path / 'empty'}' has no adapter_config.json: pass a run's adapter/ folder"
+    with pytest.raises(UserError) as err:
+        parse_adapters([f"support={tmp_path / 'empty'}"])
+    assert str(err.value) == expected
+    with pytest.raises(UserError) as err:
+        check_rows([ModelRow(name="a", path="smollm2-135m-instruct", adapter=str(tmp_path / "empty"))])
+    assert f"  models[0] (a): adapter '{tmp_path / 'empty'}' has no adapter_config.json: pass a run's adapter/ folder" \
+        in str(err.value).splitlines()
 
 
 def test_torchao_start_up_notices_are_dropped():

@@ -142,6 +142,17 @@ def test_task_options_are_checked_by_type_and_internal_fields_are_not_options(op
     assert get_task("sentiment", labels=[1, 2, 3]).labels == ["1", "2", "3"]  # star ratings are names too
 
 
+def test_evaluate_loads_a_finetune_recipe_and_keeps_only_what_it_uses():
+    from tuneforge.config import EvaluateConfig
+
+    recipe = REPO / "recipes" / "sst2_lora.yaml"
+    cfg = load_config(EvaluateConfig, recipe, ["adapter=runs/sst2-lora/adapter", "train.lr=1e-4", "eval.limit=5"])
+    assert (cfg.adapter, cfg.eval.limit, cfg.task.name) == ("runs/sst2-lora/adapter", 5, "sentiment")
+    assert not {"method", "lora", "train", "eval_before"} & set(cfg.model_dump())  # training sections dropped
+    with pytest.raises(UserError, match="evall: unknown key"):
+        load_config(EvaluateConfig, recipe, ["evall.limit=5"])  # a key neither verb has is still an error
+
+
 def test_evaluate_refuses_a_strategy_the_task_lacks_before_reading_data():
     from tuneforge.config import EvaluateConfig
     from tuneforge.recipes.evaluate import evaluate

@@ -26,10 +26,10 @@ from tuneforge.models import loading
 from tuneforge.models.inspect import (
     attention_maps,
     attention_short_name,
-    format_table,
     inspect_model,
     lora_trainable,
     render,
+    text_table,
     token_label,
 )
 from tuneforge.models.known import DEFAULT_MODEL
@@ -172,7 +172,7 @@ def test_render_prints_every_section(tiny):
 
 
 def test_format_table_aligns_numbers_right():
-    table = format_table(["name", "n"], [["a", "1,000"], ["bbb", "5"]]).splitlines()
+    table = text_table(["name", "n"], [["a", "1,000"], ["bbb", "5"]]).splitlines()
     assert table[2].endswith("1,000") and table[3].endswith("    5")
 
 
@@ -219,7 +219,7 @@ def test_attention_on_the_default_model_names_it(tmp_path, monkeypatch, capsys):
 
     def fake_maps(model, text, kind):
         seen["model"] = model
-        return fake[: inspect_module.load_config(model)[0].num_hidden_layers], rows
+        return fake[: inspect_module.load_model_config(model)[0].num_hidden_layers], rows
 
     monkeypatch.setattr(inspect_module, "attention_maps", fake_maps)
     monkeypatch.chdir(tmp_path)

@@ -11,9 +11,9 @@ from tuneforge.compress.quant.torchao import (
     is_torchao_quantized,
     load_quantized,
     quantize_folder,
-    save_quantized,
 )
 from tuneforge.errors import UserError
+from tuneforge.models.saving import save_model
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_int8_saves_smaller_reloads_identically_and_stays_close(float_folder, tm
     quantized = quantize_folder(float_folder, method, "float32", group_size)
     assert is_torchao_quantized(quantized)
     got = logits(quantized, tok)
-    save_quantized(quantized, tok, tmp_path / "model")
+    save_model(quantized, tok, tmp_path / "model")
     assert weights_size(tmp_path / "model") < 0.7 * weights_size(float_folder)
 
     reloaded = load_quantized(tmp_path / "model")

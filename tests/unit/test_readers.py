@@ -239,3 +239,19 @@ def test_real_uit_vsfc_dev_line_aligned():
     assert len(got) == 1583
     assert set(Counter(r["label"] for r in got)) == {"0", "1", "2"}
     assert got[-1]["_line"] == 1583
+
+
+def test_tsv_and_csv_skip_blank_rows_and_name_the_line_of_a_row_of_the_wrong_width(tmp_path):
+    tsv = write(tmp_path / "a.tsv", "text\tlabel\n\n \t \ngood\t1\nbad\n")
+    with pytest.raises(UserError, match=r"a\.tsv:5: expected 2 tab-separated fields \(text, label\), found 1; "
+                                        r"if fields are quoted and hold tabs or newlines set quoting: csv$"):
+        rows(path=tsv)
+    csv_file = write(tmp_path / "a.csv", 'text,label\n"two\nlines",1\n,\nbad\n')
+    with pytest.raises(UserError, match=r"a\.csv:5: expected 2 fields \(text, label\), found 1; "
+                                        r"check the quoting of that row$"):
+        rows(path=csv_file)
+    broken = write(tmp_path / "b.csv", 'text,label\ngood,1\n"open"x,0\n')
+    with pytest.raises(UserError, match=r"b\.csv:3: cannot parse the row \(.*\); check its quotes$"):
+        rows(path=broken)
+    assert [r["text"] for r in rows(path=write(tmp_path / "c.csv", 'text,label\n"two\nlines",1\n,\nok,0\n'))] \
+        == ["two\nlines", "ok"]

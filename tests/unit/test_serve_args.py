@@ -68,11 +68,11 @@ def test_chat_refuses_an_unknown_dtype(no_loading, capsys):
 def test_chat_checks_the_adapter_folder_before_loading(tmp_path, no_loading, capsys):
     assert main(["chat", "--adapter", "/nonexistent/adapter"]) == 2
     err = capsys.readouterr().err
-    assert "error: --adapter /nonexistent/adapter: the folder does not exist" in err
+    assert "error: adapter '/nonexistent/adapter' does not exist: pass a run's adapter/ folder" in err
     assert "adapter=" not in err
     (tmp_path / "adapter").mkdir()
     assert main(["chat", "--adapter", str(tmp_path / "adapter")]) == 2
-    assert f"error: --adapter {tmp_path / 'adapter'}: the folder has no adapter_config.json" in capsys.readouterr().err
+    assert f"error: adapter '{tmp_path / 'adapter'}' has no adapter_config.json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

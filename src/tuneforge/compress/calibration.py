@@ -7,7 +7,7 @@ from tuneforge.errors import UserError
 
 def calibration_batches(tok, task, rows: list[dict], *, max_len: int, batch_size: int) -> list[dict]:
     """Training conversations (prompt + answer), batched: what Wanda norms and block importance are taken on."""
-    from tuneforge.training.batching import collate
+    from tuneforge.data.encode import collate
     from tuneforge.training.setup import encode_rows
 
     if not rows:

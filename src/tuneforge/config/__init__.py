@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tuneforge.config.data import DataSpec
 from tuneforge.errors import UserError
 
+# Weight dtypes a model loads in. Declared here, the lowest layer that needs them; models.dtypes imports them.
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -87,6 +90,15 @@ class FinetuneTrainConfig(TrainConfig):
         "compute; turns train.share_prefix off (a checkpointed block drops the shared prefix's key/value cache)")
 
 
+class ProbeSection(Section):
+    """Another evaluation scored before and after training, to show what the run cost elsewhere."""
+
+    name: str = Field(description="the probe's name in reports, e.g. chat or uitvsfc")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    data: DataSpec = Field(description="the dev split it is scored on (never a hold-out file)")
+    limit: int | None = Field(None, ge=1, description="score only the first N rows")
+
+
 class EvalConfig(Section):
     batch_size: int = Field(16, ge=1, description="prompts per generation batch")
     limit: int | None = Field(None, ge=1, description="score only the first N dev rows")
@@ -95,12 +107,17 @@ class EvalConfig(Section):
     shots: int = Field(3, ge=0, description="few_shot: examples drawn (seeded) from the train split")
 
 
+class ProbedEvalConfig(EvalConfig):
+    probes: list[ProbeSection] = Field(default_factory=list, description="other evaluations (any task's dev split, "
+                                       "the chat perplexity) scored before and after training, beside the task's own")
+
+
 class RunConfig(Section):
     name: str = Field("run", description="run folder name under output_dir")
     output_dir: str = Field("runs", description="where run folders go")
     model: str | None = Field(None, description="registry name, local folder or HF hub id; default: the embedded model")
     adapter: str | None = Field(None, description="a LoRA adapter folder to load on top of the model")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="weights dtype")
+    dtype: Literal[DTYPES] = Field("auto", description="weights dtype")
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -124,6 +141,7 @@ class FinetuneConfig(RunConfig):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     train: FinetuneTrainConfig = Field(default_factory=FinetuneTrainConfig)
+    eval: ProbedEvalConfig = Field(default_factory=ProbedEvalConfig)
     eval_before: bool = Field(True, description="score the model before training too (the 'before' column)")
     prompting: str | None = Field(None, description="a `tuneforge prompt-eval` run folder on the same task and dev "
                                                    "rows: its strategies appear beside before/after in the report")
@@ -135,15 +153,22 @@ class FinetuneConfig(RunConfig):
         return self
 
 
-class EvaluateConfig(RunConfig):
-    """Scores data.dev. A finetune recipe is accepted as is: its training sections are read and ignored."""
+# What a finetune recipe has beyond RunConfig: training settings, which evaluate has no use for.
+FINETUNE_ONLY = frozenset(FinetuneConfig.model_fields) - frozenset(RunConfig.model_fields)
 
-    method: Literal["lora", "qlora", "full", "freeze"] = Field("lora", description="ignored by evaluate")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="ignored by evaluate")
-    freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="ignored by evaluate")
-    train: FinetuneTrainConfig = Field(default_factory=FinetuneTrainConfig, description="ignored by evaluate")
-    eval_before: bool = Field(True, description="ignored by evaluate")
-    prompting: str | None = Field(None, description="ignored by evaluate")
+
+class EvaluateConfig(RunConfig):
+    """Scores data.dev. A finetune recipe loads as is (`tuneforge evaluate recipes/sst2_lora.yaml adapter=...`):
+    its training-only sections (FINETUNE_ONLY) are dropped unread, so evaluate declares only what it uses."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_finetune_sections(cls, data):
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in FINETUNE_ONLY}
+            if isinstance(data.get("eval"), dict) and "probes" in data["eval"]:  # scored around training only
+                data["eval"] = {k: v for k, v in data["eval"].items() if k != "probes"}
+        return data
 
     @model_validator(mode="after")
     def _needs_dev(self):

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tuneforge.compress.sections import KDSection
-from tuneforge.config import DataConfig, EvalConfig, LoraConfig, ProbeSection, Section, TaskConfig, TrainConfig
+from tuneforge.config import DataConfig, LoraConfig, ProbedEvalConfig, Section, TaskConfig, TrainConfig
 
 STRATEGIES = ("sequential", "replay", "adapter_per_task", "l2", "ewc", "self_distill")
 
@@ -70,16 +70,14 @@ class ContinualConfig(Section):
     model: str | None = Field(None, description="the base model; default: the embedded model")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="the base's weights dtype")
     stages: list[StageSection] = Field(description="trained in order, each from the previous stage's weights")
-    probes: list[ProbeSection] = Field(default_factory=list, description="other dev sets scored after every stage "
-                                       "(not trained on)")
     continual: ContinualSection = Field(default_factory=ContinualSection)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig, description="each stage's training loop")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="how every dev set is scored (eval.limit: rows)")
+    eval: ProbedEvalConfig = Field(default_factory=ProbedEvalConfig, description="how every dev set is scored (eval.limit: rows; eval.probes: columns no stage trains)")
 
     @model_validator(mode="after")
     def _stages_are_named_once(self):
-        names = [s.name for s in self.stages] + [p.name for p in self.probes]
+        names = [s.name for s in self.stages] + [p.name for p in self.eval.probes]
         if len(self.stages) < 2:
             raise ValueError("stages: a continual run needs at least two stages")
         twice = sorted({n for n in names if names.count(n) > 1})

@@ -1,4 +1,4 @@
-"""Chat messages → token ids with loss labels on assistant turns only."""
+"""Chat messages → token ids with loss labels on assistant turns only, and those padded into a batch."""
 
 from __future__ import annotations
 
@@ -62,3 +62,20 @@ def encode_prompt(tok, messages: list[dict]) -> list[int]:
     """Prompt ids ending with the assistant generation header."""
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def collate(examples: list[dict], pad_id: int) -> dict:
+    """encode_conversation's rows as one right-padded batch of tensors (labels padded with IGNORE): what
+    training, calibration and chat's loss scoring feed the model."""
+    import torch
+
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[row, :n] = torch.tensor(e["input_ids"])
+        labels[row, :n] = torch.tensor(e["labels"])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -97,23 +97,9 @@ def _split_lines(text: str) -> list[str]:
 def _read_tsv(path: Path, spec: DataSpec):
     if spec.quoting == "csv":
         return _read_delimited(path, spec, "\t")
-    lines = _split_lines(_text(path))
-    records, header = [], None
-    for number, line in enumerate(lines, 1):
-        if not line or line.isspace():
-            continue
-        cells = line.split("\t")
-        if header is None:
-            header = cells if spec.header else [f"col{i}" for i in range(len(cells))]
-            if spec.header:
-                continue
-        if len(cells) != len(header):
-            raise UserError(
-                f"{path}:{number}: expected {len(header)} tab-separated fields ({', '.join(header)}), "
-                f"found {len(cells)}; if fields are quoted and hold tabs or newlines set quoting: csv"
-            )
-        records.append((number, cells))
-    return header or [], records
+    rows = enumerate((line.split("\t") for line in _split_lines(_text(path))), 1)
+    return _table(path, spec, rows, "tab-separated fields",
+                  "if fields are quoted and hold tabs or newlines set quoting: csv")
 
 
 def _read_csv(path: Path, spec: DataSpec):
@@ -122,24 +108,35 @@ def _read_csv(path: Path, spec: DataSpec):
 
 def _read_delimited(path: Path, spec: DataSpec, delimiter: str):
     reader = csv.reader(io.StringIO(_text(path), newline=""), delimiter=delimiter, strict=True)
-    records, header, start = [], None, 1
-    try:
+    start = 1  # the line the row being read starts on (a quoted field may span lines)
+
+    def rows():
+        nonlocal start
         for cells in reader:
             number, start = start, reader.line_num + 1
-            if not any(c.strip() for c in cells):
-                continue
-            if header is None:
-                header = cells if spec.header else [f"col{i}" for i in range(len(cells))]
-                if spec.header:
-                    continue
-            if len(cells) != len(header):
-                raise UserError(
-                    f"{path}:{number}: expected {len(header)} fields ({', '.join(header)}), found {len(cells)}; "
-                    "check the quoting of that row"
-                )
-            records.append((number, cells))
+            yield number, cells
+
+    try:
+        return _table(path, spec, rows(), "fields", "check the quoting of that row")
     except csv.Error as e:
         raise UserError(f"{path}:{start}: cannot parse the row ({e}); check its quotes") from None
+
+
+def _table(path: Path, spec: DataSpec, rows, fields: str, hint: str):
+    """(column names, [(line, cells)]) from (line, cells) pairs: blank rows skipped, the first row the header
+    (col0, col1, ... with header: false), every other row exactly as wide."""
+    records, header = [], None
+    for number, cells in rows:
+        if not any(c.strip() for c in cells):
+            continue
+        if header is None:
+            header = cells if spec.header else [f"col{i}" for i in range(len(cells))]
+            if spec.header:
+                continue
+        if len(cells) != len(header):
+            raise UserError(f"{path}:{number}: expected {len(header)} {fields} ({', '.join(header)}), "
+                            f"found {len(cells)}; {hint}")
+        records.append((number, cells))
     return header or [], records
 
 

@@ -21,6 +21,7 @@ from tuneforge.compress.quant.llamacpp import has_gguf_magic
 from tuneforge.deploy.checks import check_files
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir, nearest_existing
+from tuneforge.models.adapters import check_adapter
 
 TARGETS = ("docker", "k8s", "aws", "gcp", "azure")
 ENGINES = ("transformers", "llamacpp", "vllm")
@@ -230,9 +231,7 @@ def parse_adapters(adapters) -> list[tuple[str, str]]:
             raise UserError(f"--adapter name '{name}' must be letters, digits, '.', '_' or '-' (no spaces or '/')")
         if name in seen:
             raise UserError(f"--adapter name '{name}' is given twice; each adapter needs its own name")
-        if not (path / "adapter_config.json").is_file():
-            where = "does not exist" if not path.exists() else "has no adapter_config.json"
-            raise UserError(f"--adapter {name}={path}: the folder {where}; pass a PEFT adapter folder (run/adapter)")
+        check_adapter(path, name)
         seen.add(name)
         pairs.append((name, str(path.resolve())))
     return pairs

@@ -8,7 +8,7 @@ import unicodedata
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.fileio import nearest_existing
+from tuneforge.fileio import atomic_file, nearest_existing
 from tuneforge.models.known import DEFAULT_MODEL
 
 MAX_ATTENTION_TOKENS = 48
@@ -133,13 +133,8 @@ def draw_attention(maps, labels: list[str], path: Path, *, layers: list[int], ti
     fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01, label="attention weight (query row → key column)")
     try:
         check_out_path(path, "--out")  # checked before the model loaded; the folders may have changed since
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        try:
+        with atomic_file(path) as tmp:
             fig.savefig(tmp, dpi=90, format="png")
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)  # no half-written file is left behind
     finally:
         plt.close(fig)
     return path

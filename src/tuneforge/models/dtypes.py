@@ -6,9 +6,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from tuneforge.config import DTYPES
 from tuneforge.errors import UserError
-
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @functools.cache

@@ -7,8 +7,8 @@ import time
 
 from tqdm import tqdm
 
-from tuneforge.fileio import atomic_dir
 from tuneforge.models.known import KnownModel, imported_folder, package_folder
+from tuneforge.models.saving import save_model
 
 
 def import_embedded(known: KnownModel, *, force: bool = False):
@@ -36,19 +36,14 @@ def import_embedded(known: KnownModel, *, force: bool = False):
         del model.config.quantization_config
     steps.set_postfix_str("saving")
     tok.model_max_length = model.config.max_position_embeddings
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        gen = GenerationConfig(
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        )
-        gen.save_pretrained(tmp)
-        (tmp / "tuneforge_source.json").write_text(
-            json.dumps({"name": known.name, "gguf": str(gguf_path), "hf_id": known.hf_id}, indent=2)
-        )
-        steps.update()
+    model.generation_config = GenerationConfig(  # save_pretrained writes it as generation_config.json
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    source = json.dumps({"name": known.name, "gguf": str(gguf_path), "hf_id": known.hf_id}, indent=2)
+    save_model(model, tok, target, extra_files={"tuneforge_source.json": source})
+    steps.update()
     steps.set_postfix_str(f"done in {time.time() - t0:.0f}s")
     steps.update()
     steps.close()

@@ -40,7 +40,7 @@ BLOCK_RE = re.compile(r"^(?P<prefix>.*?)\.?(?:layers|layer|h|block|blocks)\.(?P<
 # -- architecture -----------------------------------------------------------------------------------------
 
 
-def load_config(model: str | None):
+def load_model_config(model: str | None):
     from transformers import AutoConfig
 
     from tuneforge.models.registry import resolve_model
@@ -333,7 +333,7 @@ def inspect_model(
     png = (Path(out) if out else Path("runs") / "inspect" / f"{short}-attention.png") if attention is not None else None
     if png is not None:
         check_out_path(png, "--out" if out else "--out (default)")
-    config, source = load_config(model)
+    config, source = load_model_config(model)
     kind = detect_kind(config) if kind == "auto" else kind
     skeleton = build_skeleton(config, kind, num_labels)
     arch = architecture(config, kind, skeleton)
@@ -378,8 +378,9 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.3f} GiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
-def format_table(headers: list[str], rows: list[list], title: str | None = None) -> str:
-    """A plain aligned table: text left, numbers right."""
+def text_table(headers: list[str], rows: list[list], title: str | None = None) -> str:
+    """A plain aligned table for the terminal (inspect, models): text left, numbers right. Reports use
+    report.format_table, which writes markdown."""
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     numeric = [all(re.fullmatch(r"[-+0-9.,%]+[KMG]?( GiB)?|-", r[i] or "-") for r in cells) for i in range(len(headers))]
@@ -400,7 +401,7 @@ def render(report: dict) -> str:
     # an encoder-decoder's `layers` and `heads` are its encoder's; the decoder's have rows of their own
     rename = {"layers": "encoder layers", "heads": "encoder heads"} if arch["kind"] == "seq2seq" else {}
     arch_rows = [[rename.get(k, k.replace("_", " ")), "-" if v is None else v] for k, v in arch.items()]
-    parts.append(format_table(["architecture", "value"], arch_rows))
+    parts.append(text_table(["architecture", "value"], arch_rows))
 
     order = ["embedding", "attention.q", "attention.k", "attention.v", "attention.qkv", "attention.o",
              "attention.position_bias", "cross_attention.q", "cross_attention.k", "cross_attention.v",
@@ -409,30 +410,30 @@ def render(report: dict) -> str:
     rows = [[k, f"{by_type[k]:,}", f"{100 * by_type[k] / total:.1f}%"] for k in order if by_type.get(k)]
     rows.append(["total (unique tensors)", f"{total:,}", "100.0%"])
     note = " (lm head tied to the embedding: counted once)" if arch["tied_embeddings"] else ""
-    parts.append(format_table(["module type", "parameters", "share"], rows, title=f"parameters per module type{note}"))
+    parts.append(text_table(["module type", "parameters", "share"], rows, title=f"parameters per module type{note}"))
 
     if "by_part" in params:
         rows = [[name, p["blocks"] or "-", f"{p['parameters']:,}", f"{100 * p['parameters'] / total:.1f}%"]
                 for name, p in params["by_part"].items()]
-        parts.append(format_table(["part", "blocks", "parameters", "share"], rows,
+        parts.append(text_table(["part", "blocks", "parameters", "share"], rows,
                                   title="parameters per part (encoder reads the input, decoder writes the output)"))
 
     groups = ["attention", "cross_attention", "mlp", "norm", "other"]
     used = [g for g in groups if any(b.get(g) for b in params["by_block"].values())]
     rows = [[name] + [f"{b.get(g, 0):,}" for g in used] + [f"{b['total']:,}"] for name, b in params["by_block"].items()]
     if rows:
-        parts.append(format_table(["block"] + used + ["total"], rows, title="parameters per block"))
+        parts.append(text_table(["block"] + used + ["total"], rows, title="parameters per block"))
 
     b, s = mem["batch"], mem["seq_len"]
     rows = [[d, gib(r["weights"]), gib(r["kv_cache"]), gib(r["total"])] for d, r in mem["inference"].items()]
-    parts.append(format_table(
+    parts.append(text_table(
         ["weights dtype", "weights", "KV cache", "total"], rows,
         title=f"inference memory at batch {b} × {s} tokens (KV cache = 2 × layers × batch × seq × kv heads × head dim × bytes; "
               "cache kept in bf16 for 8/4-bit weights)"))
     full, lora = mem["train_full"], mem["train_lora"]
     keys = ["weights", "gradients", "adamw_states", "activations", "total"]
     rows = [[k.replace("_", " "), gib(full[k]), gib(lora[k])] for k in keys]
-    parts.append(format_table(
+    parts.append(text_table(
         ["training", "full fine-tune", f"LoRA r={mem['lora_r']} ({human(mem['lora_params'])} params)"], rows,
         title=f"training memory at batch {b} × {s} tokens, {mem['train_dtype']} activations\n"
               "  full: fp32 weights 4P + grads 4P + AdamW m,v 8P; LoRA: base weights in the train dtype + 16 bytes per LoRA param\n"
@@ -444,7 +445,7 @@ def render(report: dict) -> str:
                  + (f"  (bytes of one letter split: piece {t['part']})" if t.get("part") else "") + ("  [special]" if t["special"] else "")]
                 for t in toks]
         chars = sum(len(t["new"]) for t in toks)
-        parts.append(format_table(["#", "id", "vocab entry", "text it covers"], rows,
+        parts.append(text_table(["#", "id", "vocab entry", "text it covers"], rows,
                                   title=f"tokens: {len(toks)} for {chars} characters"))
     if "attention_png" in report:
         parts.append(f"attention maps: {report['attention_png']}")

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.fileio import atomic_dir
+from tuneforge.models.adapters import ADAPTER_CONFIG, check_adapter
 from tuneforge.models.dtypes import default_device, pick_dtype
 from tuneforge.models.registry import resolve_model
 
@@ -94,17 +94,12 @@ def load_model(
     return net, tok
 
 
-def attach_adapter(net, adapter: str):
+def attach_adapter(net, adapter: str, *, trainable: bool = False):
     from peft import PeftModel
 
-    path = Path(adapter)
-    if not (path / "adapter_config.json").exists():
-        problem = "has no adapter_config.json" if path.exists() else "does not exist"
-        from tuneforge.runs import recipe_hint
-
-        raise UserError(f"adapter '{adapter}' {problem}: pass a run's adapter/ folder{recipe_hint(path)}")
+    path = check_adapter(adapter)
     with adapter_fits(adapter):
-        return PeftModel.from_pretrained(net, str(path))
+        return PeftModel.from_pretrained(net, str(path), is_trainable=trainable)
 
 
 @contextmanager
@@ -118,7 +113,7 @@ def adapter_fits(adapter: str | Path):
             raise
         import json
 
-        config = Path(adapter) / "adapter_config.json"
+        config = Path(adapter) / ADAPTER_CONFIG
         base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") if config.exists() else None
         raise UserError(f"adapter '{adapter}' was trained on another base model"
                         + (f" ({base})" if base else "") + f" and does not fit this one ({_mismatch_detail(text)}); "
@@ -142,14 +137,6 @@ def load_merged(model_name: str | None, adapter: str | None, dtype: str):
         model = model.merge_and_unload()
     model.eval()
     return model, tok
-
-
-def save_model(model, tok, folder: Path) -> Path:
-    """save_pretrained (safetensors) + tokenizer, written to a temporary folder and renamed when complete."""
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    return folder
 
 
 def reload(folder: Path, dtype: str):

@@ -9,12 +9,12 @@ import argparse
 import asyncio
 import math
 import sys
-from pathlib import Path
 from typing import TextIO
 
 from pydantic import ValidationError
 
 from tuneforge.errors import UserError
+from tuneforge.models.adapters import check_adapter
 from tuneforge.serve.engines import Sampling, load_engine
 from tuneforge.serve.engines.base import GenerationRequest, with_stop_strings
 from tuneforge.serve.settings import DTYPES, ENGINES, ServeConfig
@@ -51,17 +51,6 @@ def check_sampling(**values) -> None:
         _, accepts, rule = SAMPLING[field]
         if not accepts(value):
             raise UserError(f"--{field.replace('_', '-')} {value}: must be {rule}")
-
-
-def check_adapter(adapter: str) -> None:
-    """Before the model loads: the folder must exist and hold a PEFT adapter."""
-    path = Path(adapter).expanduser()
-    if not path.is_dir():
-        where = "is a file, not a folder" if path.exists() else "does not exist"
-        raise UserError(f"--adapter {adapter}: the folder {where}; pass a run's adapter/ folder (runs/NAME/adapter)")
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"--adapter {adapter}: the folder has no adapter_config.json; "
-                        "pass a run's adapter/ folder (runs/NAME/adapter)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

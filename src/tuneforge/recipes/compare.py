@@ -57,6 +57,7 @@ def check_rows(rows: list[ModelRow]) -> None:
     """Every problem with the rows at once, before anything is loaded."""
     from tuneforge.compress.quant.llamacpp import has_gguf_magic
     from tuneforge.models import resolve_model
+    from tuneforge.models.adapters import check_adapter
 
     problems = []
     for i, row in enumerate(rows):
@@ -72,8 +73,11 @@ def check_rows(rows: list[ModelRow]) -> None:
                 resolve_model(row.path, do_import=False)
             except UserError as e:
                 problems.append(f"{where}: {e}")
-        if row.adapter and not (Path(row.adapter) / "adapter_config.json").exists():
-            problems.append(f"{where}: adapter {row.adapter} has no adapter_config.json")
+        if row.adapter:
+            try:
+                check_adapter(row.adapter)
+            except UserError as e:
+                problems.append(f"{where}: {e}")
         if is_gguf(row) and row.adapter:
             problems.append(f"{where}: a .gguf row cannot take an adapter (merge it before exporting)")
     if any(is_gguf(r) for r in rows):

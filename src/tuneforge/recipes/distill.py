@@ -86,7 +86,8 @@ def set_trainable(student, which: str) -> None:
 def distill(cfg: DistillConfig) -> Path:
     from tuneforge.compress.distill import DistillLoss
     from tuneforge.compress.measure import count_parameters, hf_speed, speed_prompt_ids
-    from tuneforge.models.loading import load_merged, save_model
+    from tuneforge.models.loading import load_merged
+    from tuneforge.models.saving import save_model
     from tuneforge.runs import run_dir_for
     from tuneforge.scoring import score
     from tuneforge.tasks import get_task

@@ -10,16 +10,8 @@ from tuneforge.data.seq2seq import check_task
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.scoring import score_task
+from tuneforge.tasks.prompts import draw_shots
 from tuneforge.tasks.splits import build_task, load_split, truncate_sources
-
-
-def draw_shots(cfg, task) -> list[dict]:
-    if cfg.eval.strategy != "few_shot" or cfg.eval.shots == 0:
-        return []
-    from tuneforge.tasks.prompts import draw_shots as draw
-
-    train = load_split(task, cfg.data.train, "train")
-    return draw(train, cfg.eval.shots, seed=0)
 
 
 def evaluate(cfg: EvaluateConfig) -> Path:
@@ -35,7 +27,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         raise UserError(f"eval.strategy: task '{task.name}' does not support {cfg.eval.strategy}; "
                         f"it supports {', '.join(task.strategies)}")
     rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit]
-    shots = draw_shots(cfg, task)
+    shots = []
+    if cfg.eval.strategy == "few_shot" and cfg.eval.shots:  # data.train is read only when shots are drawn
+        shots = draw_shots(load_split(task, cfg.data.train, "train"), cfg.eval.shots, seed=0)
     model, tok = load_model(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter, kind=kind)
     rows = truncate_sources(task, rows, tok, "dev")
     run_dir = new_run_dir(cfg)

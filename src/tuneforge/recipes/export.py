@@ -135,6 +135,7 @@ def export_merged(cfg: ExportConfig, out: Path, source_runner):
 
     from tuneforge.export.parity import HFRunner
     from tuneforge.models import load_model, resolve_model
+    from tuneforge.models.saving import save_model
 
     dtype = save_dtype_of(cfg, resolve_model(cfg.model))
     merged, tok = load_model(cfg.model, dtype="float32", adapter=cfg.adapter, device="cpu")
@@ -142,9 +143,7 @@ def export_merged(cfg: ExportConfig, out: Path, source_runner):
         merged = merged.merge_and_unload()  # merge in fp32, then cast: one rounding instead of two
     merged.to(getattr(torch, dtype))
     merged.generation_config = generation_config_for(merged, tok, source_runner.stop_ids())
-    folder = out / "model"
-    merged.save_pretrained(folder)
-    tok.save_pretrained(folder)
+    folder = save_model(merged, tok, out / "model")
     del merged
     if (folder / "adapter_config.json").exists():
         raise UserError("internal: the merged export still holds an adapter")

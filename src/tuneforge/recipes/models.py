@@ -12,7 +12,7 @@ import importlib.util
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.models.inspect import format_table
+from tuneforge.models.inspect import text_table
 from tuneforge.models.known import DEFAULT_MODEL, KNOWN_MODELS, KnownModel, imported_folder, package_folder
 
 
@@ -69,7 +69,7 @@ def models(action: str = "list", name: str | None = None, *, force: bool = False
 
 
 def render(rows: list[dict]) -> str:
-    table = format_table(
+    table = text_table(
         ["name", "kind", "state", "path or how to install"],
         [[r["name"] + (" (default)" if r["default"] else ""), r["kind"], r["state"],
           r["path"] if r["installed"] else r["install"]] for r in rows],

@@ -44,9 +44,7 @@ def prompt_eval(cfg: PromptEvalConfig) -> Path:
     if "few_shot" in strategies:
         check_enough_shots(train, cfg.eval.shots)
     model, tok = load_model(cfg.model, dtype=cfg.dtype, adapter=cfg.adapter)
-    truncate = getattr(task, "truncate", None)
-    if truncate:
-        dev, train = truncate(dev, tok), truncate(train, tok)
+    dev, train = task.truncate(dev, tok), task.truncate(train, tok)
     run_dir = new_run_dir(cfg)
 
     table, results, predictions = [], {}, []
@@ -70,16 +68,15 @@ def prompt_eval(cfg: PromptEvalConfig) -> Path:
         print(f"{task.name} {strategy}: {task.primary_metric}={metrics[task.primary_metric]:.4f} ({seconds:.0f} s)")
 
     notes = [f"dev: {cfg.data.dev.path}, {len(dev)} rows"]
-    source_limit = getattr(task, "max_source_tokens", None)
-    if truncate and source_limit:
-        notes.append(f"sources cut to {source_limit} tokens: "
+    if task.max_source_tokens:
+        notes.append(f"sources cut to {task.max_source_tokens} tokens: "
                      f"{sum(r['truncated'] for r in dev)} of {len(dev)} dev rows, "
                      f"{sum(r['truncated'] for r in train)} of {len(train)} train rows")
     for strategy, m in results.items():
         for key in ("bleu_signature", "chrf_signature"):
             if key in m:
                 notes.append(f"{strategy} {key}: {m[key]}")
-    if task.eval_mode == "loss" and cfg.questions_limit != 0 and getattr(task, "questions", None):
+    if task.eval_mode == "loss" and cfg.questions_limit != 0 and task.questions:
         from tuneforge.tasks.chat import answer_questions
 
         answers = answer_questions(model, tok, task, batch_size=cfg.eval.batch_size, limit=cfg.questions_limit)

@@ -221,7 +221,8 @@ def step_configs(cfg: PruneConfig) -> list[PruneConfig]:
 
 def prune(cfg: PruneConfig) -> Path:
     from tuneforge.compress.prune import sparsity_report
-    from tuneforge.models.loading import load_merged, reload, save_model
+    from tuneforge.models.loading import load_merged, reload
+    from tuneforge.models.saving import save_model
     from tuneforge.runs import run_dir_for
     from tuneforge.scoring import score
     from tuneforge.tasks import get_task
@@ -276,7 +277,7 @@ def prune_step(model, tok, task, cfg: PruneConfig, train_rows, dev_rows, run_dir
     """Prune `model` in place to cfg.prune.sparsity, score it, recover and score again if asked.
     Appends the recovery's loss history (steps counted on from the last entry). Returns (metrics, predictions)."""
     from tuneforge.compress.calibration import calibration_batches
-    from tuneforge.models.loading import save_model
+    from tuneforge.models.saving import save_model
     from tuneforge.scoring import score
 
     calib = []

@@ -104,15 +104,15 @@ def quantize_in_torch(cfg: QuantizeConfig, model, tok, run_dir: Path):
     """torchao or bitsandbytes: quantize from a float copy on disk, save model/, reload it from there."""
     from tuneforge.compress.quant import torchao
     from tuneforge.models import bnb
+    from tuneforge.models.saving import save_model
 
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=".float-") as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        float_folder = save_model(model, tok, Path(tmp) / "float")
         if cfg.method in torchao.TORCHAO_METHODS:
-            quantized = torchao.quantize_folder(tmp, cfg.method, cfg.dtype, cfg.group_size)
+            quantized = torchao.quantize_folder(float_folder, cfg.method, cfg.dtype, cfg.group_size)
         else:
-            quantized = bnb.load_bnb(tmp, cfg.method)
-    torchao.save_quantized(quantized, tok, run_dir / "model")
+            quantized = bnb.load_bnb(float_folder, cfg.method)
+    save_model(quantized, tok, run_dir / "model")
     del quantized
     return torchao.load_quantized(run_dir / "model")  # what the user will load: proves the folder is complete
 
@@ -123,7 +123,7 @@ def quantize(cfg: QuantizeConfig) -> Path:
     from tuneforge.export.parity import HFRunner, file_weights_parity, run_parity
     from tuneforge.models.loading import load_merged
     from tuneforge.runs import new_run_dir
-    from tuneforge.tasks.splits import build_task, load_split
+    from tuneforge.tasks.splits import build_task, load_dev_rows
 
     is_gguf = cfg.method.startswith("gguf_")
     if cfg.method.startswith("bnb_"):
@@ -133,7 +133,7 @@ def quantize(cfg: QuantizeConfig) -> Path:
     if is_gguf:
         require_llama_cpp(f"method {cfg.method}")  # it loads the file to score, compare and time it (and writes K-quants)
     task = build_task(cfg)
-    rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
+    rows = load_dev_rows(cfg, task)
     # GGUF is written from fp32 weights and compared with them; F16 rounding then matches llama.cpp's.
     model, tok = load_merged(cfg.model, cfg.adapter, "float32" if is_gguf else cfg.dtype)
     if cfg.method == "int8_weight_only":

@@ -129,13 +129,13 @@ def serve(model: str | None = None, *, adapters: dict[str, str] | None = None, *
 
     import uvicorn
 
+    from tuneforge.models.adapters import check_adapter
     from tuneforge.serve.app import create_app
     from tuneforge.serve.engines import load_engine, pick_engine
 
     pick_engine(config)  # fail fast on an artifact the chosen engine cannot serve
     for name, path in config.adapters.items():
-        if not (Path(path) / "adapter_config.json").exists():
-            raise UserError(f"--adapter {name}={path}: no adapter_config.json there; pass a run's adapter/ folder")
+        check_adapter(path, name)
     app = create_app(config, loader=load_engine)
     shown = "localhost" if config.host in ("127.0.0.1", "::1") else config.host
     print(f"tuneforge serve: http://{shown}:{config.port}/ (web chat), OpenAI API at http://{shown}:{config.port}/v1 "

@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import jinja2
 from matplotlib.figure import Figure
 
 from tuneforge import __version__
-from tuneforge.fileio import write_text
+from tuneforge.fileio import write_bytes, write_text
 
 FONT = {"font.family": "DejaVu Sans", "font.size": 10}
 
@@ -86,19 +85,9 @@ def format_table(rows: Sequence[dict], *, escape_html: bool = False) -> str:
 
 def _save(fig: Figure, path: str | Path) -> Path:
     """Render to memory, then write atomically: a crash never leaves a truncated PNG."""
-    path = Path(path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes(path, buf.getvalue())
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:

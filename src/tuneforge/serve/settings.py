@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from tuneforge.config import Section
-from tuneforge.models.dtypes import DTYPES
+from tuneforge.config import DTYPES, Section
 
 ENGINES = ("auto", "transformers", "llamacpp", "vllm")
 

@@ -1,8 +1,9 @@
 """The task-pack protocol: how a data row becomes chat messages, a target, a prediction and metrics.
 
-Each task (sentiment, translation, summarization, qa, chat) is one module implementing `Task`.
-Shared behaviour lives in plain functions (tuneforge.data.encode, tuneforge.tasks.prompts), not in a
-base class: a task pack is a handful of methods you can read top to bottom.
+Each task (sentiment, translation, summarization, qa, chat) is one module implementing `Task`, as a dataclass
+that inherits `TaskBase`: the optional members (reading its own files, cutting long sources, a CoT budget, loss
+scoring) have their defaults there, so callers use every member plainly. Shared behaviour otherwise lives in
+plain functions (tuneforge.data.encode, tuneforge.tasks.prompts): a task pack reads top to bottom.
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ class Task(Protocol):
     primary_metric: str          # the number the reports lead with, e.g. "accuracy", "bleu", "rougeL"
     eval_mode: Literal["generate", "loss"]   # chat is scored by held-out loss/perplexity
     max_new_tokens: int          # generation budget for one answer (zero-shot / few-shot)
+    cot_max_new_tokens: int | None   # budget for strategy cot; None: max_new_tokens
+    max_source_tokens: int | None    # `truncate` cuts sources to this many tokens; None: never
+    questions: str | None        # eval_mode loss: a question set answered for reading (chat: MT-Bench)
     strategies: tuple[str, ...]  # prompting strategies this task supports
+
+    def read(self, spec) -> list[dict]:
+        """The raw rows of a data split (`spec`: config.data.DataSpec), before `prepare`."""
 
     def prepare(self, rows: list[dict], source: str) -> list[dict]:
         """Check and normalise rows read from `source` (a path, for error messages); raise UserError on bad rows."""
+
+    def truncate(self, rows: list[dict], tok) -> list[dict]:
+        """Rows with over-long sources cut to `max_source_tokens` (targets untouched), each marked `truncated`."""
 
     def prompt(self, row: dict, strategy: Strategy = "zero_shot", shots: Sequence[dict] = ()) -> list[Message]:
         """The messages a model sees before it answers (ends with a user turn)."""
@@ -39,6 +49,30 @@ class Task(Protocol):
 
     def score(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, Any]:
         """Metrics from the canonical implementation; must include `primary_metric`."""
+
+    def loss_metrics(self, model, tok, rows: list[dict], batch_size: int = 8) -> tuple[dict, list[dict]]:
+        """eval_mode loss: (metrics, per-row predictions) from the model's loss on `rows`."""
+
+
+class TaskBase:
+    """Defaults for Task's optional members; a pack's dataclass fields and methods override them. Plain class
+    attributes (not dataclass fields), so they add no task.* options and leave each pack's field order alone."""
+
+    eval_mode = "generate"
+    cot_max_new_tokens: int | None = None
+    max_source_tokens: int | None = None
+    questions: str | None = None
+
+    def read(self, spec) -> list[dict]:
+        from tuneforge.data.readers import read_rows
+
+        return read_rows(spec)
+
+    def truncate(self, rows: list[dict], tok) -> list[dict]:
+        return rows  # no source long enough to cut
+
+    def loss_metrics(self, model, tok, rows: list[dict], batch_size: int = 8) -> tuple[dict, list[dict]]:
+        raise NotImplementedError(f"task '{self.name}' is scored by generation (eval_mode generate), not by loss")
 
 
 def user_turn(content: str, system: str | None = None) -> list[Message]:

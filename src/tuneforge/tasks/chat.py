@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tuneforge.data.formats import chat_messages
-from tuneforge.tasks.base import Message
+from tuneforge.tasks.base import Message, TaskBase
 
 
 @dataclass
-class ChatTask:
+class ChatTask(TaskBase):
     system: str | None = None  # added to conversations that have no system message of their own
     max_len: int = 1024  # tokens per conversation when scoring loss; longer ones are cut (and counted)
     questions: str | None = "../shared/data/chat/mt_bench/question.jsonl"  # answered for reading
@@ -91,7 +91,7 @@ def conversation_losses(model, tok, conversations: Sequence[list[Message]], batc
     import torch
     from tqdm.auto import tqdm
 
-    from tuneforge.data.encode import encode_conversation
+    from tuneforge.data.encode import IGNORE, collate, encode_conversation
 
     encoded = [encode_conversation(tok, msgs, max_len) for msgs in conversations]
     device = next(model.parameters()).device
@@ -100,23 +100,16 @@ def conversation_losses(model, tok, conversations: Sequence[list[Message]], batc
     model.eval()
     for start in tqdm(range(0, len(encoded), batch_size), desc=desc, unit="batch"):
         batch = encoded[start:start + batch_size]
-        width = max(len(e["input_ids"]) for e in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, e in enumerate(batch):
-            n = len(e["input_ids"])
-            ids[i, :n] = torch.tensor(e["input_ids"])
-            labels[i, :n] = torch.tensor(e["labels"])
-            mask[i, :n] = 1
+        tensors = collate(batch, pad)
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logits = model(input_ids=tensors["input_ids"].to(device),
+                           attention_mask=tensors["attention_mask"].to(device)).logits.float()
         # Token t is predicted from position t-1.
-        targets = labels[:, 1:].to(device)
+        targets = tensors["labels"][:, 1:].to(device)
         nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
         )
-        counted = (targets != -100)
+        counted = (targets != IGNORE)
         for i, e in enumerate(batch):
             out.append({"nll": float(nll[i][counted[i]].sum()), "tokens": int(counted[i].sum()),
                         "truncated": bool(e["truncated"])})

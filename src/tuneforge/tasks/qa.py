@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tuneforge.data.formats import is_squad_article, squad_rows
 from tuneforge.errors import UserError
-from tuneforge.tasks.base import Message, user_turn, with_shots
+from tuneforge.tasks.base import Message, TaskBase, user_turn, with_shots
 from tuneforge.tasks.prompts import cot_suffix, final_answer, first_line, truncate_field
 
 _PUNCT = set(string.punctuation)
@@ -23,7 +23,7 @@ _PREFIX = re.compile(r"^\s*(?:the\s+)?answer(?:\s+is\b\s*[:：]?|\s*[:：])\s*",
 
 
 @dataclass
-class QATask:
+class QATask(TaskBase):
     instruction: str = "Answer the question with a short phrase copied from the context."
     system: str | None = None
     max_source_tokens: int | None = 384  # contexts beyond this are cut from the end

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tuneforge.errors import UserError
-from tuneforge.tasks.base import Message, user_turn, with_shots
+from tuneforge.tasks.base import Message, TaskBase, user_turn, with_shots
 
 COT_SUFFIX = "Think step by step in one or two sentences, then give the final answer on its own line as 'Answer: <label>'."
 
 
 @dataclass
-class SentimentTask:
+class SentimentTask(TaskBase):
     labels: list[str] = field(default_factory=lambda: ["negative", "positive"])
     instruction: str = "What is the sentiment of this text? Answer with one word: {choices}."
     system: str | None = None

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from tuneforge.data.readers import read_rows
 from tuneforge.errors import UserError
 from tuneforge.tasks import get_task
 
 
 def load_train_rows(cfg, task) -> list[dict]:
-    """data.train's rows (or []) through the lead's reader (tasks may read their own files)."""
-    from tuneforge.tasks.splits import load_split
-
+    """data.train's rows, or [] when it is not set."""
     return load_split(task, cfg.data.train, "train") if cfg.data.train else []
 
 
-def load_rows(cfg, task) -> tuple[list[dict], list[dict]]:
-    """(train rows or [], dev rows cut to eval.limit)."""
-    from tuneforge.tasks.splits import load_split
+def load_dev_rows(cfg, task) -> list[dict]:
+    """data.dev's rows cut to eval.limit, or [] when it is not set."""
+    return load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
 
-    dev = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
-    return load_train_rows(cfg, task), dev
+
+def load_rows(cfg, task) -> tuple[list[dict], list[dict]]:
+    """(train rows or [], dev rows cut to eval.limit or [])."""
+    return load_train_rows(cfg, task), load_dev_rows(cfg, task)
 
 
 def build_task(cfg):
@@ -29,9 +28,7 @@ def build_task(cfg):
 def load_split(task, spec, split: str) -> list[dict]:
     if spec is None:
         raise UserError(f"data.{split} is not set; give it a path (see recipes/*.yaml)")
-    reader = getattr(task, "read", None)  # tasks with nested formats (SQuAD, chat) read their own files
-    rows = reader(spec) if reader else read_rows(spec)
-    rows = task.prepare(rows, spec.path)
+    rows = task.prepare(task.read(spec), spec.path)  # tasks with nested formats (SQuAD, chat) read their own files
     if not rows:
         raise UserError(f"data.{split}: {spec.path} gave no rows; check data.{split}.limit/start and the file")
     return rows
@@ -39,8 +36,6 @@ def load_split(task, spec, split: str) -> list[dict]:
 
 def truncate_sources(task, rows: list[dict], tok, split: str) -> list[dict]:
     """Cut over-long sources (articles, dialogues, contexts) on the source side; report how many."""
-    if not hasattr(task, "truncate"):
-        return rows
     rows = task.truncate(rows, tok)
     cut = sum(bool(r.get("truncated")) for r in rows)
     if cut:

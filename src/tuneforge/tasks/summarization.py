@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tuneforge.data.formats import summary_row
-from tuneforge.tasks.base import Message, user_turn, with_shots
+from tuneforge.tasks.base import Message, TaskBase, user_turn, with_shots
 from tuneforge.tasks.prompts import truncate_field
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -33,7 +33,7 @@ class UnicodeWordTokenizer:
 
 
 @dataclass
-class SummarizationTask:
+class SummarizationTask(TaskBase):
     instruction: str = "Summarize the following {kind} in one or two sentences."
     system: str | None = None
     max_source_tokens: int | None = 512  # dialogues/articles beyond this are cut from the end

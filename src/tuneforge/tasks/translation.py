@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tuneforge.data.formats import parallel_row, parse_direction
-from tuneforge.tasks.base import Message, user_turn, with_shots
+from tuneforge.tasks.base import Message, TaskBase, user_turn, with_shots
 from tuneforge.tasks.prompts import first_line, truncate_field
 
 LANGUAGES = {
@@ -21,7 +21,7 @@ _PREFIX = re.compile(r"^\s*(?:here is the translation[^:\n]*:|translation[^:\n]{
 
 
 @dataclass
-class TranslationTask:
+class TranslationTask(TaskBase):
     direction: str = "en-vi"
     instruction: str = "Translate the following {source} text into {target}. Reply with the translation only."
     system: str | None = None

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 import random
 
-import torch
-
 from tuneforge.data.encode import IGNORE
 
 MIN_SHARED_PREFIX = 8  # below this, two decoder calls cost more than they save
@@ -41,19 +39,6 @@ def group_batches(lengths: list[int], batch_size: int, seed: int, epochs: float,
         rng.shuffle(epoch_batches)
         batches += epoch_batches
     return batches[: max(1, round(per_epoch * epochs))]
-
-
-def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[row, :n] = torch.tensor(e["input_ids"])
-        labels[row, :n] = torch.tensor(e["labels"])
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def count_target_tokens(batch: dict) -> int:

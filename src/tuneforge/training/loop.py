@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from tuneforge.data.encode import collate
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.scoring import score_task
-from tuneforge.training.batching import collate, count_target_tokens
+from tuneforge.training.batching import count_target_tokens
 from tuneforge.training.checkpoints import (
     load_checkpoint,
     resume_hint,

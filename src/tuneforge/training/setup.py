@@ -14,10 +14,9 @@ from tqdm import tqdm
 from tuneforge.config import FinetuneConfig
 from tuneforge.data import seq2seq as S2S
 from tuneforge.errors import UserError
-from tuneforge.fileio import atomic_dir
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import read_prompting
-from tuneforge.tasks.splits import build_task, load_split, truncate_sources
+from tuneforge.tasks.splits import build_task, load_rows, truncate_sources
 from tuneforge.training.batching import group_batches
 from tuneforge.training.checkpoints import latest_checkpoint
 from tuneforge.training.losses import TargetOnlyLoss
@@ -102,8 +101,7 @@ def setup(cfg: FinetuneConfig) -> Setup:
     kind = model_kind(cfg.model)  # encoder-decoder (T5, BART, Marian) or decoder-only, from config.json
     if kind == "seq2seq":
         S2S.check_task(task)
-    train_rows = load_split(task, cfg.data.train, "train")
-    dev_rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit] if cfg.data.dev else []
+    train_rows, dev_rows = load_rows(cfg, task)  # FinetuneConfig requires data.train
     prompting = read_prompting(cfg.prompting, task.name, len(dev_rows)) if cfg.prompting else []
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
@@ -130,9 +128,9 @@ def setup(cfg: FinetuneConfig) -> Setup:
         except ValueError as e:  # an architecture without checkpointing support
             raise UserError(f"train.gradient_checkpointing: {e}; set it to false for this model") from e
     if cfg.adapter:  # continue training an existing adapter
-        from peft import PeftModel
+        from tuneforge.models.loading import attach_adapter
 
-        model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+        model = attach_adapter(model, cfg.adapter, trainable=True)
     else:
         model = apply_method(model, cfg)
     model.train()
@@ -229,13 +227,10 @@ def resolve_run_dir(cfg: FinetuneConfig, accelerator) -> Path:
 
 
 def save_artifact(s: Setup) -> Path:
-    model = s.model
-    name = "adapter" if hasattr(model, "peft_config") else "model"
-    with atomic_dir(s.run_dir / name) as tmp:
-        model.save_pretrained(tmp)
-        if name == "model":
-            s.tok.save_pretrained(tmp)
-    return s.run_dir / name
+    from tuneforge.models.adapters import is_adapter_model
+    from tuneforge.models.saving import save_model
+
+    return save_model(s.model, s.tok, s.run_dir / ("adapter" if is_adapter_model(s.model) else "model"))
 
 
 def encode_rows(tok, task, rows: Sequence[dict], max_len: int, *, answers: Sequence[str] | None = None) -> list[dict]:

@@ -8,13 +8,13 @@ Python (gguf.quants), so no llama.cpp binary is needed to write the file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tuneforge.errors import UserError
+from tuneforge.fileio import atomic_file
+from tuneforge.models.adapters import is_adapter_model
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 SUPPORTED_ARCHS = ("llama",)
@@ -297,14 +297,11 @@ def write_gguf(model, tok, path: str | Path, qtype: str = "f16", *, pre_tokenize
             f"GGUF export supports {', '.join(SUPPORTED_ARCHS)} models; this one is '{config.model_type}'. "
             "Use export format 'merged' for other architectures"
         )
-    if hasattr(model, "peft_config"):
+    if is_adapter_model(model):
         raise UserError("merge the LoRA adapter before writing GGUF (tuneforge export/quantize do it for you)")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    with atomic_file(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         add_hparams(writer, config, name or str(getattr(config, "_name_or_path", "") or "model").rstrip("/").split("/")[-1], qtype)
         add_tokenizer(writer, tok, config.vocab_size, pre_tokenizer)
         n = sum(1 for k in model.state_dict() if not (k == "lm_head.weight" and config.tie_word_embeddings))
@@ -315,8 +312,4 @@ def write_gguf(model, tok, path: str | Path, qtype: str = "f16", *, pre_tokenize
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tuneforge.errors import UserError
+from tuneforge.fileio import atomic_file
 
 # tuneforge name -> llama.cpp file type (llama_ftype). The K-mixes choose a type per tensor themselves.
 LLAMACPP_TYPES = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K", "q4_0": "Q4_0"}
@@ -116,31 +117,28 @@ def llamacpp_quantize(source: Path, target: Path, qtype: str, *, importance: dic
     def collect(level, text, user_data):  # one line per tensor otherwise; kept to explain a failure
         log.append(text.decode("utf-8", errors="replace"))
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
     # A Ctrl-C during the C call would surface inside `collect`, where ctypes swallows it and the run went on;
     # it is held until the call returns instead (llama.cpp's quantizer cannot be cancelled midway).
     stop: list[int] = []
     main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1)) if main else None
-    try:
-        llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-        print(f"llama.cpp quantizer: {source.name} -> {LLAMACPP_TYPES[qtype]}"
-              + (f", weighted by {len(importance)} importance vectors" if importance else "")
-              + " (Ctrl-C stops once it returns)")
-        failed = llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params)) != 0
-        if stop:
-            raise KeyboardInterrupt
-        if failed:
-            tail = "".join(log).strip().splitlines()[-5:]
-            raise UserError(f"llama.cpp could not quantize {source} to {LLAMACPP_TYPES[qtype]}:\n  " + "\n  ".join(tail))
-        os.replace(tmp, target)
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-        llama_cpp.llama_log_set(default_log, ctypes.c_void_p(0))
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(target) as tmp:
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1)) if main else None
+        try:
+            llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+            print(f"llama.cpp quantizer: {source.name} -> {LLAMACPP_TYPES[qtype]}"
+                  + (f", weighted by {len(importance)} importance vectors" if importance else "")
+                  + " (Ctrl-C stops once it returns)")
+            failed = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params)) != 0
+            if stop:
+                raise KeyboardInterrupt
+            if failed:
+                tail = "".join(log).strip().splitlines()[-5:]
+                raise UserError(f"llama.cpp could not quantize {source} to {LLAMACPP_TYPES[qtype]}:\n  "
+                                + "\n  ".join(tail))
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+            llama_cpp.llama_log_set(default_log, ctypes.c_void_p(0))
     return target
 
 

@@ -55,19 +55,9 @@ def quantize_folder(float_folder: str | Path, method: str, dtype: str = "auto", 
     ).eval()
 
 
-def save_quantized(model, tok, folder: str | Path) -> Path:
-    """Write the quantized model and its tokenizer atomically (safetensors keep torchao's int8 tensors)."""
-    from tuneforge.fileio import atomic_dir
-
-    folder = Path(folder)
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    return folder
-
-
 def load_quantized(folder: str | Path):
-    """Reload a folder written by save_quantized; its config.json carries the quantization settings."""
+    """Reload a quantized folder (written by models.loading.save_model: safetensors keep torchao's int8 tensors);
+    its config.json carries the quantization settings."""
     from transformers import AutoModelForCausalLM
 
     folder = Path(folder)

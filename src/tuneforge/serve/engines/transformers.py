@@ -12,7 +12,6 @@ import queue
 import random
 import threading
 from collections import deque
-from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.serve.engines.base import (
@@ -89,12 +88,12 @@ def attach_adapters(net, adapters: dict[str, str]):
     """Load several LoRA adapters by name onto one base model (peft keeps them side by side)."""
     from peft import PeftModel
 
+    from tuneforge.models.adapters import check_adapter
     from tuneforge.models.loading import adapter_fits
 
     peft_model = None
     for name, path in adapters.items():
-        if not (Path(path) / "adapter_config.json").exists():
-            raise UserError(f"adapter '{name}={path}' has no adapter_config.json: pass a run's adapter/ folder")
+        check_adapter(path, name)
         with adapter_fits(path):
             if peft_model is None:
                 peft_model = PeftModel.from_pretrained(net, path, adapter_name=name)
