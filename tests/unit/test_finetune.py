@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tuneforge.config import FinetuneConfig, validate
+from tuneforge.data.encode import collate
 from tuneforge.recipes.finetune import finetune
 from tuneforge.training.setup import setup
 
@@ -55,10 +56,10 @@ def test_loss_masking_and_token_weighting_are_batch_size_invariant(tiny_llama_di
         s = setup(cfg)
         order = [0, 1, 2, 3]  # the same rows for both arms
         s.batches = [[i] for i in order] if batch == 1 else [order]
-        total = sum(int((s.collate([s.examples[i]], 2)["labels"][:, 1:] != -100).sum()) for i in order)
+        total = sum(int((collate([s.examples[i]], 2)["labels"][:, 1:] != -100).sum()) for i in order)
         s.model.zero_grad()
         for b in s.batches:
-            loss_sum, _ = s.loss_module(**s.collate([s.examples[i] for i in b], s.tok.pad_token_id))
+            loss_sum, _ = s.loss_module(**collate([s.examples[i] for i in b], s.tok.pad_token_id))
             (loss_sum / total).backward()
         grads.append({n: p.grad.clone() for n, p in s.model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
@@ -189,7 +190,7 @@ def test_qlora_gradients_are_the_same_after_a_dev_evaluation(tiny_llama_64_dir, 
 
     nf4 = [m for m in s.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert nf4 and not any(m.support_avx512bf16_for_cpu for m in nf4)  # on any CPU: the repacking is off
-    batch = s.collate(s.examples[:4], s.tok.pad_token_id)
+    batch = collate(s.examples[:4], s.tok.pad_token_id)
 
     def gradients():
         s.model.zero_grad()
@@ -216,7 +217,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama_64_dir, sent
         assert all(layer.gradient_checkpointing == checkpointing for layer in s.model.get_base_model().model.layers)
         assert s.loss_module.share_prefix is not checkpointing  # the prefix cache cannot cross a checkpointed block
         s.model.train()
-        s.loss_module(**s.collate(s.examples[:4], s.tok.pad_token_id))[0].backward()
+        s.loss_module(**collate(s.examples[:4], s.tok.pad_token_id))[0].backward()
         grads[checkpointing] = {n: p.grad for n, p in s.model.named_parameters() if p.grad is not None}
     assert grads[True].keys() == grads[False].keys() and grads[True]
     for name, plain in grads[False].items():  # NF4 computes in the run's fp32 here, so QLoRA matches as closely
