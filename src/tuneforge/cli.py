@@ -47,6 +47,7 @@ class VerbParser(argparse.ArgumentParser):
             if not e.name or not e.name.startswith("tuneforge"):
                 raise
             self.set_defaults(_missing=f"`tuneforge {self.prog.split()[-1]}` is not available in this build")
+        cli_args.verbose(self)
 
     def parse_known_args(self, args=None, namespace=None):
         self._add_flags()
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="tuneforge", description="From raw data to a deployed, compressed chatbot.")
     parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
+    cli_args.verbose(parser, top=True)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=VerbParser)
     for verb, (module, help_text, flags) in VERBS.items():
         p = sub.add_parser(verb, help=help_text, description=help_text, flags=flags)
@@ -87,20 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tuneforge import runs
     from tuneforge.errors import UserError
-    from tuneforge.quiet import drop_known_import_notices
+    from tuneforge.quiet import quiet
     from tuneforge.runs import discard_unstarted_runs
 
     runs.command_line = ["tuneforge", *(sys.argv[1:] if argv is None else argv)]
     try:
-        drop_known_import_notices()
-        try:
-            module = importlib.import_module(args._module)
-        except ModuleNotFoundError as e:
-            if not e.name or not e.name.startswith("tuneforge"):
-                raise
-            print(f"error: `tuneforge {args.verb}` is not available in this build", file=sys.stderr)
-            return 2
-        code = module.run(args)
+        with quiet(args.verbose):
+            try:
+                module = importlib.import_module(args._module)
+            except ModuleNotFoundError as e:
+                if not e.name or not e.name.startswith("tuneforge"):
+                    raise
+                print(f"error: `tuneforge {args.verb}` is not available in this build", file=sys.stderr)
+                return 2
+            code = module.run(args)
     except UserError as e:
         discard_unstarted_runs()
         print(f"error: {e}", file=sys.stderr)

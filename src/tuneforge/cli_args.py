@@ -39,10 +39,12 @@ def sampling_arg(field: str):
 
 def models(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="{list,import}")
-    sub.add_parser("list", help="known models and whether they are installed / imported (the default)")
+    listing = sub.add_parser("list", help="known models and whether they are installed / imported (the default)")
     imp = sub.add_parser("import", help="convert a packaged model into a Hugging Face folder once")
     imp.add_argument("name", help="a known model name, e.g. smollm2-135m-instruct")
     imp.add_argument("--force", action="store_true", help="convert again even if the folder exists")
+    for action in (listing, imp):
+        verbose(action)
 
 
 def inspect(parser: argparse.ArgumentParser) -> None:
@@ -133,3 +135,13 @@ def deploy(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", default=None, help="image reference written into the manifests (default NAME:VERSION)")
     parser.add_argument("--engine", default=None, choices=ENGINES,
                         help="serving engine (default: vllm with --gpu, llamacpp for .gguf, transformers otherwise)")
+
+
+VERBOSE_HELP = "also show other libraries' warnings, log lines and progress bars"
+
+
+def verbose(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """`--verbose`, before or after the verb. Below the top it is only set when given, so a verb's parser
+    cannot reset a `tuneforge --verbose VERB` back to False."""
+    parser.add_argument("--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help=VERBOSE_HELP)

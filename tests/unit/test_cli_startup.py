@@ -1,5 +1,5 @@
 """`tuneforge --help` and every `tuneforge VERB --help` import none of the heavy libraries a verb runs on, and a
-verb's flags still parse as before."""
+verb's flags still parse as before, with `--verbose` before or after the verb."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def test_each_verb_help_lists_its_own_flags(every_help):
     assert "{docker,k8s,aws,gcp,azure}" in every_help["deploy --help"]["help"]
     assert "--kind {auto,causal,seq2seq,classifier,encoder}" in every_help["inspect --help"]["help"]
     assert "key=value overrides" in every_help["finetune --help"]["help"]
+    assert all("--verbose" in seen["help"] for seen in every_help.values())
 
 
 def test_python_m_tuneforge_cli_help():
@@ -65,6 +66,18 @@ def test_python_m_tuneforge_cli_help():
                           timeout=120, env=ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert all(verb in proc.stdout for verb in cli.VERBS)
+
+
+@pytest.mark.parametrize("argv, verbose", [
+    (["inspect"], False),
+    (["--verbose", "inspect"], True),
+    (["inspect", "--verbose"], True),
+    (["--verbose", "models", "import", "x"], True),
+    (["models", "import", "x", "--verbose"], True),
+    (["finetune", "recipe.yaml", "train.lr=1e-4"], False),
+])
+def test_verbose_before_or_after_the_verb(argv, verbose):
+    assert cli.build_parser().parse_args(argv).verbose is verbose
 
 
 def test_a_verb_parses_its_flags_and_refuses_bad_ones(capsys):
