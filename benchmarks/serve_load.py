@@ -36,8 +36,8 @@ PROMPTS = [
     "Describe a sunset to someone who has never seen one.",
     "Why is the sky blue?",
 ]
-RUN_SERVE = ("import argparse, sys; from tuneforge.serve import cli; p = argparse.ArgumentParser(); "
-             "cli.add_arguments(p); sys.exit(cli.run(p.parse_args(sys.argv[1:])))")
+RUN_SERVE = ("import argparse, sys; from tuneforge import cli_args; from tuneforge.recipes import serve; "
+             "p = argparse.ArgumentParser(); cli_args.serve(p); sys.exit(serve.run(p.parse_args(sys.argv[1:])))")
 
 
 def embedded_gguf() -> str:

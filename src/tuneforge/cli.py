@@ -8,22 +8,58 @@ import os
 import signal
 import sys
 
-# verb -> (module with add_arguments/run, one-line help)
+from tuneforge import cli_args
+
+# verb -> (module with run(args), one-line help, the cli_args function that adds its flags). A verb's module
+# (torch and the rest) is imported only to run it; its flags come from cli_args, so --help stays light.
 VERBS = {
-    "models": ("tuneforge.recipes.models", "list known models; `models import NAME` converts the embedded GGUF once"),
-    "inspect": ("tuneforge.recipes.inspect", "architecture, parameters, memory; --attention / --tokens"),
-    "prompt-eval": ("tuneforge.recipes.prompt_eval", "score zero-shot / few-shot / chain-of-thought on a task"),
-    "finetune": ("tuneforge.recipes.finetune", "LoRA / full / freeze fine-tuning (CONFIG.yaml [key=value ...])"),
-    "evaluate": ("tuneforge.recipes.evaluate", "score a model (+ adapter) on a task's dev split"),
-    "distill": ("tuneforge.recipes.distill", "knowledge distillation into a smaller student"),
-    "quantize": ("tuneforge.recipes.quantize", "int8 (torchao), GGUF F16/Q8_0/Q4_0/K-quants, bitsandbytes NF4/8-bit (CUDA, or CPU with bitsandbytes >= 0.48)"),
-    "prune": ("tuneforge.recipes.prune", "magnitude, Wanda, 2:4, block removal (+ recovery)"),
-    "compare": ("tuneforge.recipes.compare", "one table: size, speed and quality of several models"),
-    "export": ("tuneforge.recipes.export", "merged HF folder, GGUF, Ollama Modelfile, with a parity check"),
-    "serve": ("tuneforge.recipes.serve", "OpenAI-compatible server + web chat page"),
-    "chat": ("tuneforge.recipes.chat", "chat in the terminal"),
-    "deploy": ("tuneforge.recipes.deploy", "write a deploy bundle for docker, k8s, aws, gcp or azure"),
+    "models": ("tuneforge.recipes.models", "list known models; `models import NAME` converts the embedded GGUF once", cli_args.models),
+    "inspect": ("tuneforge.recipes.inspect", "architecture, parameters, memory; --attention / --tokens", cli_args.inspect),
+    "prompt-eval": ("tuneforge.recipes.prompt_eval", "score zero-shot / few-shot / chain-of-thought on a task", cli_args.recipe),
+    "finetune": ("tuneforge.recipes.finetune", "LoRA / full / freeze fine-tuning (CONFIG.yaml [key=value ...])", cli_args.recipe),
+    "evaluate": ("tuneforge.recipes.evaluate", "score a model (+ adapter) on a task's dev split", cli_args.recipe),
+    "distill": ("tuneforge.recipes.distill", "knowledge distillation into a smaller student", cli_args.recipe),
+    "quantize": ("tuneforge.recipes.quantize", "int8 (torchao), GGUF F16/Q8_0/Q4_0/K-quants, bitsandbytes NF4/8-bit (CUDA, or CPU with bitsandbytes >= 0.48)", cli_args.recipe),
+    "prune": ("tuneforge.recipes.prune", "magnitude, Wanda, 2:4, block removal (+ recovery)", cli_args.recipe),
+    "compare": ("tuneforge.recipes.compare", "one table: size, speed and quality of several models", cli_args.recipe),
+    "export": ("tuneforge.recipes.export", "merged HF folder, GGUF, Ollama Modelfile, with a parity check", cli_args.recipe),
+    "serve": ("tuneforge.recipes.serve", "OpenAI-compatible server + web chat page", cli_args.serve),
+    "chat": ("tuneforge.recipes.chat", "chat in the terminal", cli_args.chat),
+    "deploy": ("tuneforge.recipes.deploy", "write a deploy bundle for docker, k8s, aws, gcp or azure", cli_args.deploy),
 }
+
+
+class VerbParser(argparse.ArgumentParser):
+    """A verb's parser that adds its flags the first time it parses or shows help, so `tuneforge --help` and
+    every other verb never import what this verb's flags need."""
+
+    def __init__(self, *args, flags=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._flags = flags
+
+    def _add_flags(self) -> None:
+        flags, self._flags = self._flags, None
+        if flags is None:
+            return
+        try:
+            flags(self)
+        except ModuleNotFoundError as e:
+            if not e.name or not e.name.startswith("tuneforge"):
+                raise
+            self.set_defaults(_missing=f"`tuneforge {self.prog.split()[-1]}` is not available in this build")
+        cli_args.verbose(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._add_flags()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self):
+        self._add_flags()
+        return super().format_usage()
+
+    def format_help(self):
+        self._add_flags()
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,47 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="tuneforge", description="From raw data to a deployed, compressed chatbot.")
     parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for verb, (module, help_text) in VERBS.items():
-        p = sub.add_parser(verb, help=help_text, description=help_text)
+    cli_args.verbose(parser, top=True)
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=VerbParser)
+    for verb, (module, help_text, flags) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text, flags=flags)
         p.set_defaults(_module=module)
-        try:
-            importlib.import_module(module).add_arguments(p)
-        except ModuleNotFoundError as e:
-            if not e.name or not e.name.startswith("tuneforge"):
-                raise
-            p.set_defaults(_missing=f"`tuneforge {verb}` is not available in this build")
     return parser
-
-
-def drop_known_import_notices() -> None:
-    """Notices printed on every start (peft imports torchao and bitsandbytes) that no user can act on: torch 2.13
-    calls torchao's Enum pytree registrations deprecated (pytorch/ao#4848, open upstream); on a machine without
-    CUDA torchao's CUDA-only kernels fail to load; and bitsandbytes cannot fetch an optional faster CPU kernel
-    from the Hugging Face Hub (the `kernels` package), so it uses its PyTorch kernels, which work offline. On a
-    CUDA machine torchao's notice stays visible: there it means something."""
-    import logging
-    import warnings
-
-    import torch
-
-    logging.getLogger("torch.utils._pytree").addFilter(
-        lambda record: "is an Enum subclass and is now natively supported" not in record.getMessage())
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-        lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community"))
-    # transformers' bitsandbytes loading and peft's k-bit preparation still read a property transformers renamed
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    if not torch.cuda.is_available():
-        logging.getLogger("torchao").addFilter(lambda record: not record.getMessage().startswith("Failed to load"))
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    drop_known_import_notices()
     # A background launcher may hand us SIGINT ignored; Ctrl-C must still stop training with a checkpoint.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from tuneforge.errors import UserError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verb:
@@ -81,11 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args._missing}", file=sys.stderr)
         return 2
     from tuneforge import runs
+    from tuneforge.errors import UserError
+    from tuneforge.quiet import quiet
     from tuneforge.runs import discard_unstarted_runs
 
     runs.command_line = ["tuneforge", *(sys.argv[1:] if argv is None else argv)]
     try:
-        code = importlib.import_module(args._module).run(args)
+        with quiet(args.verbose):
+            try:
+                module = importlib.import_module(args._module)
+            except ModuleNotFoundError as e:
+                if not e.name or not e.name.startswith("tuneforge"):
+                    raise
+                print(f"error: `tuneforge {args.verb}` is not available in this build", file=sys.stderr)
+                return 2
+            code = module.run(args)
     except UserError as e:
         discard_unstarted_runs()
         print(f"error: {e}", file=sys.stderr)

@@ -9,8 +9,8 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-RUN_CHAT = ("import argparse, sys; from tuneforge.recipes import chat; p = argparse.ArgumentParser(); "
-            "chat.add_arguments(p); sys.exit(chat.run(p.parse_args(sys.argv[1:])))")
+RUN_CHAT = ("import argparse, sys; from tuneforge import cli_args; from tuneforge.recipes import chat; "
+            "p = argparse.ArgumentParser(); cli_args.chat(p); sys.exit(chat.run(p.parse_args(sys.argv[1:])))")
 
 
 def run_chat(args: list[str], stdin: str, timeout: int = 120) -> subprocess.CompletedProcess:

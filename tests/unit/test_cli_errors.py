@@ -121,7 +121,7 @@ def test_torchao_start_up_notices_are_dropped():
     plain = stderr_of("import peft")
     if "is an Enum subclass" not in plain and "Failed to load" not in plain:
         pytest.skip("the installed torchao prints neither notice")
-    quiet = stderr_of("from tuneforge.cli import drop_known_import_notices as d; d(); import peft; "
+    quiet = stderr_of("from tuneforge.quiet import drop_known_import_notices as d; d(); import peft; "
                       "import logging; logging.getLogger('torchao').warning('kept: other torchao warnings')")
     assert "is an Enum subclass" not in quiet and "Failed to load" not in quiet
     assert "kept: other torchao warnings" in quiet

@@ -9,6 +9,7 @@ import stat
 import pytest
 import yaml
 
+from tuneforge import cli_args
 from tuneforge.deploy import TARGETS, deploy
 from tuneforge.deploy.checks import (
     check_azureml_deployment,
@@ -169,7 +170,7 @@ def test_a_failed_rerun_keeps_the_previous_bundle(tmp_path, model_dir):
 
 def test_cli_writes_the_bundle(tmp_path, model_dir, adapter_dir, capsys):
     parser = argparse.ArgumentParser()
-    deploy_cli.add_arguments(parser)
+    cli_args.deploy(parser)
     args = parser.parse_args(["--target", "azure", "--out", str(tmp_path / "az"), "--model", str(model_dir),
                               "--adapter", f"{ADAPTER}={adapter_dir}", "--mount", "--gpu", "--name", "chat-vi"])
     assert deploy_cli.run(args) == 0

@@ -19,7 +19,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from tuneforge import cli
+from tuneforge import cli, cli_args
 from tuneforge.errors import UserError
 from tuneforge.models import inspect as inspect_module
 from tuneforge.models import loading
@@ -182,7 +182,7 @@ def test_models_verb_lists_known_models_and_rejects_unknown(capsys):
     assert {"smollm2-135m-instruct", "all-minilm-l6-v2"} <= set(names)
     assert all(r["state"] in ("ready", "not imported", "not installed", "broken package") for r in rows)
     parser = argparse.ArgumentParser()
-    models_cli.add_arguments(parser)
+    cli_args.models(parser)
     assert models_cli.run(parser.parse_args([])) == 0
     assert "smollm2-135m-instruct (default)" in capsys.readouterr().out
     with pytest.raises(UserError, match="not a known model"):

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from tuneforge import cli_args
 from tuneforge.cli import main
 from tuneforge.errors import UserError
 from tuneforge.recipes import chat as chat_module
@@ -94,7 +95,7 @@ def test_chat_accepts_the_edges_of_each_range():
     import argparse
 
     parser = argparse.ArgumentParser()
-    chat_module.add_arguments(parser)
+    cli_args.chat(parser)
     args = parser.parse_args(["--temperature", "0", "--top-p", "1", "--max-tokens", "1"])
     assert (args.temperature, args.top_p, args.max_tokens) == (0.0, 1.0, 1)
 

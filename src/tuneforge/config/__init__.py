@@ -6,7 +6,6 @@ validated before any work starts and every problem is reported at once, each nam
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import re
 from pathlib import Path
@@ -312,11 +311,6 @@ def known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
 
 def to_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="a recipe YAML (see recipes/)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 data.train.limit=500")
 
 
 def split_config_args(args) -> tuple[str | None, list[str]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import sys
 from typing import TextIO
 
@@ -17,33 +16,9 @@ from tuneforge.errors import UserError
 from tuneforge.models.adapters import check_adapter
 from tuneforge.serve.engines import Sampling, load_engine
 from tuneforge.serve.engines.base import GenerationRequest, with_stop_strings
-from tuneforge.serve.settings import DTYPES, ENGINES, ServeConfig
+from tuneforge.serve.settings import SAMPLING, ServeConfig
 
 HELP = "commands: /reset  /system TEXT  /exit"
-
-# Sampling flags: (parse, accepts, what a good value is). Checked when the arguments are parsed, and again by chat().
-SAMPLING = {
-    "temperature": (float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0 = greedy)"),
-    "top_p": (float, lambda v: 0 < v <= 1, "a number above 0 and at most 1"),
-    "max_tokens": (int, lambda v: v >= 1, "a whole number >= 1"),
-}
-
-
-def sampling_arg(field: str):
-    """An argparse `type` that refuses an out-of-range value, so the parser names the flag and exits 2."""
-    parse, accepts, rule = SAMPLING[field]
-
-    def convert(text: str):
-        try:
-            value = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not {rule}") from None
-        if not accepts(value):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
-        return value
-
-    convert.__name__ = field
-    return convert
 
 
 def check_sampling(**values) -> None:
@@ -51,19 +26,6 @@ def check_sampling(**values) -> None:
         _, accepts, rule = SAMPLING[field]
         if not accepts(value):
             raise UserError(f"--{field.replace('_', '-')} {value}: must be {rule}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None,
-                        help="registry name, HF folder or id, or a .gguf file (default: the embedded model)")
-    parser.add_argument("--adapter", default=None, metavar="PATH", help="a LoRA adapter folder (a run's adapter/)")
-    parser.add_argument("--engine", choices=ENGINES, default="auto")
-    parser.add_argument("--system", default=None, help="system prompt to start with")
-    parser.add_argument("--temperature", type=sampling_arg("temperature"), default=0.7, help="0 = greedy")
-    parser.add_argument("--top-p", type=sampling_arg("top_p"), default=0.95, help="nucleus sampling, in (0, 1]")
-    parser.add_argument("--max-tokens", type=sampling_arg("max_tokens"), default=512, help="longest reply in tokens")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (transformers, vllm)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ while it runs, compare.partial.json holds the rows measured so far.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import math
 from pathlib import Path
@@ -217,12 +216,6 @@ def compare(cfg: CompareConfig) -> Path:
 
 
 # -- CLI ------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tuneforge.config import add_config_arguments
-
-    add_config_arguments(parser)
 
 
 def run(args) -> int:

@@ -14,7 +14,6 @@ report.md/html.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Literal
 
@@ -153,12 +152,6 @@ def write_distill_report(run_dir: Path, metrics: dict, primary: str, history: li
 
 
 # -- CLI ------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tuneforge.config import add_config_arguments
-
-    add_config_arguments(parser)
 
 
 def run(args) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tuneforge.config import EvaluateConfig, add_config_arguments, config_from_args
+from tuneforge.config import EvaluateConfig, config_from_args
 from tuneforge.data.seq2seq import check_task
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
@@ -44,10 +44,6 @@ def evaluate(cfg: EvaluateConfig) -> Path:
           + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     print(f"run folder: {run_dir}")
     return run_dir
-
-
-def add_arguments(p):
-    add_config_arguments(p)
 
 
 def run(args):

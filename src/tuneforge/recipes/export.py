@@ -13,7 +13,6 @@ that looks finished is left behind.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Literal
@@ -279,12 +278,6 @@ def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, pr
 
 
 # -- CLI ------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tuneforge.config import add_config_arguments
-
-    add_config_arguments(parser)
 
 
 def run(args) -> int:

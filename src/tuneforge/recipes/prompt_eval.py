@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tuneforge.config import RunConfig, add_config_arguments, config_from_args
+from tuneforge.config import RunConfig, config_from_args
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.tasks.splits import build_task, load_split
@@ -105,10 +105,6 @@ def pick_strategies(cfg: PromptEvalConfig, task) -> list[str]:
     if "few_shot" in cfg.strategies and cfg.data.train is None:
         raise UserError("strategies: few_shot needs data.train to draw examples from")
     return list(cfg.strategies)
-
-
-def add_arguments(p):
-    add_config_arguments(p)
 
 
 def run(args):

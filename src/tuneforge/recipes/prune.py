@@ -26,7 +26,6 @@ sparsity.json (per matrix, measured after reloading model/), report.md/html.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from itertools import pairwise
@@ -318,12 +317,6 @@ def write_prune_report(run_dir: Path, metrics: dict, primary: str, history: list
 
 
 # -- CLI ------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tuneforge.config import add_config_arguments
-
-    add_config_arguments(parser)
 
 
 def run(args) -> int:

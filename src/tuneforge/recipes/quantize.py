@@ -18,7 +18,6 @@ parity.json (GGUF), report.md/html.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -254,12 +253,6 @@ def write_quantize_report(run_dir: Path, metrics: dict, primary: str) -> None:
 
 
 # -- CLI ------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tuneforge.config import add_config_arguments
-
-    add_config_arguments(parser)
 
 
 def run(args) -> int:

@@ -11,37 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tuneforge.errors import UserError
-from tuneforge.serve.settings import DTYPES, ENGINES, ServeConfig
-
-API_KEY_ENV = "TUNEFORGE_API_KEY"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = ServeConfig()
-    parser.add_argument("model", nargs="?", default=None,
-                        help="registry name, HF folder or id, or a .gguf file (default: the embedded model)")
-    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                        help="serve a LoRA adapter under NAME (repeatable); requests pick it with \"model\": NAME")
-    parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help="auto: llamacpp for a .gguf, vllm when installed with a GPU, else transformers")
-    parser.add_argument("--served-model-name", default=None, help="the base model's id in /v1/models")
-    parser.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="weights dtype (transformers, vllm)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--host", default=d.host, help="bind address (default 127.0.0.1; 0.0.0.0 for all interfaces)")
-    parser.add_argument("--port", type=int, default=None, help=f"TCP port (default: $PORT when set, else {d.port})")
-    parser.add_argument("--api-key-file", default=None,
-                        help=f"file holding the API key clients must send as Bearer (or set ${API_KEY_ENV})")
-    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                        help="allow browser calls from ORIGIN, e.g. http://localhost:3000 (repeatable)")
-    parser.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
-    parser.add_argument("--max-tokens", type=int, default=d.max_tokens, help="cap on a request's max_tokens")
-    parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    parser.add_argument("--queue-size", type=int, default=d.queue_size,
-                        help="requests admitted at once (running + waiting); more get 429")
-    parser.add_argument("--max-batch", type=int, default=d.max_batch, help="sequences decoded together per step")
-    parser.add_argument("--n-threads", type=int, default=None, help="llamacpp: CPU threads (default: all cores)")
-    parser.add_argument("--n-ctx", type=int, default=d.n_ctx, help="llamacpp: context window")
-    parser.add_argument("--log-level", default=d.log_level, choices=["critical", "error", "warning", "info", "debug"])
+from tuneforge.serve.settings import API_KEY_ENV, ServeConfig
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -9,6 +10,15 @@ from pydantic import Field, field_validator
 from tuneforge.config import DTYPES, Section
 
 ENGINES = ("auto", "transformers", "llamacpp", "vllm")
+API_KEY_ENV = "TUNEFORGE_API_KEY"
+
+# chat's sampling flags: (parse, accepts, what a good value is), checked when the arguments are parsed and again
+# by chat()
+SAMPLING = {
+    "temperature": (float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0 = greedy)"),
+    "top_p": (float, lambda v: 0 < v <= 1, "a number above 0 and at most 1"),
+    "max_tokens": (int, lambda v: v >= 1, "a whole number >= 1"),
+}
 
 
 class ServeConfig(Section):
