@@ -43,6 +43,8 @@ class Setup:
     resume_command: str | None = "tuneforge finetune <config>"  # shown on Ctrl-C; None: this run cannot resume
     collate: Callable[[list[dict], int], dict] = collate  # examples -> a padded batch of tensors
     count_targets: Callable[[dict], int] = count_target_tokens  # what the summed loss of a batch is divided by
+    # (this Setup, progress label) -> (dev metrics, prediction rows); None: the task's generation (scoring.score_task)
+    score_dev: Callable[[Setup, str], tuple[dict, list[dict]]] | None = None
 
 
 def apply_method(model, cfg: FinetuneConfig):
@@ -193,12 +195,14 @@ def resolve_run_dir(cfg: FinetuneConfig, accelerator) -> Path:
     return path
 
 
-def save_artifact(s: Setup) -> Path:
+def save_artifact(s: Setup, *, tokenizer: bool = False) -> Path:
+    """runs/<name>/adapter (a peft model) or model/, written atomically; the tokenizer goes with a full model,
+    and with an adapter too when `tokenizer` is true."""
     model = s.model
     name = "adapter" if hasattr(model, "peft_config") else "model"
     with atomic_dir(s.run_dir / name) as tmp:
         model.save_pretrained(tmp)
-        if name == "model":
+        if name == "model" or tokenizer:
             s.tok.save_pretrained(tmp)
     return s.run_dir / name
 
