@@ -14,8 +14,10 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from tuneforge.config import load_config, validate
 from tuneforge.errors import UserError
 from tuneforge.training.classifier import (
+    ClassificationLoss,
     ClassifierConfig,
-    batches,
+    collate_rows,
+    count_rows,
     encode_rows,
     finetune_classifier,
     is_classifier_config,
@@ -70,6 +72,11 @@ LORA_TRAIN = {"lr": 1e-2, "epochs": 6}
 
 
 def run_config(tmp_path, model, method, **train):
+    return validate(ClassifierConfig, run_data(tmp_path, model, method, **train))
+
+
+def run_data(tmp_path, model, method, **train) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     if method == "lora":
         train = {**LORA_TRAIN, **train}
     data = {
@@ -90,7 +97,7 @@ def run_config(tmp_path, model, method, **train):
                   "bf16": "false", "log_every": 2, **train},
         "eval": {"batch_size": 4},
     }
-    return validate(ClassifierConfig, data)
+    return data
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
@@ -139,17 +146,90 @@ def test_lora_adapter_reloads_with_the_same_predictions(tmp_path, tiny_bert):
     assert [["negative", "positive"][p] for p in preds] == saved
 
 
-def test_batches_pad_per_batch_and_cover_every_row_once(tiny_bert):
+def test_collate_pads_each_batch_and_the_loss_sums_over_rows(tiny_bert):
     tok = BertTokenizerFast.from_pretrained(tiny_bert)
-    rows = [{"text": t, "label": y} for t, y in toy_rows(40, 3)]
-    feats = encode_rows(tok, rows, 16)
-    seen = []
-    for chunk, batch in batches(feats, 6, tok, shuffle_seed=7):
-        assert batch["input_ids"].shape[1] == max(len(feats[j]["input_ids"]) for j in chunk)
-        seen.extend(chunk)
-    assert sorted(seen) == list(range(40))
-    again = [c for c, _ in batches(feats, 6, tok, shuffle_seed=7)]
-    assert [j for c in again for j in c] == seen  # seeded: the same order every time
+    feats = encode_rows(tok, [{"text": t, "label": y} for t, y in toy_rows(5, 3)], 16)
+    batch = collate_rows(feats, tok.pad_token_id)
+    lengths = [len(f["input_ids"]) for f in feats]
+    assert len(set(lengths)) > 1 and batch["input_ids"].shape == (5, max(lengths))  # padded to its own longest row
+    for row, (f, n) in enumerate(zip(feats, lengths, strict=True)):
+        assert batch["input_ids"][row, :n].tolist() == f["input_ids"]
+        assert (batch["input_ids"][row, n:] == tok.pad_token_id).all() and int(batch["attention_mask"][row].sum()) == n
+    assert batch["labels"].tolist() == [f["labels"] for f in feats] and count_rows(batch) == 5
+    model = BertForSequenceClassification.from_pretrained(tiny_bert).eval()
+    loss_sum, rows = ClassificationLoss(model)(**batch)
+    assert rows == 5
+    torch.testing.assert_close(loss_sum / 5, model(**batch).loss)  # the mean the loop divides it into
+    short = lengths.index(min(lengths))  # padding is masked: a padded row scores as it does alone
+    alone = model(**{k: v for k, v in collate_rows([feats[short]], tok.pad_token_id).items() if k != "labels"}).logits
+    torch.testing.assert_close(alone[0], model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[short],
+                               rtol=1e-5, atol=1e-5)
+
+
+def trained_weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    folder = run / "model" if (run / "model").exists() else run / "adapter"
+    return load_file(next(folder.glob("*.safetensors")))
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, tiny_bert, monkeypatch, capsys, method):
+    import re
+
+    from tuneforge.training import classifier
+    from tuneforge.training.loop import Interrupted
+
+    full = finetune_classifier(run_config(tmp_path / "a", tiny_bert, method, epochs=1))  # 24 steps
+    original, calls = classifier.collate_rows, []
+
+    def ctrl_c_in_step_5(examples, pad_id):
+        calls.append(1)
+        if len(calls) == 5:  # the 5th batch: 4 optimizer steps are done
+            raise KeyboardInterrupt
+        return original(examples, pad_id)
+
+    monkeypatch.setattr(classifier, "collate_rows", ctrl_c_in_step_5)
+    cut = run_config(tmp_path / "b", tiny_bert, method, epochs=1)
+    cut.eval_before = False  # no dev scoring before training: the 5th collate is training's
+    with pytest.raises(Interrupted):
+        finetune_classifier(cut)
+    monkeypatch.setattr(classifier, "collate_rows", original)
+    run = tmp_path / "b" / "runs" / f"toy-{method}"
+    hint = re.search(r"resume with: tuneforge finetune <config> train\.resume=(\S+)", capsys.readouterr().err)
+    assert hint and Path(hint[1]) == run / "checkpoints" / "step-4"
+    assert not (run / "metrics.json").exists()
+
+    resumed = finetune_classifier(run_config(tmp_path / "b", tiny_bert, method, epochs=1, resume="latest"))
+    assert resumed == run and not (run.parent / f"toy-{method}-2").exists()  # finished in the interrupted run's folder
+    before, after = trained_weights(full), trained_weights(resumed)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 20 and metrics["train"]["resumed_from_step"] == 4
+    assert metrics["after"] == json.loads((full / "metrics.json").read_text())["after"]
+
+
+def test_eval_every_scores_dev_mid_run_without_changing_the_training(tmp_path, tiny_bert):
+    plain = finetune_classifier(run_config(tmp_path / "a", tiny_bert, "full"))  # 96 steps
+    run = finetune_classifier(run_config(tmp_path / "b", tiny_bert, "full", eval_every=12))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    dev = [r for r in rows if "dev_accuracy" in r]
+    assert [r["step"] for r in dev] == list(range(12, 96, 12))  # not at step 96: the final score is metrics.json's "after"
+    assert all(0.0 <= r["dev_accuracy"] <= 1.0 and 0.0 <= r["dev_macro_f1"] <= 1.0 for r in dev)
+    assert dev[0]["dev_accuracy"] < dev[-1]["dev_accuracy"]  # scored the model as it trained: chance early, learnt later
+    assert [r for r in rows if "loss" in r]  # the training rows are still there
+    # scoring mid-run leaves the model in training mode (dropout on) and draws no random numbers
+    before, after = trained_weights(plain), trained_weights(run)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_second_run_of_the_same_name_keeps_the_first(tmp_path, tiny_bert):
+    first = finetune_classifier(run_config(tmp_path, tiny_bert, "full", max_steps=2))
+    kept = (first / "metrics.json").read_bytes()
+    second = finetune_classifier(run_config(tmp_path, tiny_bert, "full", max_steps=2))
+    assert first == tmp_path / "runs" / "toy-full" and second == tmp_path / "runs" / "toy-full-2"
+    assert (first / "metrics.json").read_bytes() == kept and (first / "model" / "config.json").exists()
+    assert (second / "metrics.json").exists() and "tuneforge finetune: toy-full-2" in (second / "report.md").read_text()
 
 
 def test_unknown_share_flags_a_tokenizer_without_its_vocabulary(tiny_bert):
@@ -168,6 +248,19 @@ def test_config_checks_and_routing():
     with pytest.raises(UserError) as e:
         validate(ClassifierConfig, {"task": {"name": "translation"}})
     assert "data.train is required" in str(e.value) and "needs a labelled task" in str(e.value)
+
+
+def test_keys_a_classifier_cannot_use_are_refused_by_name(tmp_path, tiny_bert, capsys):
+    data = run_data(tmp_path, tiny_bert, "full")
+    for key, value in [("adapter", "runs/x/adapter"), ("dtype", "bfloat16")]:
+        with pytest.raises(UserError, match=f"{key}: a classifier run"):
+            validate(ClassifierConfig, {**data, key: value})
+    for key, value in [("strategy", "few_shot"), ("max_new_tokens", 4)]:
+        with pytest.raises(UserError, match=f"eval.{key}: a classifier head scores with one forward pass"):
+            validate(ClassifierConfig, {**data, "eval": {key: value}})
+    with pytest.raises(UserError, match="gradient_checkpointing"):
+        validate(ClassifierConfig, {**data, "train": {**data["train"], "gradient_checkpointing": True}})
+    validate(ClassifierConfig, {**data, "dtype": "float32"})  # what it trains in anyway
 
 
 @pytest.mark.parametrize("recipe", ["recipes/classifier_sst2_minilm.yaml", "recipes/classifier_uitvsfc_minilm.yaml"])

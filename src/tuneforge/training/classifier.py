@@ -1,8 +1,11 @@
 """Fine-tune an encoder (BERT-like) with a sequence-classification head: full or LoRA.
 
 The transfer-learning arm beside the decoder LoRA: instead of generating a label word, a small linear head
-on the encoder's [CLS] vector picks the label. `finetune_classifier(cfg)` reads the rows, scores the dev split
-before and after training, and writes a run folder:
+on the encoder's [CLS] vector picks the label. setup_classifier(cfg) builds a training Setup (the encoder, a
+per-row cross-entropy, its collate and dev scorer) and training.loop.fit trains it like every other run, so
+train.resume, save_every, eval_every, group_by_length and torchrun sharding work here too.
+`finetune_classifier(cfg)` scores the dev split before and after training and writes a run folder
+(runs/<name>, or runs/<name>-2 when that exists):
 
     runs/<name>/config.yaml, metrics.json, metrics.jsonl, predictions.jsonl, model/ (full) or adapter/ (lora)
 
@@ -12,19 +15,25 @@ trainable_params, total_params, steps}}.
 
 from __future__ import annotations
 
-import math
-import random
-import time
+import json
 from pathlib import Path
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
+from torch import nn
 from tqdm import tqdm
 
-from tuneforge.config import LoraConfig, RunConfig, TrainConfig, to_yaml
+from tuneforge.config import LoraConfig, RunConfig, TrainConfig
 from tuneforge.errors import UserError
-from tuneforge.fileio import atomic_dir, write_json, write_jsonl, write_text
+from tuneforge.fileio import write_json, write_jsonl
+from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import write_run_report
+from tuneforge.tasks.splits import build_task, load_split
+from tuneforge.training.loop import fit, validate
+from tuneforge.training.optim import count_params, make_accelerator
+from tuneforge.training.setup import Setup, assemble, checkpoint_to_resume, resolve_run_dir, save_artifact
 
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 
@@ -48,6 +57,15 @@ class ClassifierConfig(RunConfig):
             problems.append("data.dev is required for a classifier run (before/after scores)")
         if self.task.name != "sentiment":
             problems.append(f"task.name: a classifier head needs a labelled task (sentiment), got '{self.task.name}'")
+        # keys a classifier run would otherwise ignore without a word
+        if self.adapter:
+            problems.append("adapter: a classifier run trains a fresh head on `model`; it cannot continue an adapter")
+        if self.dtype not in ("auto", "float32"):
+            problems.append(f"dtype: a classifier run trains fp32 weights (train.bf16 turns on bf16 autocast), "
+                            f"got '{self.dtype}'")
+        if self.eval.strategy != "zero_shot" or self.eval.max_new_tokens is not None:
+            key = "eval.strategy" if self.eval.strategy != "zero_shot" else "eval.max_new_tokens"
+            problems.append(f"{key}: a classifier head scores with one forward pass, without prompts or generation")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -64,12 +82,6 @@ def is_classifier_config(data: dict) -> bool:
 
 
 # -- data -------------------------------------------------------------------------------------------------
-
-
-def load_split(spec, task) -> list[dict]:
-    from tuneforge.data.readers import read_rows
-
-    return task.prepare(read_rows(spec), spec.path)
 
 
 def encode_rows(tok, rows: list[dict], max_len: int) -> list[dict]:
@@ -90,25 +102,40 @@ def unknown_share(tok, features: list[dict]) -> float:
     return sum(i == unk for i in ids) / len(ids) if ids else 0.0
 
 
-def batches(features: list[dict], batch_size: int, tok, *, shuffle_seed: int | None = None):
-    """Dynamic padding: each batch is padded only to its own longest row. With a seed, rows are shuffled,
-    then sorted by length inside windows of 50 batches (far less padding, still a random order of batches)."""
-    order = list(range(len(features)))
-    if shuffle_seed is not None:
-        rng = random.Random(shuffle_seed)
-        rng.shuffle(order)
-        window = 50 * batch_size
-        order = [j for i in range(0, len(order), window)
-                 for j in sorted(order[i : i + window], key=lambda k: len(features[k]["input_ids"]))]
-        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        rng.shuffle(chunks)
-    else:
-        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for chunk in chunks:
-        yield chunk, tok.pad([features[j] for j in chunk], return_tensors="pt")
+def collate_rows(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Setup.collate for a classifier: ids and mask padded (on the right) to the batch's longest row, one class
+    index per row."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[row, :n] = torch.tensor(e["input_ids"])
+        mask[row, :n] = torch.tensor(e["attention_mask"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["labels"] for e in examples])}
+
+
+def count_rows(batch: dict) -> int:
+    """Setup.count_targets for a classifier: the loss is a mean over rows."""
+    return int(batch["labels"].shape[0])
 
 
 # -- model ------------------------------------------------------------------------------------------------
+
+
+class ClassificationLoss(nn.Module):
+    """(summed cross-entropy over the batch's rows, rows): what fit expects of a loss module.
+
+    train.share_prefix is not used: an encoder attends both ways, so no prefix of a row can run once and be
+    shared; every row runs whole."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels):
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        return F.cross_entropy(logits, labels, reduction="sum"), labels.shape[0]
 
 
 def attach_lora(model, lora: LoraConfig):
@@ -132,173 +159,121 @@ def attach_lora(model, lora: LoraConfig):
         raise UserError(f"lora.target_modules: {e}") from e
 
 
-def count_params(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
-
-
-def use_bf16(setting: str, device: str) -> bool:
-    import torch
-
-    from tuneforge.models.dtypes import cpu_has_bf16
-
-    if setting != "auto":
-        return setting == "true"
-    return torch.cuda.is_bf16_supported() if device.startswith("cuda") else cpu_has_bf16()
-
-
 def predict(model, tok, features: list[dict], *, batch_size: int, bf16: bool, desc: str = "scoring") -> list[int]:
-    import torch
-
     model.eval()
     device = next(model.parameters()).device
     preds: list[int] = [0] * len(features)
     # Scoring in length order wastes almost no padding; predictions go back to their rows by index.
     by_length = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    ordered = [features[i] for i in by_length]
     bar = tqdm(total=len(features), desc=desc, unit="row", leave=False)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for chunk, batch in batches(ordered, batch_size, tok):
-            batch.pop("labels", None)
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            for j, p in zip(chunk, logits.argmax(-1).tolist(), strict=True):
-                preds[by_length[j]] = p
+        for start in range(0, len(by_length), batch_size):
+            chunk = by_length[start:start + batch_size]
+            batch = collate_rows([features[i] for i in chunk], tok.pad_token_id)
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            for i, p in zip(chunk, logits.argmax(-1).tolist(), strict=True):
+                preds[i] = p
             bar.update(len(chunk))
     bar.close()
     return preds
 
 
-def train_classifier(model, tok, train_feats: list[dict], train: TrainConfig, *, log=None) -> dict:
-    """The loop in plain sight: forward, loss, backward, clip, step. Returns tokens/seconds/steps."""
-    import torch
-    from transformers import get_scheduler
+def dev_scorer(dev_rows: list[dict], dev_feats: list[dict], *, batch_size: int, bf16: bool):
+    """Setup.score_dev for a classifier: argmax of the head on each dev row, scored by the task's metrics."""
 
-    device = next(model.parameters()).device
-    bf16 = use_bf16(train.bf16, device.type)
-    steps_per_epoch = math.ceil(len(train_feats) / (train.batch_size * train.grad_accum))
-    total_steps = train.max_steps or max(1, math.ceil(steps_per_epoch * train.epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
-    scheduler = get_scheduler(
-        "constant_with_warmup" if train.schedule == "constant" else train.schedule,
-        optimizer,
-        num_warmup_steps=int(train.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    model.train()
-    step, tokens, micro, epoch, running = 0, 0, 0, 0, []
-    bar = tqdm(total=total_steps, desc="training", unit="step")
-    start = time.perf_counter()
-    while step < total_steps:
-        for _, batch in batches(train_feats, train.batch_size, tok, shuffle_seed=train.seed + epoch):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = model(**batch).loss
-            (loss / train.grad_accum).backward()
-            tokens += int(batch["attention_mask"].sum())
-            running.append(loss.item())
-            micro += 1
-            if micro % train.grad_accum:
-                continue
-            if train.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            mean_loss = sum(running) / len(running)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-            bar.update()
-            if log is not None and (step % train.log_every == 0 or step == total_steps):
-                log({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "tokens": tokens})
-            running = []
-            if step >= total_steps:
-                break
-        epoch += 1
-    bar.close()
-    seconds = time.perf_counter() - start
-    model.eval()
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds if seconds else 0.0, "steps": step}
+    def score(s: Setup, desc: str) -> tuple[dict, list[dict]]:
+        labels = s.task.labels
+        preds = predict(s.model, s.tok, dev_feats, batch_size=batch_size, bf16=bf16, desc=desc)
+        rows = [{"_line": r.get("_line"), "text": r["text"], "label": labels[r["label"]], "prediction": labels[p]}
+                for r, p in zip(dev_rows, preds, strict=True)]
+        return s.task.score(preds, [r["label"] for r in dev_rows]), rows
+
+    return score
 
 
 # -- the recipe -------------------------------------------------------------------------------------------
 
 
-def finetune_classifier(cfg: ClassifierConfig) -> Path:
-    import torch
-    import transformers
+def max_length(cfg: ClassifierConfig, tok) -> int:
+    return min(cfg.train.max_seq_len, tok.model_max_length or cfg.train.max_seq_len)
+
+
+def setup_classifier(cfg: ClassifierConfig) -> Setup:
+    from accelerate.utils import set_seed
 
     from tuneforge.models import load_model
-    from tuneforge.tasks import get_task
-    from tuneforge.tasks.sentiment import classification_metrics
 
-    task = get_task(cfg.task.name, **cfg.task.options())
-    labels = list(task.labels)
-    train_rows = load_split(cfg.data.train, task)
-    dev_rows = load_split(cfg.data.dev, task)
-
-    torch.manual_seed(cfg.train.seed)
-    transformers.set_seed(cfg.train.seed)
-    # Train in fp32 master weights; bf16 autocast does the matmuls where the hardware supports it.
-    model, tok = load_model(cfg.model, dtype="float32", kind="classifier", num_labels=len(labels))
-    model.config.id2label = dict(enumerate(labels))
-    model.config.label2id = {name: i for i, name in enumerate(labels)}
+    checkpoint_to_resume(cfg)  # a wrong train.resume fails before minutes of reading and loading
+    if cfg.train.share_prefix and "share_prefix" in cfg.train.model_fields_set:
+        print("note: train.share_prefix does not apply to a classifier head (an encoder runs every row whole)")
+    task = build_task(cfg)
+    train_rows = load_split(task, cfg.data.train, "train")
+    dev_rows = load_split(task, cfg.data.dev, "dev")[: cfg.eval.limit]
+    bf16 = use_bf16(cfg.train.bf16, "cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = make_accelerator(bf16)
+    set_seed(cfg.train.seed)  # the fresh head's initial weights, dropout, LoRA init
+    # fp32 master weights; accelerate's bf16 autocast does the matmuls where the hardware supports it
+    model, tok = load_model(cfg.model, dtype="float32", kind="classifier", num_labels=len(task.labels),
+                            device=str(accelerator.device))
+    model.config.id2label = dict(enumerate(task.labels))
+    model.config.label2id = {name: i for i, name in enumerate(task.labels)}
     if cfg.method == "lora":
         model = attach_lora(model, cfg.lora)
-    trainable, total = count_params(model)
+    model.train()
 
-    max_len = min(cfg.train.max_seq_len, tok.model_max_length or cfg.train.max_seq_len)
+    max_len = max_length(cfg, tok)
     train_feats = encode_rows(tok, train_rows, max_len)
     dev_feats = encode_rows(tok, dev_rows, max_len)
     unknown = unknown_share(tok, train_feats)
     if unknown > 0.5:  # e.g. a tokenizer built without its vocabulary: every text looks the same, nothing is learnt
-        print(f"warning: {unknown:.0%} of the training tokens are the unknown token {tok.unk_token!r}; "
-              "the model cannot tell those words apart: check the tokenizer's vocabulary")
-    refs = [r["label"] for r in dev_rows]
-    bf16 = use_bf16(cfg.train.bf16, next(model.parameters()).device.type)
-    eval_bs = cfg.eval.batch_size * 4  # no generation: scoring is one forward pass
+        accelerator.print(f"warning: {unknown:.0%} of the training tokens are the unknown token {tok.unk_token!r}; "
+                          "the model cannot tell those words apart: check the tokenizer's vocabulary")
+    run_dir = resolve_run_dir(cfg, accelerator)
+    return assemble(cfg, task, accelerator, model, tok, ClassificationLoss(model), train_feats, dev_rows, run_dir,
+                    collate=collate_rows, count_targets=count_rows,
+                    # no generation: scoring is one forward pass, so bigger batches than eval.batch_size
+                    score_dev=dev_scorer(dev_rows, dev_feats, batch_size=cfg.eval.batch_size * 4, bf16=bf16))
 
+
+def finetune_classifier(cfg: ClassifierConfig) -> Path:
+    s = setup_classifier(cfg)
+    acc = s.accelerator
+    trainable, total = count_params(s.model)
+    acc.print(f"{cfg.method}: training {trainable:,} of {total:,} parameters on {len(s.examples)} rows, "
+              f"{s.total_steps} steps; run folder {s.run_dir}")
     before = None
-    if cfg.eval_before:
-        before = classification_metrics(predict(model, tok, dev_feats, batch_size=eval_bs, bf16=bf16, desc="dev before"), refs, labels)
+    before_file = s.run_dir / "metrics_before.json"
+    if cfg.eval_before and acc.is_main_process and not cfg.train.resume:
+        before = validate(s, desc="dev before")
+        write_json(before_file, before)
+    elif cfg.eval_before and before_file.exists():  # a resumed run: scored when it started
+        before = json.loads(before_file.read_text())
 
-    logged: list[dict] = []
-    stats = train_classifier(model, tok, train_feats, cfg.train, log=logged.append)
-    preds = predict(model, tok, dev_feats, batch_size=eval_bs, bf16=bf16, desc="dev after")
-    after = classification_metrics(preds, refs, labels)
-
-    target = Path(cfg.output_dir) / cfg.name
-    saved = "adapter" if cfg.method == "lora" else "model"
+    stats = fit(s)
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return s.run_dir
+    artifact = save_artifact(s, tokenizer=True)  # before the last scoring: a Ctrl-C there keeps the trained weights
+    after = validate(s, desc="dev after")
+    write_jsonl(s.run_dir / "predictions.jsonl", s.last_predictions)
     metrics = {
-        "task": task.name,
+        "task": s.task.name,
         "method": cfg.method,
         "model": cfg.model,
-        "primary_metric": task.primary_metric,
-        "artifact": str(target / saved),
-        "labels": labels,
-        "train_rows": len(train_rows),
-        "dev_rows": len(dev_rows),
-        "max_seq_len": max_len,
-        "bf16": bf16,
+        "primary_metric": s.task.primary_metric,
+        "artifact": str(artifact),
+        "labels": list(s.task.labels),
+        "train_rows": len(s.examples),
+        "dev_rows": len(s.dev_rows),
+        "max_seq_len": max_length(cfg, s.tok),
+        "bf16": acc.mixed_precision == "bf16",
         "before": before,
         "after": after,
         "train": {**stats, "trainable_params": trainable, "total_params": total},
     }
-    with atomic_dir(target) as tmp:
-        write_text(tmp / "config.yaml", to_yaml(cfg))
-        write_jsonl(tmp / "metrics.jsonl", logged)
-        write_jsonl(
-            tmp / "predictions.jsonl",
-            ({"_line": r.get("_line"), "text": r["text"], "label": labels[r["label"]], "prediction": labels[p]}
-             for r, p in zip(dev_rows, preds, strict=True)),
-        )
-        write_json(tmp / "metrics.json", metrics)
-        write_run_report(tmp, metrics, logged, name=cfg.name)
-        model.save_pretrained(tmp / saved)
-        tok.save_pretrained(tmp / saved)
-    return target
-
+    write_run_report(s.run_dir, metrics, s.history)
+    write_json(s.run_dir / "metrics.json", metrics)  # written last: its presence marks a complete run
+    return s.run_dir
 
 
 def wants_classifier(args) -> bool:

@@ -126,8 +126,11 @@ def fit(s: Setup) -> dict:
 
 def validate(s: Setup, desc: str = "dev") -> dict:
     s.model.eval()
-    metrics, predictions = score_task(s.model, s.tok, s.task, s.dev_rows, batch_size=s.cfg.eval.batch_size,
-                                      max_new_tokens=s.cfg.eval.max_new_tokens, desc=desc)
+    if s.score_dev is not None:  # e.g. a classification head: one forward pass per row, no generation
+        metrics, predictions = s.score_dev(s, desc)
+    else:
+        metrics, predictions = score_task(s.model, s.tok, s.task, s.dev_rows, batch_size=s.cfg.eval.batch_size,
+                                          max_new_tokens=s.cfg.eval.max_new_tokens, desc=desc)
     s.model.train()
     s.last_predictions = predictions
     return metrics

@@ -44,6 +44,8 @@ class Setup:
     collate: Callable[[list[dict], int], dict] | None = None  # examples -> a padded batch; None: a causal LM's
     count_targets: Callable[[dict], int] | None = None  # what a batch's summed loss is divided by; None: target tokens
     encoder_decoder: bool = False   # T5, BART, Marian: batches are (source, target) pairs, see data/seq2seq.py
+    # (this Setup, progress label) -> (dev metrics, prediction rows); None: the task's generation (scoring.score_task)
+    score_dev: Callable[[Setup, str], tuple[dict, list[dict]]] | None = None
 
 
 def apply_method(model, cfg: FinetuneConfig):
@@ -226,11 +228,14 @@ def resolve_run_dir(cfg: FinetuneConfig, accelerator) -> Path:
     return path
 
 
-def save_artifact(s: Setup) -> Path:
+def save_artifact(s: Setup, *, tokenizer: bool = False) -> Path:
+    """runs/<name>/adapter (a peft model) or model/; the tokenizer goes with a full model, and with an adapter
+    too when `tokenizer` is true."""
     from tuneforge.models.adapters import is_adapter_model
     from tuneforge.models.saving import save_model
 
-    return save_model(s.model, s.tok, s.run_dir / ("adapter" if is_adapter_model(s.model) else "model"))
+    name = "adapter" if is_adapter_model(s.model) else "model"
+    return save_model(s.model, s.tok, s.run_dir / name, adapter_tokenizer=tokenizer)
 
 
 def encode_rows(tok, task, rows: Sequence[dict], max_len: int, *, answers: Sequence[str] | None = None) -> list[dict]:
