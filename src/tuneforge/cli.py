@@ -21,6 +21,7 @@ VERBS = {
     "distill": ("tuneforge.recipes.distill", "knowledge distillation into a smaller student", cli_args.recipe),
     "quantize": ("tuneforge.recipes.quantize", "int8 (torchao), GGUF F16/Q8_0/Q4_0/K-quants, bitsandbytes NF4/8-bit (CUDA, or CPU with bitsandbytes >= 0.48)", cli_args.recipe),
     "prune": ("tuneforge.recipes.prune", "magnitude, Wanda, 2:4, block removal (+ recovery)", cli_args.recipe),
+    "continual": ("tuneforge.recipes.continual", "train on task after task; the ledger of what each stage cost, and the methods that keep old skills", cli_args.recipe),
     "compare": ("tuneforge.recipes.compare", "one table: size, speed and quality of several models", cli_args.recipe),
     "export": ("tuneforge.recipes.export", "merged HF folder, GGUF, Ollama Modelfile, with a parity check", cli_args.recipe),
     "serve": ("tuneforge.recipes.serve", "OpenAI-compatible server + web chat page", cli_args.serve),

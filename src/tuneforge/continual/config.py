@@ -54,9 +54,10 @@ class SelfDistillSection(KDSection):
 
 
 class ContinualSection(Section):
-    strategy: Literal[STRATEGIES] = Field("sequential", description="sequential: one LoRA trained on through every "
-                                          "stage; replay; adapter_per_task (+ their merge); l2 (L2-SP); ewc; "
-                                          "self_distill (KD from the previous stage's model on replayed rows)")
+    strategy: Literal[STRATEGIES] | list[Literal[STRATEGIES]] = Field(
+        "sequential", description="sequential: one LoRA trained on through every stage; replay; adapter_per_task (+ "
+        "their merge); l2 (L2-SP); ewc; self_distill (KD from the previous stage's model on replayed rows). A list "
+        "runs each in turn and writes the table that compares them")
     replay: ReplaySection = Field(default_factory=ReplaySection)
     merge: MergeSection = Field(default_factory=MergeSection)
     l2: PenaltySection = Field(default_factory=PenaltySection)
