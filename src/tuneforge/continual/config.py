@@ -44,8 +44,8 @@ class PenaltySection(Section):
 
 
 class EWCSection(Section):
-    weight: float = Field(100.0, ge=0, description="EWC: weight of the Fisher-weighted squared distance from each "
-                          "earlier stage's weights")
+    weight: float = Field(1.0, ge=0, description="EWC: weight of the Fisher-weighted squared distance from each "
+                          "earlier stage's weights (each stage's Fisher scaled to a mean of 1)")
     rows: int = Field(64, ge=1, description="training rows of each stage its diagonal Fisher is estimated on")
 
 

@@ -47,8 +47,8 @@ def ewc_penalty(model: nn.Module, anchors: Sequence[tuple[dict[str, torch.Tensor
 
 
 def diagonal_fisher(model: nn.Module, loss_module: nn.Module, batches: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """The empirical Fisher's diagonal: the mean over `batches` (one row each) of the squared gradient of the row's
-    mean target loss, for every trainable weight."""
+    """The empirical Fisher's diagonal: the squared gradient of each row's mean target loss, summed over `batches`
+    (one row each) for every trainable weight, then scaled to a mean of 1."""
     params = trainable(model)
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     was_training = model.training
@@ -62,7 +62,10 @@ def diagonal_fisher(model: nn.Module, loss_module: nn.Module, batches: Sequence[
                 fisher[n] += p.grad.detach().float() ** 2
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    return {n: f / max(len(batches), 1) for n, f in fisher.items()}
+    # scaled to a mean of 1 over all entries: the penalty's size then depends on how far the weights move and on
+    # where they matter, not on the loss's scale, so ewc.weight reads like l2.weight
+    mean = torch.cat([f.flatten() for f in fisher.values()]).mean() if fisher else torch.tensor(1.0)
+    return {n: f / mean.clamp_min(1e-30) for n, f in fisher.items()}
 
 
 class PenalisedLoss(nn.Module):
