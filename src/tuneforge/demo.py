@@ -37,13 +37,18 @@ def demo_config(extra: list[str]) -> FinetuneConfig:
 def main(argv: list[str] | None = None) -> int:
     from tuneforge.models.known import DEFAULT_MODEL
     from tuneforge.models.registry import resolve_model
+    from tuneforge.quiet import drop_known_import_notices, quiet
     from tuneforge.recipes.finetune import finetune
     from tuneforge.report.run_report import print_summary
 
+    args = list(argv if argv is not None else sys.argv[1:])
+    verbose = "--verbose" in args
+    drop_known_import_notices()
     try:
-        print(f"model: {DEFAULT_MODEL} -> {resolve_model(DEFAULT_MODEL)}")
-        cfg = demo_config(list(argv if argv is not None else sys.argv[1:]))
-        run_dir = finetune(cfg)
+        with quiet(verbose):  # the demo shows tuneforge's own progress and results, as every verb does
+            print(f"model: {DEFAULT_MODEL} -> {resolve_model(DEFAULT_MODEL)}")
+            cfg = demo_config([a for a in args if a != "--verbose"])
+            run_dir = finetune(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
