@@ -24,7 +24,8 @@ ARMS = {"lora": ["method=lora"], "qlora": ["method=qlora"],
 
 
 def run_arm(config: str, arm: str, steps: int, out: Path) -> dict:
-    peak, metrics = run_short("finetune", config, [*ARMS[arm], "train.save_every=0"], steps=steps, out=out,
+    # no eval.probes: the chat probe's full-vocabulary logits would set the peak, not training
+    peak, metrics = run_short("finetune", config, [*ARMS[arm], "train.save_every=0", "eval.probes=[]"], steps=steps, out=out,
                               name=arm.replace("+", "-"), what=arm)
     return {"peak_rss_gb": peak, **metrics["train"]}
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from tuneforge.data.seq2seq import check_task, generate_seq2seq, is_encoder_decoder, prompt_to_source
 from tuneforge.generation import generate
+from tuneforge.tasks.base import LOWER_IS_BETTER
 
 
 def score_task(model, tok, task, rows: list[dict], *, strategy: str = "zero_shot", shots: Sequence[dict] = (),
@@ -49,3 +50,39 @@ def score(model, tok, task, rows: list[dict], eval_cfg, *, label: str) -> tuple[
     metrics = {**metrics, "seconds": time.perf_counter() - start}
     print(f"{label}: {task.primary_metric} = {metrics[task.primary_metric]:.4f} on {len(rows)} rows")
     return metrics, predictions
+
+
+def score_probes(model, tok, probes: Sequence, *, batch_size: int = 16, when: str = "") -> dict[str, dict]:
+    """{name: the probe task's metrics + rows + seconds} for each probe (tasks.splits.Probe), zero-shot with the
+    task's own answer budget: the trained task's eval.max_new_tokens would cut another task's answers. The
+    model's train/eval mode is left as it was (scoring switches it to eval)."""
+    from tuneforge.config import EvalConfig
+
+    eval_cfg = EvalConfig(batch_size=batch_size)
+    training = model.training
+    out = {}
+    try:
+        for probe in probes:
+            label = f"probe {probe.name}" + (f" {when}" if when else "")
+            metrics, _ = score(model, tok, probe.task, probe.rows, eval_cfg, label=label)
+            out[probe.name] = {**metrics, "rows": len(probe.rows)}
+    finally:
+        model.train(training)
+    return out
+
+
+def probe_changes(probes: Sequence, before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
+    """metrics.json's `probes` from score_probes' results before and after training: {name: {task, metric,
+    lower_is_better, rows, before, after, change = after - before, seconds (both scorings)}}. A side that was
+    not scored, or was scored on another number of rows, is None and so is the change."""
+    out = {}
+    for probe in probes:
+        metric = probe.task.primary_metric
+        sides = [(by or {}).get(probe.name) for by in (before, after)]
+        sides = [m if m and m.get("rows") == len(probe.rows) else None for m in sides]
+        b, a = (m[metric] if m else None for m in sides)
+        out[probe.name] = {"task": probe.task.name, "metric": metric, "lower_is_better": metric in LOWER_IS_BETTER,
+                           "rows": len(probe.rows), "before": b, "after": a,
+                           "change": a - b if a is not None and b is not None else None,
+                           "seconds": sum(m["seconds"] for m in sides if m)}
+    return out

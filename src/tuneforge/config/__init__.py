@@ -110,6 +110,14 @@ class ProbedEvalConfig(EvalConfig):
     probes: list[ProbeSection] = Field(default_factory=list, description="other evaluations (any task's dev split, "
                                        "the chat perplexity) scored before and after training, beside the task's own")
 
+    @model_validator(mode="after")
+    def _probes_are_named_once(self):
+        names = [p.name for p in self.probes]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"eval.probes: the name(s) {twice} appear more than once; each probe is reported by its name")
+        return self
+
 
 class RunConfig(Section):
     name: str = Field("run", description="run folder name under output_dir")

@@ -12,6 +12,7 @@ from pathlib import Path
 from tuneforge.config import FinetuneConfig, config_from_args
 from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.report.run_report import write_run_report
+from tuneforge.scoring import probe_changes, score_probes
 from tuneforge.training.loop import fit, headline, validate
 from tuneforge.training.optim import count_params
 from tuneforge.training.setup import save_artifact, setup
@@ -23,12 +24,19 @@ def finetune(cfg: FinetuneConfig) -> Path:
     trainable, total = count_params(s.model)
     acc.print(f"{cfg.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%) "
               f"on {len(s.examples)} rows, {s.total_steps} steps; run folder {s.run_dir}")
-    before = {}
-    if cfg.eval_before and s.dev_rows and acc.is_main_process and not cfg.train.resume:
+    before, probes_before = {}, {}
+    fresh = acc.is_main_process and not cfg.train.resume
+    if cfg.eval_before and s.dev_rows and fresh:
         before = validate(s, desc="dev before")
         write_json(s.run_dir / "metrics_before.json", before)
     elif (s.run_dir / "metrics_before.json").exists():
         before = json.loads((s.run_dir / "metrics_before.json").read_text())
+    # probes regardless of eval_before: a probe's number is its change
+    if s.probes and fresh:
+        probes_before = score_probes(s.model, s.tok, s.probes, batch_size=cfg.eval.batch_size, when="before")
+        write_json(s.run_dir / "probes_before.json", probes_before)
+    elif (s.run_dir / "probes_before.json").exists():
+        probes_before = json.loads((s.run_dir / "probes_before.json").read_text())
     train = fit(s)
     train.update(trainable_params=trainable, total_params=total, processes=acc.num_processes)
     acc.wait_for_everyone()
@@ -38,9 +46,12 @@ def finetune(cfg: FinetuneConfig) -> Path:
     after = validate(s, desc="dev after") if s.dev_rows else {}
     if s.dev_rows:
         write_jsonl(s.run_dir / "predictions.jsonl", s.last_predictions)
+    probes_after = score_probes(s.model, s.tok, s.probes, batch_size=cfg.eval.batch_size, when="after")
     result = {"task": s.task.name, "method": cfg.method, "model": cfg.model, "primary_metric": s.task.primary_metric,
-              "before": headline(before), "after": headline(after), "train": train,
-              "detail": {"before": before, "after": after}, "artifact": str(artifact), "prompting": s.prompting}
+              "dev_rows": len(s.dev_rows), "before": headline(before), "after": headline(after), "train": train,
+              "probes": probe_changes(s.probes, probes_before, probes_after),
+              "detail": {"before": before, "after": after, "probes": {"before": probes_before, "after": probes_after}},
+              "artifact": str(artifact), "prompting": s.prompting}
     write_run_report(s.run_dir, result, s.history)
     write_json(s.run_dir / "metrics.json", result)  # written last: its presence marks a complete run
     return s.run_dir

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.report import format_table, plot_loss, plot_metric_bars, write_report
+from tuneforge.tasks.base import LOWER_IS_BETTER
 
 
 def read_prompting(folder: str, task: str, dev_rows: int) -> list[dict]:
@@ -38,6 +39,34 @@ def comparison_rows(result: dict) -> list[dict]:
     return [{"arm": r["arm"], **{k: r.get(k) for k in keep}} for r in rows]
 
 
+COST_TITLE = "What the run cost elsewhere"
+
+
+def cost_rows(result: dict) -> list[dict]:
+    """The trained task's own before/after gain, then each probe's (eval.probes) change; [] without probes."""
+    probes = result.get("probes") or {}
+    if not probes:
+        return []
+    metric = result.get("primary_metric")
+    own = {"task": result["task"], "metric": metric, "rows": result.get("dev_rows"),
+           "before": (result.get("before") or {}).get(metric), "after": (result.get("after") or {}).get(metric),
+           "lower_is_better": metric in LOWER_IS_BETTER}
+    own["change"] = own["after"] - own["before"] if own["after"] is not None and own["before"] is not None else None
+    entries = [(f"{result['task']} (trained)", own)] if own["after"] is not None else []  # no data.dev: no own row
+    entries += probes.items()
+    return [{"evaluation": name, "task": p["task"], "metric": p["metric"], "rows": p.get("rows"), "before": p["before"],
+             "after": p["after"], "change": p["change"], "better when": "lower" if p["lower_is_better"] else "higher",
+             "effect": effect(p["change"], p["lower_is_better"])} for name, p in entries]
+
+
+def effect(change: float | None, lower_is_better: bool) -> str:
+    if change is None:
+        return "not scored before"
+    if change == 0:
+        return "no change"
+    return "better" if (change < 0) == lower_is_better else "worse"
+
+
 def write_run_report(run_dir: Path, result: dict, history: list[dict], *, name: str | None = None) -> None:
     """`name` titles the report when `run_dir` is a staging folder that is renamed afterwards."""
     images = []
@@ -55,13 +84,19 @@ def write_run_report(run_dir: Path, result: dict, history: list[dict], *, name: 
                ("tokens/s", f"{train['tokens_per_second']:.1f}"), ("artifact", result["artifact"])]
     if "peak_gpu_memory_gb" in train:
         summary.insert(-1, ("peak GPU memory while training", f"{train['peak_gpu_memory_gb']:.2f} GB"))
+    tables = [("Dev metrics", rows)]
+    if cost_rows(result):
+        tables.append((COST_TITLE, cost_rows(result)))
     write_report(run_dir, title=f"tuneforge finetune: {name or run_dir.name}", summary=summary,
-                 tables=[("Dev metrics", rows)], images=images)
+                 tables=tables, images=images)
 
 
 def print_summary(result: dict, run_dir: Path) -> None:
     print()
     print(format_table(comparison_rows(result)))
+    if cost_rows(result):
+        print(f"\n{COST_TITLE}:")
+        print(format_table(cost_rows(result)))
     t = result["train"]
     peak = f", peak GPU memory {t['peak_gpu_memory_gb']:.2f} GB" if "peak_gpu_memory_gb" in t else ""
     print(f"\ntrained {t['steps']} steps, {t['tokens']:,} tokens in {t['seconds']:.0f}s ({t['tokens_per_second']:.0f} tokens/s{peak})")

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+
+# Primary metrics where a fall is the improvement; every other one (accuracy, BLEU, ROUGE, F1) should rise.
+LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 Strategy = Literal["zero_shot", "few_shot", "cot"]
 
 

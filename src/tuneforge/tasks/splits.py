@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from tuneforge.errors import UserError
 from tuneforge.tasks import get_task
+
+
+class Probe(NamedTuple):
+    """An evaluation beside the trained task (eval.probes): scored before and after training."""
+
+    name: str
+    task: object
+    rows: list[dict]
 
 
 def load_train_rows(cfg, task) -> list[dict]:
@@ -23,6 +33,20 @@ def load_rows(cfg, task) -> tuple[list[dict], list[dict]]:
 
 def build_task(cfg):
     return get_task(cfg.task.name, **cfg.task.options())
+
+
+def build_probe(section, index: int) -> Probe:
+    """eval.probes[index]: its task pack and dev rows cut to its `limit`. Any problem (an unknown task or option, a
+    missing or empty file) is one UserError naming the probe, raised before a model is loaded."""
+    where = f"eval.probes[{index}] ({section.name})"
+    try:
+        task = get_task(section.task.name, **section.task.options())
+        rows = task.prepare(task.read(section.data), section.data.path)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    if not rows:
+        raise UserError(f"{where}: {section.data.path} gave no rows; check its data.limit/start and the file")
+    return Probe(section.name, task, rows[: section.limit])
 
 
 def load_split(task, spec, split: str) -> list[dict]:

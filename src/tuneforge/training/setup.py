@@ -16,7 +16,7 @@ from tuneforge.data import seq2seq as S2S
 from tuneforge.errors import UserError
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import read_prompting
-from tuneforge.tasks.splits import build_task, load_rows, truncate_sources
+from tuneforge.tasks.splits import Probe, build_probe, build_task, load_rows, truncate_sources
 from tuneforge.training.batching import group_batches
 from tuneforge.training.checkpoints import latest_checkpoint
 from tuneforge.training.losses import TargetOnlyLoss
@@ -46,6 +46,7 @@ class Setup:
     encoder_decoder: bool = False   # T5, BART, Marian: batches are (source, target) pairs, see data/seq2seq.py
     # (this Setup, progress label) -> (dev metrics, prediction rows); None: the task's generation (scoring.score_task)
     score_dev: Callable[[Setup, str], tuple[dict, list[dict]]] | None = None
+    probes: list[Probe] = field(default_factory=list)  # eval.probes: scored before and after training
 
 
 def apply_method(model, cfg: FinetuneConfig):
@@ -104,6 +105,7 @@ def setup(cfg: FinetuneConfig) -> Setup:
     if kind == "seq2seq":
         S2S.check_task(task)
     train_rows, dev_rows = load_rows(cfg, task)  # FinetuneConfig requires data.train
+    probes = load_probes(cfg.eval.probes, seq2seq=kind == "seq2seq")
     prompting = read_prompting(cfg.prompting, task.name, len(dev_rows)) if cfg.prompting else []
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
@@ -158,12 +160,26 @@ def setup(cfg: FinetuneConfig) -> Setup:
                               "read the prompt as a prefix)")
         return assemble(cfg, task, accelerator, model, tok, S2S.Seq2SeqLoss(model), examples, dev_rows, run_dir,
                         prompting=prompting, collate=S2S.collate_seq2seq, count_targets=S2S.target_tokens,
-                        encoder_decoder=True)
+                        encoder_decoder=True, probes=probes)
     share_prefix = cfg.train.share_prefix and not cfg.train.gradient_checkpointing
     if cfg.train.share_prefix and not share_prefix:
         accelerator.print("note: train.gradient_checkpointing turns train.share_prefix off (each row runs its whole prompt)")
     return assemble(cfg, task, accelerator, model, tok, TargetOnlyLoss(model, share_prefix), examples, dev_rows, run_dir,
-                    prompting=prompting)
+                    prompting=prompting, probes=probes)
+
+
+def load_probes(sections, *, seq2seq: bool = False) -> list[Probe]:
+    """Every eval.probes entry's task and rows, read before the model loads so a bad one costs no time."""
+    probes = []
+    for i, section in enumerate(sections):
+        probe = build_probe(section, i)
+        if seq2seq:
+            try:
+                S2S.check_task(probe.task)
+            except UserError as e:
+                raise UserError(f"eval.probes[{i}] ({section.name}): {e}") from None
+        probes.append(probe)
+    return probes
 
 
 def shard_batches(examples: list[dict], train_cfg, accelerator) -> tuple[list[list[int]], int]:
