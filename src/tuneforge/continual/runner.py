@@ -27,10 +27,9 @@ from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir, write_json
 from tuneforge.scoring import score
 from tuneforge.tasks import get_task
-from tuneforge.tasks.splits import load_split
+from tuneforge.tasks.base import LOWER_IS_BETTER
+from tuneforge.tasks.splits import build_probe, load_split
 from tuneforge.training.checkpoints import latest_checkpoint
-
-LOWER_IS_BETTER = {"perplexity", "loss"}
 
 
 @dataclass
@@ -59,13 +58,9 @@ def read_columns(cfg: ContinualConfig) -> list[Column]:
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
         columns.append(Column(stage.name, task, dev, train))
-    for i, probe in enumerate(cfg.eval.probes):
-        task = get_task(probe.task.name, **probe.task.options())
-        try:
-            dev = load_split(task, probe.data, "dev")[: probe.limit or cfg.eval.limit]
-        except UserError as e:
-            raise UserError(f"eval.probes[{i}] ({probe.name}): {e}") from None
-        columns.append(Column(probe.name, task, dev, []))
+    for i, section in enumerate(cfg.eval.probes):
+        probe = build_probe(section, i)
+        columns.append(Column(probe.name, probe.task, probe.rows[: cfg.eval.limit], []))
     return columns
 
 
