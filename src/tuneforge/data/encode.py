@@ -64,18 +64,19 @@ def encode_prompt(tok, messages: list[dict]) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+def pad_right(rows: list[list[int]], value: int):
+    """Token rows as one (rows, longest) long tensor, each padded on the right with `value`."""
+    import torch
+
+    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
 def collate(examples: list[dict], pad_id: int) -> dict:
     """encode_conversation's rows as one right-padded batch of tensors (labels padded with IGNORE): what
     training, calibration and chat's loss scoring feed the model."""
-    import torch
-
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[row, :n] = torch.tensor(e["input_ids"])
-        labels[row, :n] = torch.tensor(e["labels"])
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": pad_right([e["input_ids"] for e in examples], pad_id),
+            "attention_mask": pad_right([[1] * len(e["input_ids"]) for e in examples], 0),
+            "labels": pad_right([e["labels"] for e in examples], IGNORE)}

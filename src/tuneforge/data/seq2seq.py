@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from tuneforge.data.encode import KEEP_EDGE
+from tuneforge.data.encode import KEEP_EDGE, pad_right
 from tuneforge.errors import UserError
 
 IGNORE_INDEX = -100
@@ -86,20 +86,12 @@ def encode_pair(tok, source: str, target: str, *, max_source_len: int, max_targe
 
 def collate_seq2seq(features: Sequence[dict], pad_id: int):
     """Right-pad sources with pad_id and targets with -100 (ignored by the loss); dynamic per batch."""
-    import torch
 
     if pad_id is None:
         raise UserError("the tokenizer has no pad token; set one (e.g. tok.pad_token = tok.eos_token)")
-    src_len = max(len(f["input_ids"]) for f in features)
-    tgt_len = max(len(f["labels"]) for f in features)
-    input_ids = torch.full((len(features), src_len), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(features), src_len), dtype=torch.long)
-    labels = torch.full((len(features), tgt_len), IGNORE_INDEX, dtype=torch.long)
-    for i, f in enumerate(features):
-        input_ids[i, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
-        mask[i, : len(f["input_ids"])] = 1
-        labels[i, : len(f["labels"])] = torch.tensor(f["labels"])
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": pad_right([f["input_ids"] for f in features], pad_id),
+            "attention_mask": pad_right([[1] * len(f["input_ids"]) for f in features], 0),
+            "labels": pad_right([f["labels"] for f in features], IGNORE_INDEX)}
 
 
 def seq2seq_loss(model, batch: dict):

@@ -13,30 +13,20 @@ from tuneforge.config import FinetuneConfig, config_from_args
 from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.report.run_report import write_run_report
 from tuneforge.scoring import probe_changes, score_probes
-from tuneforge.training.loop import fit, headline, validate
-from tuneforge.training.optim import count_params
+from tuneforge.training.loop import announce, fit, headline, scored_once, validate
 from tuneforge.training.setup import save_artifact, setup
 
 
 def finetune(cfg: FinetuneConfig) -> Path:
     s = setup(cfg)
     acc = s.accelerator
-    trainable, total = count_params(s.model)
-    acc.print(f"{cfg.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%) "
-              f"on {len(s.examples)} rows, {s.total_steps} steps; run folder {s.run_dir}")
-    before, probes_before = {}, {}
+    trainable, total = announce(s, cfg.method)
     fresh = acc.is_main_process and not cfg.train.resume
-    if cfg.eval_before and s.dev_rows and fresh:
-        before = validate(s, desc="dev before")
-        write_json(s.run_dir / "metrics_before.json", before)
-    elif (s.run_dir / "metrics_before.json").exists():
-        before = json.loads((s.run_dir / "metrics_before.json").read_text())
+    before = scored_once(s.run_dir / "metrics_before.json", fresh and cfg.eval_before and bool(s.dev_rows),
+                         lambda: validate(s, desc="dev before"))
     # probes regardless of eval_before: a probe's number is its change
-    if s.probes and fresh:
-        probes_before = score_probes(s.model, s.tok, s.probes, batch_size=cfg.eval.batch_size, when="before")
-        write_json(s.run_dir / "probes_before.json", probes_before)
-    elif (s.run_dir / "probes_before.json").exists():
-        probes_before = json.loads((s.run_dir / "probes_before.json").read_text())
+    probes_before = scored_once(s.run_dir / "probes_before.json", fresh and bool(s.probes), lambda: score_probes(
+        s.model, s.tok, s.probes, batch_size=cfg.eval.batch_size, when="before"))
     train = fit(s)
     train.update(trainable_params=trainable, total_params=total, processes=acc.num_processes)
     acc.wait_for_everyone()

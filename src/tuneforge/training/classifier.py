@@ -15,7 +15,6 @@ trainable_params, total_params, steps}}.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -31,8 +30,8 @@ from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import write_run_report
 from tuneforge.tasks.splits import build_task, load_split
-from tuneforge.training.loop import fit, validate
-from tuneforge.training.optim import count_params, make_accelerator
+from tuneforge.training.loop import fit, scored_once, validate
+from tuneforge.training.optim import make_accelerator
 from tuneforge.training.setup import Setup, assemble, checkpoint_to_resume, resolve_run_dir, save_artifact
 
 DEFAULT_ENCODER = "all-minilm-l6-v2"
@@ -105,14 +104,11 @@ def unknown_share(tok, features: list[dict]) -> float:
 def collate_rows(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Setup.collate for a classifier: ids and mask padded (on the right) to the batch's longest row, one class
     index per row."""
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[row, :n] = torch.tensor(e["input_ids"])
-        mask[row, :n] = torch.tensor(e["attention_mask"])
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["labels"] for e in examples])}
+    from tuneforge.data.encode import pad_right
+
+    return {"input_ids": pad_right([e["input_ids"] for e in examples], pad_id),
+            "attention_mask": pad_right([e["attention_mask"] for e in examples], 0),
+            "labels": torch.tensor([e["labels"] for e in examples])}
 
 
 def count_rows(batch: dict) -> int:
@@ -238,16 +234,10 @@ def setup_classifier(cfg: ClassifierConfig) -> Setup:
 def finetune_classifier(cfg: ClassifierConfig) -> Path:
     s = setup_classifier(cfg)
     acc = s.accelerator
-    trainable, total = count_params(s.model)
-    acc.print(f"{cfg.method}: training {trainable:,} of {total:,} parameters on {len(s.examples)} rows, "
-              f"{s.total_steps} steps; run folder {s.run_dir}")
-    before = None
-    before_file = s.run_dir / "metrics_before.json"
-    if cfg.eval_before and acc.is_main_process and not cfg.train.resume:
-        before = validate(s, desc="dev before")
-        write_json(before_file, before)
-    elif cfg.eval_before and before_file.exists():  # a resumed run: scored when it started
-        before = json.loads(before_file.read_text())
+    trainable, total = announce(s, cfg.method)
+    fresh = cfg.eval_before and acc.is_main_process and not cfg.train.resume
+    before = scored_once(s.run_dir / "metrics_before.json", fresh, lambda: validate(s, desc="dev before"))
+    before = before if cfg.eval_before else None
 
     stats = fit(s)
     acc.wait_for_everyone()

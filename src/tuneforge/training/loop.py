@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tuneforge.data.encode import collate
+from tuneforge.fileio import write_json
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.scoring import score_task
 from tuneforge.training.batching import count_target_tokens
@@ -158,3 +160,21 @@ def train(cfg, task, model: nn.Module, tok, loss_module: nn.Module, examples: li
     stats = fit(setup)
     model.eval()
     return {**stats, "trainable_params": trainable, "total_params": total, "history": setup.history}
+
+
+def scored_once(path: Path, fresh: bool, score: Callable[[], dict]) -> dict:
+    """Scores taken as a run starts (before training): computed now when `fresh` and kept in `path`, else read
+    back from `path` (a resumed run's model has already trained), else {}."""
+    if fresh:
+        result = score()
+        write_json(path, result)
+        return result
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def announce(s: Setup, method: str) -> tuple[int, int]:
+    """Print what the run trains and where it writes; returns (trainable, total) parameters."""
+    trainable, total = count_params(s.model)
+    s.accelerator.print(f"{method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%) "
+                        f"on {len(s.examples)} rows, {s.total_steps} steps; run folder {s.run_dir}")
+    return trainable, total
