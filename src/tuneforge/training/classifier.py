@@ -30,7 +30,7 @@ from tuneforge.fileio import write_json, write_jsonl
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import write_run_report
 from tuneforge.tasks.splits import build_task, load_split
-from tuneforge.training.loop import fit, scored_once, validate
+from tuneforge.training.loop import announce, fit, scored_once, validate
 from tuneforge.training.optim import make_accelerator
 from tuneforge.training.setup import Setup, assemble, checkpoint_to_resume, resolve_run_dir, save_artifact
 
