@@ -40,6 +40,7 @@ def test_a_lower_is_better_metric_is_signed_so_positive_is_better():
     s = ledger(rows, {"a": True}).summary()
     assert s["forgetting"]["a"] == pytest.approx(4.0)
     assert s["bwt"] == pytest.approx(((5 - 9) + (0.7 - 0.8)) / 2)
+    assert s["average_final"] == pytest.approx((0.7 + 0.85) / 2)  # the perplexity does not average with accuracies
 
 
 def test_a_partial_ledger_summarises_the_stages_done_and_round_trips():

@@ -2,7 +2,8 @@
 numbers of the continual-learning literature (GEM, Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018; TRACE 2023).
 
 With T stages, stage j trains task j (j = 1..T, columns in stage order):
-- average final score  ACC = mean_j R[T][j]
+- average final score  ACC = mean_j R[T][j], over the tasks whose metric rises as it improves (a perplexity does
+                       not average with accuracies)
 - backward transfer    BWT = mean_{j<T} (R[T][j] - R[j][j])       (negative: later stages cost earlier tasks)
 - forgetting of task j F_j = max_{i<T} R[i][j] - R[T][j]           (the best it ever was, minus where it ended)
 - forward transfer     FWT = mean_{j>=2} (R[j-1][j] - R[0][j])    (what earlier stages gave a task before its own)
@@ -49,8 +50,10 @@ class Ledger:
         final = self.rows[last]
         trained = list(range(min(last, self.stages)))  # column j (0-based) was trained at row j + 1
         out: dict = {"stages_done": last}
-        if trained:
-            out["average_final"] = sum(final[j] for j in trained) / len(trained)
+        # a mean of accuracies and perplexities reads as neither: average the higher-is-better tasks (all, if none is)
+        same_scale = [j for j in trained if self.sign(j) > 0] or trained
+        if same_scale:
+            out["average_final"] = sum(final[j] for j in same_scale) / len(same_scale)
         earlier = [j for j in trained if j + 1 < last]
         out["bwt"] = (sum(self.gain(j, self.rows[j + 1][j], final[j]) for j in earlier) / len(earlier)) if earlier else None
         out["forgetting"] = {self.tasks[j]: self.forgetting(j, last) for j in trained}
