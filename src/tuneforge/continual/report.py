@@ -86,7 +86,9 @@ def write_continual_report(run_dir: Path, state: dict, cfg, *, title: str) -> No
         images += [(f"Ledger ({name}): change from the base model", plot_ledger(book, run_dir / f"ledger_{name}.png",
                                                                                f"{title}: {name}")),
                    (f"Each task across stages ({name})", plot_curves(book, run_dir / f"curves_{name}.png", name))]
-    stage_rows = [{k: v for k, v in s.items() if not isinstance(v, dict)} for s in state["stages"]]
+    stage_rows = [{**{k: v for k, v in s.items() if not isinstance(v, dict)},
+                   **{f"scoring s ({name})": v for name, v in s.get("scoring_seconds", {}).items()}}
+                  for s in state["stages"]]
     tables.append(("Stages: training and scoring cost", stage_rows))
     summary = [("strategy", cfg.continual.strategy), ("model", cfg.model or "embedded default"),
                ("stages", " → ".join(s.name for s in cfg.stages)),
