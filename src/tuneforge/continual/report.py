@@ -84,7 +84,7 @@ def write_continual_report(run_dir: Path, state: dict, cfg, *, title: str) -> No
         tables += [(f"Ledger ({name}): score after each stage", ledger_rows(book)),
                    (f"Summary ({name})", summary_rows(book))]
         images += [(f"Ledger ({name}): change from the base model", plot_ledger(book, run_dir / f"ledger_{name}.png",
-                                                                               f"{title}: {name}")),
+                                                                               f"{cfg.name}: {name}")),
                    (f"Each task across stages ({name})", plot_curves(book, run_dir / f"curves_{name}.png", name))]
     stage_rows = [{**{k: v for k, v in s.items() if not isinstance(v, dict)},
                    **{f"scoring s ({name})": v for name, v in s.get("scoring_seconds", {}).items()}}
