@@ -77,7 +77,9 @@ def test_a_bad_pruning_pattern_is_a_config_error():
 
 
 def _config_classes(module) -> list[type[BaseModel]]:
-    return [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, RunConfig) and v is not RunConfig]
+    """A verb's run configs: the models with a run folder (name + output_dir), RunConfig itself aside."""
+    return [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, BaseModel)
+            and {"name", "output_dir"} <= set(v.model_fields) and v is not RunConfig]
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
