@@ -105,21 +105,31 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             code = module.run(args)
     except UserError as e:
+        end_trackers("FAILED")
         discard_unstarted_runs()
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        end_trackers("KILLED")
         discard_unstarted_runs()
         print("\ninterrupted", file=sys.stderr)
         return 130
     except Exception as e:
+        interrupted = type(e).__name__ == "Interrupted"
+        end_trackers("KILLED" if interrupted else "FAILED")
         discard_unstarted_runs()
-        if type(e).__name__ == "Interrupted":
+        if interrupted:
             return 130
         raise
     finally:
         runs.command_line = None  # a later library call in this process is not this command
     return int(code or 0)
+
+
+def end_trackers(status: str) -> None:
+    """train.report_to's runs of a command that did not complete end as FAILED or KILLED, not 'finished'."""
+    if "tuneforge.training.tracking" in sys.modules:  # (never imported by a command that did not train)
+        sys.modules["tuneforge.training.tracking"].end_open_runs(status)
 
 
 if __name__ == "__main__":

@@ -124,3 +124,14 @@ def recipe_that_writes(folder: Path, recipes: Path = Path("recipes")) -> str | N
                 return None
             return f"`tuneforge {verb} {recipe.as_posix()}` writes {folder.as_posix()}"
     return None
+
+
+def complete_run(run_dir: Path, metrics: dict) -> Path:
+    """Write metrics.json, a run's last file: its presence marks the run complete. The run's trackers
+    (train.report_to) get the final metrics and the report's images, and end."""
+    from tuneforge.fileio import write_json
+    from tuneforge.training.tracking import finish_run
+
+    path = write_json(Path(run_dir) / "metrics.json", metrics)
+    finish_run(Path(run_dir), metrics)
+    return path

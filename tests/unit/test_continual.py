@@ -168,3 +168,23 @@ def test_a_run_interrupted_in_a_stage_resumes_to_the_same_ledger(tiny_llama_dir,
     assert a.keys() == b.keys()
     for name in a:
         assert a[name]["rows"] == b[name]["rows"], name
+
+
+def test_a_continual_run_is_one_tracked_run_with_each_stage_and_the_ledger(tiny_llama_dir, sentiment_tsv, topics_tsv,
+                                                                           tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="the track extra (pip install 'tuneforge[track]')")
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_dir = run(recipe(tiny_llama_dir, sentiment_tsv, topics_tsv, tmp_path / "runs", "sequential",
+                         log_every=1, report_to=["mlflow"]))
+    client = MlflowClient(tracking_uri=uri)
+    tracked = client.get_run((run_dir / "mlflow_run_id").read_text().strip())
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == "cl"
+    for stage in ("1-films", "2-food"):
+        assert f"{stage}/train/loss" in tracked.data.metrics
+    ledger = json.loads((run_dir / "metrics.json").read_text())["ledgers"]["sequential"]["rows"]
+    history = client.get_metric_history(tracked.info.run_id, "ledger/sequential/films")
+    assert [(m.step, m.value) for m in history] == [(1, pytest.approx(ledger[1][0])), (2, pytest.approx(ledger[2][0]))]
+    assert tracked.data.params["continual.strategy"] == "sequential"

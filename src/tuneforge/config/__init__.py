@@ -21,6 +21,10 @@ from tuneforge.errors import UserError
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
+# train.report_to: the modules each tracker needs (MLflow's default store is a SQLite file: sqlalchemy + alembic).
+TRACKER_MODULES = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow", "sqlalchemy", "alembic"), "wandb": ("wandb",)}
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -74,13 +78,30 @@ class TrainConfig(Section):
     eval_every: int = Field(0, ge=0, description="optimizer steps between dev evaluations (0: only at the end)")
     save_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: only on interrupt)")
     resume: str | None = Field(None, description="a checkpoint folder, or 'latest' for the newest one of this run")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="trackers that also get the run (besides metrics.jsonl and the report): "
+        "tensorboard (runs/NAME/tb), mlflow ($MLFLOW_TRACKING_URI, else ./mlflow.db + ./mlruns), wandb")
 
     @model_validator(mode="before")
     @classmethod
     def _bools_to_str(cls, data):
         if isinstance(data, dict) and isinstance(data.get("bf16"), bool):
             data = {**data, "bf16": str(data["bf16"]).lower()}
+        if isinstance(data, dict) and isinstance(data.get("report_to"), str):  # report_to=tensorboard
+            data = {**data, "report_to": [] if data["report_to"] == "none" else [data["report_to"]]}
         return data
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        import importlib.util
+
+        for name in names:  # checked before any work: a missing tracker is found in a second, not after training
+            missing = [m for m in TRACKER_MODULES[name] if importlib.util.find_spec(m) is None]
+            if missing:
+                raise ValueError(f"train.report_to: {name} needs the {', '.join(missing)} package(s): pip install 'tuneforge[track]' "
+                                 f"(or drop {name} from train.report_to)")
+        return list(dict.fromkeys(names))
 
 
 class FinetuneTrainConfig(TrainConfig):

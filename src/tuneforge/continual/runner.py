@@ -240,7 +240,8 @@ class ContinualRun:
               + (f" + {info['replayed_rows']} replayed" if info["replayed_rows"] else "")
               + (f", resuming from {resume}" if resume else ""))
         setup = assemble(stage_cfg, col.task, self.accelerator, model, self.tok, loss, examples, col.dev_rows, folder,
-                         resume_command="tuneforge continual <config>", collate=collate)
+                         resume_command="tuneforge continual <config>", collate=collate, tracking=self.tracking,
+                         track_prefix=f"{folder.name}/")
         stats = fit(setup)
         model.eval()
         self.save_adapter(k)
@@ -323,6 +324,12 @@ class ContinualRun:
     # -- the whole run --------------------------------------------------------------------------------------------
 
     def run(self, resume: Path | None = None) -> dict:
+        from tuneforge.training.tracking import open_tracking
+
+        name = self.cfg.name if self.run_dir.name == self.cfg.name else f"{self.cfg.name}/{self.run_dir.name}"
+        self.tracking = open_tracking(self.cfg.train.report_to, self.run_dir, self.cfg.model_dump(mode="json"),
+                                      main_process=self.accelerator.is_main_process,
+                                      resumed=bool(resume or self.stages_done), name=name)
         for k in range(len(self.stages)):
             if k < self.stages_done:
                 continue
@@ -330,6 +337,10 @@ class ContinualRun:
             ckpt = resume if resume and here in resume.resolve().parents else latest_checkpoint(self.stage_dir(k))
             stats = self.train_stage(k, ckpt)
             stats["scoring_seconds"] = self.score_stage(k)
+            if self.tracking:  # the ledger's new row: every task's score after this stage
+                for ledger, book in self.state["ledgers"].items():
+                    self.tracking.log({f"ledger/{ledger}/{t}": v for t, v in zip(book.tasks, book.rows[-1], strict=True)},
+                                      k + 1)
             self.state["stages"].append({"stage": self.stages[k].name, **stats})
             self.write_state()
         return self.state

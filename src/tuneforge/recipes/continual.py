@@ -17,6 +17,7 @@ from tuneforge.config import config_from_args
 from tuneforge.continual.config import ContinualConfig
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json
+from tuneforge.runs import complete_run
 
 
 def continual_run_dir(cfg: ContinualConfig) -> Path:
@@ -92,15 +93,15 @@ def continual(cfg: ContinualConfig) -> Path:
         title = f"tuneforge continual: {cfg.name} ({strategy})"
         write_continual_report(folder, state, one, title=title)
         ledgers = {name: book.to_json() for name, book in state["ledgers"].items()}
-        write_json(folder / "metrics.json", {"strategy": strategy, "stages": [s.name for s in cfg.stages],
-                                             "probes": [p.name for p in cfg.eval.probes], "ledgers": ledgers,
-                                             "stage_runs": state["stages"]})
+        complete_run(folder, {"strategy": strategy, "stages": [s.name for s in cfg.stages],
+                              "probes": [p.name for p in cfg.eval.probes], "ledgers": ledgers,
+                              "stage_runs": state["stages"]})
         for name, book in state["ledgers"].items():
             rows.append(strategy_row(strategy, name, book, state, served_bytes(folder, strategy, name, len(cfg.stages))))
             print_ledger(strategy if name == strategy else f"{strategy} ({name})", book)
     if len(strategies) > 1:
         table = write_strategies_report(run_dir, rows, title=cfg.name)
-        write_json(run_dir / "metrics.json", {"strategies": rows})
+        complete_run(run_dir, {"strategies": rows})
         print("\n" + table)
     print(f"\nreport: {run_dir / 'report.html'}")
     return run_dir

@@ -21,7 +21,8 @@ from pydantic import Field, field_validator, model_validator
 
 from tuneforge.compress.sections import KDSection, SpeedSection
 from tuneforge.config import RunConfig, Section, TrainConfig
-from tuneforge.fileio import write_json, write_jsonl
+from tuneforge.fileio import write_jsonl
+from tuneforge.runs import complete_run
 
 
 class StudentSection(Section):
@@ -133,7 +134,7 @@ def distill(cfg: DistillConfig) -> Path:
     metrics["decode_speedup"] = metrics["student_speed"]["decode_tok_s"] / metrics["teacher_speed"]["decode_tok_s"]
     write_jsonl(run_dir / "predictions.jsonl", predictions)
     write_distill_report(run_dir, metrics, task.primary_metric, history)
-    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a complete run
+    complete_run(run_dir, metrics)
     print(f"student: {run_dir / 'model'} (decode {metrics['decode_speedup']:.2f}× the teacher's)")
     return run_dir
 

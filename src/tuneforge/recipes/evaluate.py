@@ -8,7 +8,8 @@ from pathlib import Path
 from tuneforge.config import EvaluateConfig, config_from_args
 from tuneforge.data.seq2seq import check_task
 from tuneforge.errors import UserError
-from tuneforge.fileio import write_json, write_jsonl
+from tuneforge.fileio import write_jsonl
+from tuneforge.runs import complete_run
 from tuneforge.scoring import score_task
 from tuneforge.tasks.prompts import draw_shots
 from tuneforge.tasks.splits import build_task, load_split, truncate_sources
@@ -38,8 +39,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                                       batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
     seconds = time.time() - t0
     write_jsonl(run_dir / "predictions.jsonl", predictions)
-    write_json(run_dir / "metrics.json", {"task": task.name, "strategy": cfg.eval.strategy, "model": cfg.model,
-                                         "adapter": cfg.adapter, "rows": len(rows), "seconds": seconds, "metrics": metrics})
+    complete_run(run_dir, {"task": task.name, "strategy": cfg.eval.strategy, "model": cfg.model,
+                           "adapter": cfg.adapter, "rows": len(rows), "seconds": seconds, "metrics": metrics})
     print(f"{task.name} {cfg.eval.strategy} on {len(rows)} rows: "
           + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     print(f"run folder: {run_dir}")

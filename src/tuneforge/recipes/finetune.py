@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 from tuneforge.config import FinetuneConfig, config_from_args
-from tuneforge.fileio import write_json, write_jsonl
+from tuneforge.fileio import write_jsonl
 from tuneforge.report.run_report import write_run_report
+from tuneforge.runs import complete_run
 from tuneforge.scoring import probe_changes, score_probes
 from tuneforge.training.loop import announce, fit, headline, scored_once, validate
 from tuneforge.training.setup import save_artifact, setup
@@ -43,7 +44,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
               "detail": {"before": before, "after": after, "probes": {"before": probes_before, "after": probes_after}},
               "artifact": str(artifact), "prompting": s.prompting}
     write_run_report(s.run_dir, result, s.history)
-    write_json(s.run_dir / "metrics.json", result)  # written last: its presence marks a complete run
+    complete_run(s.run_dir, result)
     return s.run_dir
 
 

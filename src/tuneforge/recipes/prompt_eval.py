@@ -17,7 +17,8 @@ from pydantic import Field
 
 from tuneforge.config import RunConfig, config_from_args
 from tuneforge.errors import UserError
-from tuneforge.fileio import write_json, write_jsonl
+from tuneforge.fileio import write_jsonl
+from tuneforge.runs import complete_run
 from tuneforge.tasks.splits import build_task, load_split
 
 Strategy = Literal["zero_shot", "few_shot", "cot"]
@@ -84,9 +85,9 @@ def prompt_eval(cfg: PromptEvalConfig) -> Path:
         notes.append(f"answers.jsonl: {len(answers)} answers to {task.questions} (turn 1), for reading")
 
     write_jsonl(run_dir / "predictions.jsonl", predictions)
-    write_json(run_dir / "metrics.json", {"task": task.name, "primary_metric": task.primary_metric,
-                                         "model": cfg.model, "adapter": cfg.adapter, "dev_rows": len(dev),
-                                         "strategies": results})
+    complete_run(run_dir, {"task": task.name, "primary_metric": task.primary_metric,
+                           "model": cfg.model, "adapter": cfg.adapter, "dev_rows": len(dev),
+                           "strategies": results})
     write_report(run_dir, title=f"Prompting baselines: {task.name}",
                  summary=[("model", cfg.model or "embedded default"), ("dev rows", len(dev)),
                           ("primary metric", task.primary_metric)],

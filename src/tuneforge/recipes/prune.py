@@ -38,6 +38,7 @@ from tuneforge.compress.sections import KDSection
 from tuneforge.config import RunConfig, Section, TrainConfig
 from tuneforge.errors import UserError
 from tuneforge.fileio import write_json, write_jsonl
+from tuneforge.runs import complete_run
 
 CALIBRATED = ("wanda", "blocks")  # methods that run calibration rows through the model
 
@@ -266,7 +267,7 @@ def prune(cfg: PruneConfig) -> Path:
     write_json(run_dir / "sparsity.json", sparsity)
     write_jsonl(run_dir / "predictions.jsonl", predictions)
     write_prune_report(run_dir, metrics, task.primary_metric, history)
-    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a complete run
+    complete_run(run_dir, metrics)
     print(f"pruned model: {run_dir / 'model'}")
     return run_dir
 

@@ -29,6 +29,7 @@ from tuneforge.compress.calibration import gguf_importance
 from tuneforge.compress.sections import GGUFSection, ParitySection, SpeedSection, check_imatrix
 from tuneforge.config import RunConfig
 from tuneforge.fileio import write_json, write_jsonl
+from tuneforge.runs import complete_run
 
 GGUFMethod = Literal["gguf_f16", "gguf_q8_0", "gguf_q4_0", "gguf_q4_k_m", "gguf_q5_k_m", "gguf_q6_k"]
 Method = Literal["int8_weight_only", "int8_dynamic", GGUFMethod, "bnb_8bit", "bnb_nf4"]
@@ -203,7 +204,7 @@ def quantize(cfg: QuantizeConfig) -> Path:
         metrics["delta"] = metrics["after"][primary] - metrics["before"][primary]
     if predictions:
         write_jsonl(run_dir / "predictions.jsonl", predictions)
-    write_json(run_dir / "metrics.json", metrics)
+    complete_run(run_dir, metrics)
     write_quantize_report(run_dir, metrics, primary)
     print_summary(metrics, primary, artifact)
     return run_dir

@@ -26,9 +26,10 @@ from tqdm import tqdm
 
 from tuneforge.config import LoraConfig, RunConfig, TrainConfig
 from tuneforge.errors import UserError
-from tuneforge.fileio import write_json, write_jsonl
+from tuneforge.fileio import write_jsonl
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import write_run_report
+from tuneforge.runs import complete_run
 from tuneforge.tasks.splits import build_task, load_split
 from tuneforge.training.loop import announce, fit, scored_once, validate
 from tuneforge.training.optim import make_accelerator
@@ -262,7 +263,7 @@ def finetune_classifier(cfg: ClassifierConfig) -> Path:
         "train": {**stats, "trainable_params": trainable, "total_params": total},
     }
     write_run_report(s.run_dir, metrics, s.history)
-    write_json(s.run_dir / "metrics.json", metrics)  # written last: its presence marks a complete run
+    complete_run(s.run_dir, metrics)
     return s.run_dir
 
 

@@ -29,6 +29,7 @@ from tuneforge.training.checkpoints import (
 )
 from tuneforge.training.optim import count_params, make_accelerator
 from tuneforge.training.setup import Setup, assemble, checkpoint_to_resume
+from tuneforge.training.tracking import open_tracking
 
 
 class Interrupted(Exception):
@@ -46,6 +47,8 @@ def fit(s: Setup) -> dict:
         acc.print(f"resumed from {ckpt} at step {start_step}")
     metrics_path = s.run_dir / "metrics.jsonl"
     log = open(metrics_path, "a", encoding="utf-8") if acc.is_main_process else None
+    tracking = s.tracking or open_tracking(cfg.train.report_to, s.run_dir, hyperparameters(cfg),
+                                           main_process=acc.is_main_process, resumed=bool(start_step))
     pad = s.tok.pad_token_id
     tokens_seen, t_start = 0, time.time()
     on_cuda = next(s.model.parameters()).is_cuda
@@ -72,8 +75,8 @@ def fit(s: Setup) -> dict:
                 tokens_seen += int(batch["attention_mask"].sum())
                 if s.encoder_decoder:  # the decoder's tokens too
                     tokens_seen += int((batch["labels"] != -100).sum())
-            if cfg.train.max_grad_norm:
-                acc.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm)
+            # no max_grad_norm: clipping at infinity measures the norm and scales by 1.0
+            grad_norm = float(acc.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm or float("inf")))
             with sigint_held(reraise=True):  # an update is applied whole and counted, or not at all
                 s.optimizer.step()
                 s.scheduler.step()
@@ -85,12 +88,14 @@ def fit(s: Setup) -> dict:
             bar.set_postfix(loss=f"{loss_total:.4f}", tok_s=f"{tps:.0f}")
             bar.update(1)
             if done % cfg.train.log_every == 0 or done == s.total_steps:
-                row = {"step": done, "loss": loss_total, "lr": s.scheduler.get_last_lr()[0],
+                row = {"step": done, "loss": loss_total, "lr": s.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                        "tokens": tokens_seen * acc.num_processes, "tokens_per_second": tps, "elapsed": elapsed}
                 s.history.append(row)
                 if log:
                     log.write(json.dumps(row) + "\n")
                     log.flush()
+                if tracking:
+                    tracking.log({f"{s.track_prefix}train/{k}": v for k, v in row.items() if k != "step"}, done)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < s.total_steps and s.dev_rows:
                 dev = validate(s, desc=f"dev @ step {done}")
                 row = {"step": done, **{f"dev_{k}": v for k, v in dev.items() if isinstance(v, float)}}
@@ -98,6 +103,8 @@ def fit(s: Setup) -> dict:
                 if log:
                     log.write(json.dumps(row) + "\n")
                     log.flush()
+                if tracking:
+                    tracking.log({f"{s.track_prefix}dev/{k}": v for k, v in dev.items()}, done)
             if cfg.train.save_every and done % cfg.train.save_every == 0 and acc.is_main_process:
                 save_checkpoint(s.run_dir / "checkpoints" / f"step-{done}", s.model, s.optimizer, s.scheduler, done, step_rng)
     except KeyboardInterrupt:
@@ -124,6 +131,14 @@ def fit(s: Setup) -> dict:
             "steps": s.total_steps - start_step,  # this process's; a resumed run says where it started
             **({"resumed_from_step": start_step} if start_step else {}),
             **({"peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9} if on_cuda else {})}
+
+
+def hyperparameters(cfg) -> dict:
+    """What a tracker records as the run's hyper-parameters: the resolved config (a bare namespace: its train
+    and eval sections)."""
+    if hasattr(cfg, "model_dump"):
+        return cfg.model_dump(mode="json")
+    return {k: v.model_dump(mode="json") for k, v in vars(cfg).items() if hasattr(v, "model_dump")}
 
 
 def validate(s: Setup, desc: str = "dev") -> dict:

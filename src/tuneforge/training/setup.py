@@ -47,6 +47,8 @@ class Setup:
     # (this Setup, progress label) -> (dev metrics, prediction rows); None: the task's generation (scoring.score_task)
     score_dev: Callable[[Setup, str], tuple[dict, list[dict]]] | None = None
     probes: list[Probe] = field(default_factory=list)  # eval.probes: scored before and after training
+    tracking: object | None = None  # train.report_to's trackers when the caller keeps them open (continual)
+    track_prefix: str = ""          # tracker scalar names' prefix (a continual stage's name)
 
 
 def apply_method(model, cfg: FinetuneConfig):
