@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def end_trackers(status: str) -> None:
     """train.report_to's runs of a command that did not complete end as FAILED or KILLED, not 'finished'."""
-    if "tuneforge.training.tracking" in sys.modules:  # (never imported by a command that did not train)
-        sys.modules["tuneforge.training.tracking"].end_open_runs(status)
+    if "tuneforge.tracking" in sys.modules:  # (never imported by a command that did not train)
+        sys.modules["tuneforge.tracking"].end_open_runs(status)
 
 
 if __name__ == "__main__":

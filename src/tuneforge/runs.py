@@ -130,7 +130,7 @@ def complete_run(run_dir: Path, metrics: dict) -> Path:
     """Write metrics.json, a run's last file: its presence marks the run complete. The run's trackers
     (train.report_to) get the final metrics and the report's images, and end."""
     from tuneforge.fileio import write_json
-    from tuneforge.training.tracking import finish_run
+    from tuneforge.tracking import finish_run
 
     path = write_json(Path(run_dir) / "metrics.json", metrics)
     finish_run(Path(run_dir), metrics)

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "tuneforge"
 
 # top-level name -> layer; a module may import its own layer's other packages (without cycles) and those below
 LAYERS = {
-    "errors": 0, "fileio": 0, "runs": 0, "config": 1,
+    "errors": 0, "fileio": 0, "runs": 0, "tracking": 0, "config": 1,
     "models": 2, "data": 2, "tasks": 2, "generation": 2,
     "training": 3, "scoring": 3, "report": 3,
     "compress": 4, "export": 4, "continual": 4,

@@ -324,7 +324,7 @@ class ContinualRun:
     # -- the whole run --------------------------------------------------------------------------------------------
 
     def run(self, resume: Path | None = None) -> dict:
-        from tuneforge.training.tracking import open_tracking
+        from tuneforge.tracking import open_tracking
 
         name = self.cfg.name if self.run_dir.name == self.cfg.name else f"{self.cfg.name}/{self.run_dir.name}"
         self.tracking = open_tracking(self.cfg.train.report_to, self.run_dir, self.cfg.model_dump(mode="json"),

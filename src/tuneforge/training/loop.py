@@ -18,6 +18,7 @@ from tuneforge.data.encode import collate
 from tuneforge.fileio import write_json
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.scoring import score_task
+from tuneforge.tracking import open_tracking
 from tuneforge.training.batching import count_target_tokens
 from tuneforge.training.checkpoints import (
     load_checkpoint,
@@ -29,7 +30,6 @@ from tuneforge.training.checkpoints import (
 )
 from tuneforge.training.optim import count_params, make_accelerator
 from tuneforge.training.setup import Setup, assemble, checkpoint_to_resume
-from tuneforge.training.tracking import open_tracking
 
 
 class Interrupted(Exception):
