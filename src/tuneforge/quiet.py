@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 # Libraries that give their logger a handler of its own and set its level when they are imported take that
 # level from these variables (unless the user set them).
-ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_VERBOSITY": "error", "TORCH_LOGS": "-torch", "MLFLOW_LOGGING_LEVEL": "ERROR"}
+ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_VERBOSITY": "error", "TORCH_LOGS": "-torch", "MLFLOW_LOGGING_LEVEL": "ERROR",
+       "WANDB_SILENT": "true"}
 OWN_HANDLERS = ("transformers", "huggingface_hub", "torch", "mlflow")  # the same loggers, when already imported
 HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning)
 

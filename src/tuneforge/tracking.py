@@ -109,26 +109,25 @@ def _is_number(v) -> bool:
 def _start(name: str, run_dir: Path, resumed: bool, run_name: str):
     from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
 
+    ids = run_dir / f"{name}_run_id"  # a resumed run continues the MLflow / wandb run it started
+    earlier = ids.read_text().strip() if resumed and ids.exists() else None
     if name == "tensorboard":
         tracker = TensorBoardTracker("tb", run_dir)  # event files in run_dir/tb
     elif name == "mlflow":
-        ids = run_dir / "mlflow_run_id"  # a resumed run continues the MLflow run it started
-        tracker = MLflowTracker(os.environ.get("MLFLOW_EXPERIMENT_NAME", "tuneforge"), run_name=run_name,
-                                run_id=ids.read_text().strip() if resumed and ids.exists() else None)
+        tracker = MLflowTracker(os.environ.get("MLFLOW_EXPERIMENT_NAME", "tuneforge"), run_name=run_name, run_id=earlier)
     else:
-        _require_wandb_login()
-        tracker = WandBTracker(os.environ.get("WANDB_PROJECT", "tuneforge"), name=run_name, dir=str(run_dir))
-    tracker.start()
+        tracker = WandBTracker(os.environ.get("WANDB_PROJECT", "tuneforge"), name=run_name, dir=str(run_dir),
+                               **({"id": earlier, "resume": "allow"} if earlier else {}))
+    try:
+        tracker.start()
+    except Exception as e:
+        if type(e).__module__.startswith("wandb.errors"):  # e.g. no API key: wandb's own words, and the way out
+            raise UserError(f"train.report_to: wandb could not start: {e} Or set WANDB_MODE=offline to keep the "
+                            "run on disk (upload it later with `wandb sync`).") from None
+        raise
     if name == "mlflow":
         ids.write_text(tracker.tracker.info.run_id + "\n")
+    elif name == "wandb":
+        ids.write_text(tracker.run.id + "\n")
     return tracker
 
-
-def _require_wandb_login() -> None:
-    import wandb
-
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled") or os.environ.get("WANDB_API_KEY"):
-        return
-    if not wandb.api.api_key:
-        raise UserError("train.report_to: wandb is not logged in; run `wandb login`, or set WANDB_MODE=offline "
-                        "to keep the run on disk (sync it later with `wandb sync`)")

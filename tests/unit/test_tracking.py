@@ -197,3 +197,27 @@ def test_distill_and_prune_report_their_training_too(verb, tiny_llama_dir, senti
     assert client.get_run(run_id).info.status == "FINISHED"
     assert any(name.startswith("final/") for name in client.get_run(run_id).data.metrics)
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+def test_wandb_offline_keeps_the_run_on_disk_and_no_login_is_one_clear_error(tiny_llama_dir, sentiment_tsv, tmp_path,
+                                                                              monkeypatch):
+    pytest.importorskip("wandb", reason="the wandb extra (pip install 'tuneforge[wandb]')")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = __import__("tuneforge.recipes.finetune", fromlist=["finetune"]).finetune(
+        make_cfg(tiny_llama_dir, sentiment_tsv, tmp_path / "runs", report_to=["wandb"], epochs=0.5))
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    assert list((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+
+    # not logged in, online: its own process (wandb keeps its settings for the life of a process)
+    data = make_cfg(tiny_llama_dir, sentiment_tsv, tmp_path / "runs", report_to=["wandb"], epochs=0.5).model_dump(mode="json")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(json.dumps({**data, "name": "unlogged", "eval_before": False}))
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    proc = subprocess.run([sys.executable, "-m", "tuneforge.cli", "finetune", str(cfg)], env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: train.report_to: wandb could not start" in proc.stderr and "WANDB_MODE=offline" in proc.stderr
+    assert "Traceback" not in proc.stderr
