@@ -27,6 +27,8 @@ VERBS = {
     "serve": ("tuneforge.recipes.serve", "OpenAI-compatible server + web chat page", cli_args.serve),
     "chat": ("tuneforge.recipes.chat", "chat in the terminal", cli_args.chat),
     "deploy": ("tuneforge.recipes.deploy", "write a deploy bundle for docker, k8s, aws, gcp or azure", cli_args.deploy),
+    "runs": ("tuneforge.recipes.runs", "a table of the run folders (status, before -> after, speed); "
+             "`runs compare A B ...` diffs their configs and metrics", cli_args.runs),
 }
 
 
@@ -91,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     from tuneforge import runs
     from tuneforge.errors import UserError
     from tuneforge.quiet import quiet
-    from tuneforge.runs import discard_unstarted_runs
+    from tuneforge.runs import end_stopped_command
 
     runs.command_line = ["tuneforge", *(sys.argv[1:] if argv is None else argv)]
+    runs.verb = args.verb
     try:
         with quiet(args.verbose):
             try:
@@ -105,31 +108,22 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             code = module.run(args)
     except UserError as e:
-        end_trackers("FAILED")
-        discard_unstarted_runs()
+        end_stopped_command(e)  # failed.json in each run folder it kept
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        end_trackers("KILLED")
-        discard_unstarted_runs()
+        end_stopped_command(None)  # interrupted.json
         print("\ninterrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        interrupted = type(e).__name__ == "Interrupted"
-        end_trackers("KILLED" if interrupted else "FAILED")
-        discard_unstarted_runs()
-        if interrupted:
+        if type(e).__name__ == "Interrupted":  # Ctrl-C in training, after its checkpoint was saved
+            end_stopped_command(None)
             return 130
+        end_stopped_command(e)
         raise
     finally:
-        runs.command_line = None  # a later library call in this process is not this command
+        runs.command_line = runs.verb = None  # a later library call in this process is not this command
     return int(code or 0)
-
-
-def end_trackers(status: str) -> None:
-    """train.report_to's runs of a command that did not complete end as FAILED or KILLED, not 'finished'."""
-    if "tuneforge.tracking" in sys.modules:  # (never imported by a command that did not train)
-        sys.modules["tuneforge.tracking"].end_open_runs(status)
 
 
 if __name__ == "__main__":

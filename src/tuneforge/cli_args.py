@@ -137,6 +137,30 @@ def deploy(parser: argparse.ArgumentParser) -> None:
                         help="serving engine (default: vllm with --gpu, llamacpp for .gguf, transformers otherwise)")
 
 
+def runs(parser: argparse.ArgumentParser) -> None:
+    from tuneforge.runs import SORT_KEYS
+
+    parser.usage = "tuneforge runs [DIR] [--task T] [--verb V] [--status S] [--sort KEY] [--all]\n" \
+                   "       tuneforge runs compare RUN RUN [RUN ...] [--dir DIR] [--out PNG]"
+    parser.add_argument("what", nargs="*", metavar="DIR | compare RUN ...",
+                        help="the folder of run folders (default: runs); or `compare` and two or more runs, each a "
+                             "run name in --dir or a run folder's path")
+    parser.add_argument("--dir", default=None, help="the folder of run folders (default: runs)")
+    parser.add_argument("--task", dest="only_task", metavar="TASK", default=None,
+                        help="only runs of this task (a continual run: any of its stages)")
+    parser.add_argument("--verb", dest="only_verb", metavar="VERB", default=None, help="only runs of this verb, e.g. finetune")
+    parser.add_argument("--status", dest="only_status", metavar="STATUS", default=None,
+                        help="only runs with this status: complete, interrupted, failed, running, incomplete, unreadable")
+    parser.add_argument("--sort", default="started", metavar="KEY",
+                        help=f"order by one of {', '.join(SORT_KEYS)} (default: started); numbers largest "
+                             "first, text A to Z; a leading - (--sort=-time) or --reverse turns it round")
+    parser.add_argument("--reverse", action="store_true", help="the opposite order")
+    parser.add_argument("--all", action="store_true",
+                        help="also list a continual run's strategy folders (runs/X/sequential, ...) as runs")
+    parser.add_argument("--out", metavar="PNG", default=None,
+                        help="compare: the chart's PNG path (default: runs-compare.png here)")
+
+
 VERBOSE_HELP = "also show other libraries' warnings, log lines and progress bars"
 
 

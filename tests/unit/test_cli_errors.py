@@ -60,6 +60,11 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_llama_dir, sentiment_tsv, tmp
     assert checkpoints and "train.resume=" in err + _
     step = json.loads((checkpoints[0] / "step.json").read_text())["step"]
     assert step >= 3 and not (tmp_path / "runs" / "r" / "metrics.json").exists()
+    # `tuneforge runs` reads it back: interrupted at that step, resumed by the very command the Ctrl-C printed
+    listed = run_cli("runs", str(tmp_path / "runs"))
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    printed = next(line for line in err.splitlines() if line.startswith("resume with: ")).removeprefix("resume with: ")
+    assert f"interrupted at step {step}" in listed.stdout and f"  r: {printed}" in listed.stdout
 
 
 def test_missing_adapter_names_the_recipe_that_makes_it(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from tuneforge.runs import complete_run
 
 def continual_run_dir(cfg: ContinualConfig) -> Path:
     """A new runs/<name>; with train.resume (latest, or a checkpoint a Ctrl-C printed) the run it belongs to."""
-    from tuneforge.runs import new_run_dir
+    from tuneforge.runs import continue_run, new_run_dir
 
     resume = cfg.train.resume
     if not resume:
@@ -37,6 +37,7 @@ def continual_run_dir(cfg: ContinualConfig) -> Path:
                             "checkpoints/step-N folder the interrupted run printed, or train.resume=latest")
     if not (folder / "config.yaml").exists():
         raise UserError(f"train.resume=latest: {folder} is not a continual run folder; drop train.resume to start one")
+    continue_run(folder)
     return folder
 
 

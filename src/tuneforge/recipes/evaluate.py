@@ -39,8 +39,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                                       batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
     seconds = time.time() - t0
     write_jsonl(run_dir / "predictions.jsonl", predictions)
-    complete_run(run_dir, {"task": task.name, "strategy": cfg.eval.strategy, "model": cfg.model,
-                           "adapter": cfg.adapter, "rows": len(rows), "seconds": seconds, "metrics": metrics})
+    complete_run(run_dir, {"task": task.name, "primary_metric": task.primary_metric, "strategy": cfg.eval.strategy,
+                           "model": cfg.model, "adapter": cfg.adapter, "rows": len(rows), "seconds": seconds,
+                           "metrics": metrics})
     print(f"{task.name} {cfg.eval.strategy} on {len(rows)} rows: "
           + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     print(f"run folder: {run_dir}")

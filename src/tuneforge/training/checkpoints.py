@@ -78,13 +78,11 @@ def sigint_held(reraise: bool = False):
 def resume_hint(fallback: str | None, checkpoint: Path) -> str | None:
     """The command that resumes from `checkpoint`: the user's own command line with train.resume set, when the
     CLI ran this verb; else `fallback` ("tuneforge prune <config>"). None: the run cannot resume."""
-    import shlex
-
     from tuneforge import runs
 
     if fallback is None:
         return None
     line = runs.command_line
     if line and len(line) > 1 and line[1] == fallback.split()[1]:
-        return shlex.join([*(a for a in line if not a.startswith("train.resume=")), f"train.resume={checkpoint}"])
+        return runs.with_resume(line, checkpoint)
     return f"{fallback} train.resume={checkpoint}"
