@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         end_stopped_command(None)  # interrupted.json
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tuneforge runs | head`: the reader left; Python's own advice, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:
         if type(e).__name__ == "Interrupted":  # Ctrl-C in training, after its checkpoint was saved
             end_stopped_command(None)
