@@ -291,6 +291,8 @@ def checkpoint_to_resume(cfg: FinetuneConfig) -> Path | None:
 
 
 def resolve_run_dir(cfg: FinetuneConfig, accelerator) -> Path:
+    """The run folder, made by the main process and the same on every process. `accelerator`: the run's, or
+    training.optim.processes() for a verb that needs the folder before it makes one (distill, prune)."""
     from tuneforge.runs import resumed_run_dir, run_dir_for
 
     resume = cfg.train.resume
