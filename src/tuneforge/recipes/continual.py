@@ -63,13 +63,14 @@ def continual(cfg: ContinualConfig) -> Path:
     from tuneforge.models import load_model
     from tuneforge.models.dtypes import use_bf16
     from tuneforge.tasks.splits import truncate_sources
-    from tuneforge.training.optim import make_accelerator
+    from tuneforge.training.optim import make_accelerator, refuse_sharding
 
     columns = read_columns(cfg)  # bad data fails before the model loads or a folder is made
     resume_path = Path(cfg.train.resume).resolve() if cfg.train.resume not in (None, "latest") else None
     run_dir = continual_run_dir(cfg)
     bf16 = use_bf16(cfg.train.bf16, "cuda" if torch.cuda.is_available() else "cpu")
     accelerator = make_accelerator(bf16)
+    refuse_sharding(accelerator, "continual's stages")  # they share one model object across stages
     set_seed(cfg.train.seed)
     # a LoRA's frozen base in bf16 where bf16 is native, as finetune does
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if bf16 else "float32")

@@ -88,12 +88,12 @@ def distill(cfg: DistillConfig) -> Path:
     from tuneforge.compress.measure import count_parameters, hf_speed, speed_prompt_ids
     from tuneforge.models.loading import load_merged
     from tuneforge.models.saving import save_model
-    from tuneforge.runs import run_dir_for
     from tuneforge.scoring import score
     from tuneforge.tasks import get_task
     from tuneforge.tasks.splits import load_rows
     from tuneforge.training.loop import train
-    from tuneforge.training.setup import as_float32, checkpoint_to_resume, encode_rows
+    from tuneforge.training.optim import processes
+    from tuneforge.training.setup import as_float32, checkpoint_to_resume, encode_rows, resolve_run_dir
 
     checkpoint_to_resume(cfg)  # a missing checkpoint is reported before anything loads
     task = get_task(cfg.task.name, **cfg.task.options())
@@ -101,11 +101,15 @@ def distill(cfg: DistillConfig) -> Path:
     teacher, tok = load_merged(cfg.model, cfg.adapter, cfg.dtype)  # a bad model/adapter fails before runs/<name> exists
     teacher.requires_grad_(False)
     student, origin = build_student(teacher, tok, cfg, task, train_rows)  # a bad student fails before runs/<name> too
-    run_dir = run_dir_for(cfg)  # train.resume continues in the interrupted run's folder
+    # train.resume continues in the interrupted run's folder; under torchrun every process agrees on one folder,
+    # trains on its share of the rows, and the main process alone scores and writes
+    procs = processes()
+    run_dir = resolve_run_dir(cfg, procs)
+    main = procs.is_main_process
     metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "kd": cfg.kd.model_dump(), **origin}
-    if cfg.eval_teacher:
+    if cfg.eval_teacher and main:
         metrics["teacher"], _ = score(teacher, tok, task, dev_rows, cfg.eval, label="teacher")
-    if cfg.eval_before:
+    if cfg.eval_before and main:
         metrics["before"], _ = score(student, tok, task, dev_rows, cfg.eval, label="student before")
 
     answers = None
@@ -120,6 +124,8 @@ def distill(cfg: DistillConfig) -> Path:
     set_trainable(student, cfg.student.trainable)
     stats = train(cfg, task, student, tok, DistillLoss(student, teacher, cfg.kd, cfg.train.share_prefix), examples, run_dir,
                   dev_rows=dev_rows, resume_command="tuneforge distill <config>")
+    if not main:
+        return run_dir
     history = stats.pop("history")
     metrics["train"] = stats
     student.to(dtype)

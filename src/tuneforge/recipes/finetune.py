@@ -1,7 +1,8 @@
 """`tuneforge finetune CONFIG`: LoRA, full or freeze fine-tuning on a task, with the loop in plain sight.
 
 setup() builds everything, fit() is the loop (forward, loss, backward, step), validate() scores the dev
-split with the task's own metrics. Runs the same under `torchrun --nproc_per_node N` (accelerate, DDP).
+split with the task's own metrics. Runs the same under `torchrun --nproc_per_node N` (accelerate, DDP) and
+under `accelerate launch --config_file recipes/accelerate/fsdp_gpu.yaml` (FSDP; README "Scaling out").
 """
 
 from __future__ import annotations

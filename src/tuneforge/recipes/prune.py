@@ -223,11 +223,11 @@ def prune(cfg: PruneConfig) -> Path:
     from tuneforge.compress.prune import sparsity_report
     from tuneforge.models.loading import load_merged, reload
     from tuneforge.models.saving import save_model
-    from tuneforge.runs import run_dir_for
     from tuneforge.scoring import score
     from tuneforge.tasks import get_task
     from tuneforge.tasks.splits import load_rows, load_train_rows
-    from tuneforge.training.setup import checkpoint_to_resume
+    from tuneforge.training.optim import processes
+    from tuneforge.training.setup import checkpoint_to_resume, resolve_run_dir
 
     checkpoint_to_resume(cfg)  # a missing checkpoint is reported before anything loads
     task = get_task(cfg.task.name, **cfg.task.options())
@@ -238,11 +238,15 @@ def prune(cfg: PruneConfig) -> Path:
     if cfg.prune.method == "blocks":  # the count needs the model's depth; checked before any scoring
         blocks_to_remove(model.config.num_hidden_layers, cfg.prune.remove)
     teacher = recovery_teacher(model, tok, cfg)
-    run_dir = run_dir_for(cfg)  # train.resume continues in the interrupted run's folder
+    # train.resume continues in the interrupted run's folder; under torchrun every process agrees on one folder,
+    # prunes alike, recovers on its share of the rows, and the main process alone scores and writes
+    procs = processes()
+    run_dir = resolve_run_dir(cfg, procs)
+    main = procs.is_main_process
     metrics: dict = {"task": task.name, "primary_metric": task.primary_metric, "method": cfg.prune.method}
     if cfg.prune.method != "existing":
         metrics.update(pattern=cfg.prune.pattern, sparsity_target=cfg.prune.sparsity)
-    if cfg.eval_before:
+    if cfg.eval_before and main:
         metrics["before"], _ = score(model, tok, task, dev_rows, cfg.eval, label="before pruning")
     history: list[dict] = []
     steps = []
@@ -250,9 +254,12 @@ def prune(cfg: PruneConfig) -> Path:
     resume = "tuneforge prune <config>" if len(configs) == 1 else None
     for k, (step_cfg, rows) in enumerate(zip(configs, step_rows, strict=True)):
         label = f" (step {k + 1}: {step_cfg.prune.sparsity:.1%})" if len(configs) > 1 else ""
-        step, predictions = prune_step(model, tok, task, step_cfg, rows, dev_rows, run_dir, teacher, history, label, resume)
+        step, predictions = prune_step(model, tok, task, step_cfg, rows, dev_rows, run_dir, teacher, history, label, resume,
+                                       main)
         steps.append(step)
     del teacher
+    if not main:
+        return run_dir
     metrics.update({k: v for k, v in steps[-1].items() if k != "sparsity"},
                    prune_seconds=sum(s["prune_seconds"] for s in steps))
     if len(steps) > 1:
@@ -273,9 +280,11 @@ def prune(cfg: PruneConfig) -> Path:
 
 
 def prune_step(model, tok, task, cfg: PruneConfig, train_rows, dev_rows, run_dir: Path, teacher,
-               history: list[dict], label: str = "", resume_command: str | None = None) -> tuple[dict, list[dict]]:
-    """Prune `model` in place to cfg.prune.sparsity, score it, recover and score again if asked.
-    Appends the recovery's loss history (steps counted on from the last entry). Returns (metrics, predictions)."""
+               history: list[dict], label: str = "", resume_command: str | None = None,
+               main: bool = True) -> tuple[dict, list[dict]]:
+    """Prune `model` in place to cfg.prune.sparsity, score it, recover and score again if asked (scores and the
+    saved model/: the `main` process only). Appends the recovery's loss history (steps counted on from the last
+    entry). Returns (metrics, predictions)."""
     from tuneforge.compress.calibration import calibration_batches
     from tuneforge.models.saving import save_model
     from tuneforge.scoring import score
@@ -287,14 +296,17 @@ def prune_step(model, tok, task, cfg: PruneConfig, train_rows, dev_rows, run_dir
     start = time.perf_counter()
     masks, details = prune_model(model, cfg, calib)
     step: dict = {"sparsity": cfg.prune.sparsity, **details, "prune_seconds": time.perf_counter() - start}
-    step["pruned"], predictions = score(model, tok, task, dev_rows, cfg.eval, label=f"after pruning{label}")
+    predictions: list[dict] = []
+    if main:
+        step["pruned"], predictions = score(model, tok, task, dev_rows, cfg.eval, label=f"after pruning{label}")
     if cfg.recovery.enabled:
         stats = recover(model, tok, task, train_rows, masks, cfg, run_dir, teacher, resume_command, dev_rows)
         offset = history[-1]["step"] if history else 0
         history.extend({**row, "step": row["step"] + offset} for row in stats.pop("history"))
         step["recovery"] = stats
-        save_model(model, tok, run_dir / "model")  # before scoring: a Ctrl-C there keeps the recovered model
-        step["recovered"], predictions = score(model, tok, task, dev_rows, cfg.eval, label=f"after recovery{label}")
+        if main:
+            save_model(model, tok, run_dir / "model")  # before scoring: a Ctrl-C there keeps the recovered model
+            step["recovered"], predictions = score(model, tok, task, dev_rows, cfg.eval, label=f"after recovery{label}")
     return step, predictions
 
 

@@ -28,8 +28,8 @@ from tuneforge.training.checkpoints import (
     set_rng_state,
     sigint_held,
 )
-from tuneforge.training.optim import count_params, make_accelerator
-from tuneforge.training.setup import Setup, assemble, checkpoint_to_resume
+from tuneforge.training.optim import count_params, make_accelerator, refuse_sharding, shards_weights
+from tuneforge.training.setup import Setup, assemble, checkpoint_to_resume, gather_model, prepare
 
 
 class Interrupted(Exception):
@@ -39,6 +39,8 @@ class Interrupted(Exception):
 def fit(s: Setup) -> dict:
     """The training loop: forward, loss on target tokens, backward, clip, step, log, evaluate, checkpoint."""
     cfg, acc = s.cfg, s.accelerator
+    prepare(s)
+    world = acc.num_processes
     start_step = 0
     if cfg.train.resume:
         ckpt = checkpoint_to_resume(cfg)
@@ -62,6 +64,8 @@ def fit(s: Setup) -> dict:
             window = s.batches[step * cfg.train.grad_accum:(step + 1) * cfg.train.grad_accum]
             micro = [(s.collate or collate)([s.examples[i] for i in b], pad) for b in window]
             n_targets = sum((s.count_targets or count_target_tokens)(m) for m in micro)
+            if world > 1:  # the step's targets on every process: each divides its summed loss by the same count
+                n_targets = int(acc.reduce(torch.tensor(n_targets, device=acc.device), "sum"))
             loss_total = 0.0
             for k, batch in enumerate(micro):
                 batch = {key: v.to(acc.device) for key, v in batch.items()}
@@ -69,14 +73,19 @@ def fit(s: Setup) -> dict:
                 ctx = acc.no_sync(s.loss_module) if not sync else nullcontext()
                 with ctx:
                     loss_sum, _ = s.loss_module(**batch)
-                    loss = loss_sum / max(n_targets, 1)  # token-weighted: batch 8 == 8 x batch 1 accumulated
+                    # token-weighted: batch 8 == 8 x batch 1 accumulated == 2 processes x batch 4 (DDP and FSDP
+                    # average the processes' gradients, hence x world)
+                    loss = loss_sum / max(n_targets, 1) * world
                     acc.backward(loss)
-                loss_total += loss.item()
+                loss_total += loss.item() / world
                 tokens_seen += int(batch["attention_mask"].sum())
                 if s.encoder_decoder:  # the decoder's tokens too
                     tokens_seen += int((batch["labels"] != -100).sum())
-            # no max_grad_norm: clipping at infinity measures the norm and scales by 1.0
-            grad_norm = float(acc.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm or float("inf")))
+            if world > 1:  # the step's loss over every process's rows, not this process's share
+                loss_total = float(acc.reduce(torch.tensor(loss_total, device=acc.device), "sum"))
+            # the prepared module's parameters: accelerate clips FSDP's shards by them. No max_grad_norm: clipping
+            # at infinity measures the norm and scales by 1.0
+            grad_norm = float(acc.clip_grad_norm_(s.loss_module.parameters(), cfg.train.max_grad_norm or float("inf")))
             with sigint_held(reraise=True):  # an update is applied whole and counted, or not at all
                 s.optimizer.step()
                 s.scheduler.step()
@@ -96,7 +105,8 @@ def fit(s: Setup) -> dict:
                     log.flush()
                 if tracking:
                     tracking.log({f"{s.track_prefix}train/{k}": v for k, v in row.items() if k != "step"}, done)
-            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < s.total_steps and s.dev_rows:
+            if (cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < s.total_steps and s.dev_rows
+                    and gather_model(s) is not None):  # FSDP: the main process scores, the others wait
                 dev = validate(s, desc=f"dev @ step {done}")
                 row = {"step": done, **{f"dev_{k}": v for k, v in dev.items() if isinstance(v, float)}}
                 s.history.append(row)
@@ -108,6 +118,10 @@ def fit(s: Setup) -> dict:
             if cfg.train.save_every and done % cfg.train.save_every == 0 and acc.is_main_process:
                 save_checkpoint(s.run_dir / "checkpoints" / f"step-{done}", s.model, s.optimizer, s.scheduler, done, step_rng)
     except KeyboardInterrupt:
+        if shards_weights(acc):
+            bar.close()
+            acc.print(f"\ninterrupted after step {completed}; FSDP / ZeRO-3 runs write no checkpoint", file=sys.stderr)
+            raise Interrupted() from None
         with sigint_held():  # a second Ctrl-C waits for the checkpoint
             bar.close()
             if acc.is_main_process:
@@ -125,10 +139,12 @@ def fit(s: Setup) -> dict:
         if log:
             log.close()
     bar.close()
+    gather_model(s)  # FSDP: the trained weights whole on the main process, for its scoring and saving
     seconds = time.time() - t_start
     return {"tokens": tokens_seen * acc.num_processes, "seconds": seconds,
             "tokens_per_second": tokens_seen * acc.num_processes / max(seconds, 1e-9),
             "steps": s.total_steps - start_step,  # this process's; a resumed run says where it started
+            **({"distributed": acc.distributed_type.value} if world > 1 else {}),  # MULTI_GPU (DDP), FSDP, ...
             **({"resumed_from_step": start_step} if start_step else {}),
             **({"peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9} if on_cuda else {})}
 
@@ -165,6 +181,7 @@ def train(cfg, task, model: nn.Module, tok, loss_module: nn.Module, examples: li
     `resume_command` (e.g. "tuneforge prune <config>") is how the user resumes from it."""
     cuda = torch.cuda.is_available()
     accelerator = make_accelerator(use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu"))
+    refuse_sharding(accelerator, "distill and prune")  # they go on with `model` itself, not a gathered copy
     torch.manual_seed(cfg.train.seed)
     model.train()
     setup = assemble(cfg, task, accelerator, model, tok, loss_module, examples, dev_rows, run_dir,

@@ -20,7 +20,7 @@ from tuneforge.tasks.splits import Probe, build_probe, build_task, load_rows, tr
 from tuneforge.training.batching import group_batches
 from tuneforge.training.checkpoints import latest_checkpoint
 from tuneforge.training.losses import TargetOnlyLoss
-from tuneforge.training.optim import make_accelerator, make_optimizer, make_scheduler
+from tuneforge.training.optim import make_accelerator, make_optimizer, make_scheduler, shards_weights
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Setup:
     accelerator: object
     model: torch.nn.Module          # the (peft-wrapped) causal or encoder-decoder LM
     tok: object
-    loss_module: torch.nn.Module    # what accelerate prepared (DDP-wrapped when distributed)
+    loss_module: torch.nn.Module    # wraps the model; fit() hands it to accelerate (DDP, FSDP)
     optimizer: object
     scheduler: object
     examples: list[dict]
@@ -49,6 +49,9 @@ class Setup:
     probes: list[Probe] = field(default_factory=list)  # eval.probes: scored before and after training
     tracking: object | None = None  # train.report_to's trackers when the caller keeps them open (continual)
     track_prefix: str = ""          # tracker scalar names' prefix (a continual stage's name)
+    # FSDP / ZeRO-3, main process: (the model's name in the loss module, a plain copy of the model whose weights
+    # stay on the meta device until gather_model fills them)
+    unsharded: tuple[str, torch.nn.Module] | None = None
 
 
 def apply_method(model, cfg: FinetuneConfig):
@@ -112,9 +115,15 @@ def setup(cfg: FinetuneConfig) -> Setup:
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(cfg.train.bf16, "cuda" if cuda else "cpu")
     accelerator = make_accelerator(bf16)
+    sharded = shards_weights(accelerator)
+    if sharded and quantization:
+        raise UserError("method qlora does not run under FSDP or DeepSpeed ZeRO-3 (its NF4 base cannot be sharded "
+                        "here); use method=lora, or launch QLoRA with torchrun")
     set_seed(cfg.train.seed)
     # LoRA keeps the frozen base in bf16 where it is fast; full/freeze keep fp32 master weights under autocast.
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if bf16 and cfg.method in ("lora", "qlora") else "float32")
+    # FSDP shards a block's weights as one tensor of one dtype: fp32 throughout, bf16 is its mixed precision's.
+    lora_bf16 = bf16 and cfg.method in ("lora", "qlora") and not sharded
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if lora_bf16 else "float32")
     model, tok = load_model(cfg.model, dtype=dtype, adapter=None, device=str(accelerator.device), quantization=quantization,
                             kind=kind)
     encoder_decoder = kind == "seq2seq"
@@ -163,9 +172,10 @@ def setup(cfg: FinetuneConfig) -> Setup:
         return assemble(cfg, task, accelerator, model, tok, S2S.Seq2SeqLoss(model), examples, dev_rows, run_dir,
                         prompting=prompting, collate=S2S.collate_seq2seq, count_targets=S2S.target_tokens,
                         encoder_decoder=True, probes=probes)
-    share_prefix = cfg.train.share_prefix and not cfg.train.gradient_checkpointing
+    share_prefix = cfg.train.share_prefix and not cfg.train.gradient_checkpointing and not sharded
     if cfg.train.share_prefix and not share_prefix:
-        accelerator.print("note: train.gradient_checkpointing turns train.share_prefix off (each row runs its whole prompt)")
+        why = "FSDP" if sharded else "train.gradient_checkpointing"  # FSDP: the prefix's cache skips its backward hooks
+        accelerator.print(f"note: {why} turns train.share_prefix off (each row runs its whole prompt)")
     return assemble(cfg, task, accelerator, model, tok, TargetOnlyLoss(model, share_prefix), examples, dev_rows, run_dir,
                     prompting=prompting, probes=probes)
 
@@ -200,13 +210,65 @@ def shard_batches(examples: list[dict], train_cfg, accelerator) -> tuple[list[li
 
 def assemble(cfg, task, accelerator, model, tok, loss_module, examples: list[dict], dev_rows: list[dict], run_dir: Path,
              **extra) -> Setup:
-    """The one place a run's batches, optimizer and schedule are made and handed to accelerate."""
+    """The one place a run's batches, optimizer and schedule are made; fit() hands them to accelerate (prepare)."""
+    if shards_weights(accelerator):
+        for key in ("resume", "save_every"):
+            if getattr(cfg.train, key):
+                raise UserError(f"train.{key}: checkpoints are not written or read under FSDP / DeepSpeed ZeRO-3 yet; "
+                                f"set train.{key}={'null' if key == 'resume' else 0}, or launch with torchrun (DDP)")
     batches, total_steps = shard_batches(examples, cfg.train, accelerator)
     optimizer = make_optimizer(model, cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, total_steps)
-    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     return Setup(cfg, task, accelerator, model, tok, loss_module, optimizer, scheduler, examples, batches,
                  list(dev_rows), run_dir, total_steps, **extra)
+
+
+def prepare(s: Setup) -> None:
+    """Hand the loss module (and the model inside it) and the optimizer to accelerate: DDP, or FSDP / ZeRO-3,
+    which shard the weights in place. Done as training starts, so whatever runs before it (scoring before
+    training) has the plain model. Under sharding the main process keeps a weightless copy of the model
+    first, for gather_model."""
+    acc = s.accelerator
+    if shards_weights(acc):
+        if acc.is_main_process:
+            name = next(name for name, m in s.loss_module.named_modules() if m is s.model)
+            s.unsharded = (name, weightless_copy(s.model))
+        if getattr(s.loss_module, "_no_split_modules", None) is None:
+            # FSDP's transformer-based wrap names its units after the model's blocks (LlamaDecoderLayer, ...)
+            s.loss_module._no_split_modules = getattr(s.model, "_no_split_modules", None)
+    s.loss_module, s.optimizer = acc.prepare(s.loss_module, s.optimizer)
+
+
+def weightless_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's modules, config and buffers, its parameters on the meta device (no memory)."""
+    import copy
+
+    memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
+def gather_model(s: Setup) -> torch.nn.Module | None:
+    """Under FSDP / ZeRO-3: the trained weights gathered from every process into the main process's plain copy,
+    which becomes s.model there (for scoring and saving); None on the other processes. Every process must call
+    it. Without sharding: s.model, untouched."""
+    acc = s.accelerator
+    if not shards_weights(acc):
+        return s.model
+    state = acc.get_state_dict(s.loss_module)  # whole tensors, on the main process's CPU
+    if not acc.is_main_process:
+        return None
+    prefix, model = s.unsharded
+    own = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+    unexpected = model.load_state_dict(own, assign=True, strict=False).unexpected_keys
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "tie_weights"):
+        base.tie_weights()  # `assign` made the tied embeddings and LM head two tensors again
+    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if empty or unexpected:
+        raise RuntimeError(f"the gathered weights do not fit the model: not filled {empty[:5]}, unexpected {unexpected[:5]}")
+    s.model = model.to(acc.device)
+    return s.model
 
 
 def encode_row(tok, task, row, max_len):
@@ -231,6 +293,8 @@ def checkpoint_to_resume(cfg: FinetuneConfig) -> Path | None:
 
 
 def resolve_run_dir(cfg: FinetuneConfig, accelerator) -> Path:
+    """The run folder, made by the main process and the same on every process. `accelerator`: the run's, or
+    training.optim.processes() for a verb that needs the folder before it makes one (distill, prune)."""
     from tuneforge.runs import resumed_run_dir, run_dir_for
 
     resume = cfg.train.resume
