@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -46,7 +47,7 @@ def sentiment_server(tmp_path, server_factory):
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_readme_curl_examples_work_as_written(sentiment_server):
     commands = readme_curls()
-    assert len(commands) >= 3, commands
+    assert len(commands) >= 4, commands
     outputs = []
     for command in commands:
         assert "http://127.0.0.1:8000" in command
@@ -54,7 +55,7 @@ def test_readme_curl_examples_work_as_written(sentiment_server):
         done = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (command, done.stderr)
         outputs.append(done.stdout)
-    models, chat, stream = outputs[0], outputs[1], outputs[2]
+    models, chat, stream, structured = outputs[:4]
     assert {m["id"] for m in json.loads(models)["data"]} >= {"smollm2-135m-instruct", "sentiment"}
     reply = json.loads(chat)
     assert reply["object"] == "chat.completion" and reply["model"] == "sentiment"
@@ -65,3 +66,5 @@ def test_readme_curl_examples_work_as_written(sentiment_server):
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert re.search(r"\w", text)
+    schema = json.loads(commands[3].split("-d '", 1)[1].rstrip("'"))["response_format"]["json_schema"]["schema"]
+    jsonschema.validate(json.loads(json.loads(structured)["choices"][0]["message"]["content"]), schema)

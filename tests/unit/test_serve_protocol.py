@@ -7,13 +7,12 @@ import pytest
 from tuneforge.errors import UserError
 from tuneforge.recipes.serve import make_config, parse_adapters
 from tuneforge.serve import protocol as oai
-from tuneforge.serve.app import parse
 from tuneforge.serve.engines.base import Chunk, IncrementalDecoder, with_stop_strings
 from tuneforge.serve.metrics import Metrics
 
 
 def test_chat_request_defaults_and_content_parts():
-    req = parse(oai.ChatCompletionRequest, {"model": "m", "messages": [
+    req = oai.parse(oai.ChatCompletionRequest, {"model": "m", "messages": [
         {"role": "developer", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "Xin "}, {"type": "text", "text": "chào"}]}],
         "user": "ignored-extra"})
@@ -30,14 +29,66 @@ def test_chat_request_defaults_and_content_parts():
 ])
 def test_bad_requests_name_the_parameter(body, param):
     with pytest.raises(oai.APIError) as e:
-        req = parse(oai.ChatCompletionRequest, body)
+        req = oai.parse(oai.ChatCompletionRequest, body)
         req.stops()
     assert e.value.status == 400 and e.value.param == param
     assert set(e.value.body()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_completion_request_defaults_to_16_tokens():
-    assert parse(oai.CompletionRequest, {"model": "m", "prompt": "hi"}).wanted_tokens() == 16
+    assert oai.parse(oai.CompletionRequest, {"model": "m", "prompt": "hi"}).wanted_tokens() == 16
+
+
+def test_response_format_gives_the_schema_to_follow():
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}}
+    assert oai.parse(oai.ChatCompletionRequest, {**body, "response_format": fmt}).json_schema() == schema
+    json_object = {**body, "response_format": {"type": "json_object"}}
+    assert oai.parse(oai.ChatCompletionRequest, json_object).json_schema() == {"type": "object"}
+    assert oai.parse(oai.ChatCompletionRequest, {**body, "response_format": {"type": "text"}}).json_schema() is None
+    with pytest.raises(oai.APIError) as e:
+        oai.parse(oai.ChatCompletionRequest, {**body, "response_format": {"type": "json_schema"}}).json_schema()
+    assert e.value.param == "response_format.json_schema"
+    completion = {"model": "m", "prompt": "x", "response_format": {"type": "json_object"}}
+    assert oai.parse(oai.CompletionRequest, completion).json_schema() == {"type": "object"}
+
+
+def test_unsupported_schema_is_a_400_naming_the_reason():
+    from tuneforge.serve.structured import grammar_for
+
+    assert grammar_for({"type": "object", "properties": {"a": {"enum": ["x", "y"]}}})
+    for schema, reason in [({"type": "wat"}, "Invalid type"), ({"not": {"type": "string"}}, "Unimplemented"),
+                           ({"$ref": "#/nowhere"}, "does not exist")]:
+        with pytest.raises(oai.APIError) as e:
+            grammar_for(schema)
+        assert e.value.status == 400 and e.value.param == "response_format" and reason in e.value.message
+
+
+def test_response_builders_match_the_declared_models():
+    """The dicts the server sends are what /openapi.json declares."""
+    oai.ChatCompletion.model_validate(oai.chat_response("chatcmpl-1", "m", "hi", "stop", 3, 1))
+    oai.Completion.model_validate(oai.completion_response("cmpl-1", "m", "hi", "length", 3, 1))
+    for with_usage in (False, True):
+        oai.ChatCompletionChunk.model_validate(oai.chat_chunk("c", 1, "m", {"role": "assistant", "content": ""},
+                                                              None, with_usage))
+        oai.ChatCompletionChunk.model_validate(oai.chat_chunk("c", 1, "m", {}, "stop", with_usage))
+        oai.Completion.model_validate(oai.completion_chunk("c", 1, "m", "x", None, with_usage))
+    oai.ChatCompletionChunk.model_validate(oai.usage_chunk("c", 1, "m", "chat.completion.chunk", 3, 1))
+    oai.Completion.model_validate(oai.usage_chunk("c", 1, "m", "text_completion", 3, 1))
+    oai.ErrorResponse.model_validate(oai.APIError(400, "bad", param="n").body())
+
+
+def test_fastapi_validation_errors_become_openai_400s():
+    from tuneforge.serve.app import invalid_body
+
+    bad_json = invalid_body([{"type": "json_invalid", "loc": ("body", 3), "msg": "JSON decode error",
+                              "ctx": {"error": "Expecting value"}}])
+    assert bad_json.status == 400 and "Expecting value" in bad_json.message and bad_json.param is None
+    assert invalid_body([{"type": "model_attributes_type", "loc": ("body",), "msg": "x"}]).message == \
+        "the request body must be a JSON object"
+    field = invalid_body([{"type": "greater_than", "loc": ("body", "temperature"), "msg": "Input should be > 0"}])
+    assert field.param == "temperature" and field.message == "temperature: Input should be > 0"
 
 
 async def _chunks(pieces, finish="length"):

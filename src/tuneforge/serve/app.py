@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,6 +24,7 @@ from tuneforge.serve import protocol as oai
 from tuneforge.serve.engines.base import Chunk, Engine, GenerationRequest, Sampling, with_stop_strings
 from tuneforge.serve.metrics import Metrics
 from tuneforge.serve.settings import ServeConfig
+from tuneforge.serve.structured import grammar_for
 
 WEB = Path(__file__).parent / "web"
 log = logging.getLogger("tuneforge.serve")
@@ -94,16 +95,23 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None,
 
     app = FastAPI(title="tuneforge", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tuneforge = state
+    app.add_middleware(ApiGate, state=state)  # innermost, so CORS answers preflights before the key is asked for
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(CountRequests, metrics=state.metrics)
+    app.openapi = lambda: openapi_document(app)
 
     @app.exception_handler(oai.APIError)
     async def _api_error(request: Request, exc: oai.APIError):
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(request: Request, exc: RequestValidationError):
+        err = invalid_body(exc.errors())
+        return JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -116,41 +124,37 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None,
         err = oai.APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
         return JSONResponse(err.body(), status_code=500)
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": oai.Health}, 503: {"model": oai.Health}})
     async def health():
         if state.engine is not None:
             return {"status": "ok"}
         body = {"status": "error", "error": state.load_error} if state.load_error else {"status": "loading"}
         return JSONResponse(body, status_code=503)
 
-    @app.get("/ping")  # SageMaker's readiness probe
+    @app.get("/ping", responses={200: {"model": oai.Health}, 503: {"model": oai.Health}})  # SageMaker's probe
     async def ping():
         return await health()
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
         state.metrics.set("tuneforge_queue_depth", state.in_flight)
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models")
-    async def models(request: Request):
-        check_key(state, request)
+    @app.get("/v1/models", responses={200: {"model": oai.ModelList}, **ERRORS})
+    async def models():
         return state.model_list()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        check_key(state, request)
-        req = parse(oai.ChatCompletionRequest, await read_json(request, config.max_body_bytes))
+    @app.post("/v1/chat/completions", responses=answers(oai.ChatCompletion, oai.ChatCompletionChunk))
+    async def chat_completions(req: oai.ChatCompletionRequest):
         return await answer(state, req)
 
-    @app.post("/invocations")  # SageMaker's inference route: a chat-completions body in, its response out
-    async def invocations(request: Request):
-        return await chat_completions(request)
+    # SageMaker's inference route: a chat-completions body in, its response out.
+    @app.post("/invocations", responses=answers(oai.ChatCompletion, oai.ChatCompletionChunk))
+    async def invocations(req: oai.ChatCompletionRequest):
+        return await answer(state, req)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        check_key(state, request)
-        req = parse(oai.CompletionRequest, await read_json(request, config.max_body_bytes))
+    @app.post("/v1/completions", responses=answers(oai.Completion, oai.Completion))
+    async def completions(req: oai.CompletionRequest):
         return await answer(state, req)
 
     @app.get("/", include_in_schema=False)
@@ -186,34 +190,105 @@ def check_key(state: ServerState, request: Request) -> None:
                            code="invalid_api_key")
 
 
-async def read_json(request: Request, limit: int) -> dict:
-    declared = request.headers.get("content-length")
+ERRORS = {"4XX": {"model": oai.ErrorResponse, "description": "OpenAI's error body"},
+          "5XX": {"model": oai.ErrorResponse, "description": "OpenAI's error body"}}
+
+
+def answers(whole: type, chunk: type) -> dict:
+    """The responses of a generation route: JSON, or with stream=true server-sent events whose data is `chunk`
+    JSON (or an error body if generation fails midway), then `[DONE]`. Each event is described as OpenAPI 3.2
+    has it: an object whose `data` string holds JSON (contentMediaType / contentSchema)."""
+    ref = "#/components/schemas/{}".format
+    data = {"type": "string", "contentMediaType": "application/json",
+            "contentSchema": {"anyOf": [{"$ref": ref(chunk.__name__)}, {"$ref": ref("ErrorResponse")}]}}
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [{"const": "[DONE]"}, data]}}}
+    told = f"{whole.__name__} JSON; with stream=true, server-sent events of {chunk.__name__} JSON ending with [DONE]"
+    return {200: {"model": whole, "description": told, "content": {"text/event-stream": {"schema": event}}}, **ERRORS}
+
+
+def openapi_document(app: FastAPI) -> dict:
+    """FastAPI's document, plus the stream chunk schemas that only the text/event-stream responses name."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+        from pydantic.json_schema import models_json_schema
+
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        _, defs = models_json_schema([(oai.ChatCompletionChunk, "serialization"), (oai.Completion, "serialization")],
+                                     ref_template="#/components/schemas/{model}")
+        for name, schema in defs["$defs"].items():
+            doc["components"]["schemas"].setdefault(name, schema)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+def invalid_body(errors: list[dict]) -> oai.APIError:
+    """FastAPI's request validation errors as OpenAI's 400 (never FastAPI's 422 body)."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "invalid JSON")
+        return oai.APIError(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
+                                 f"aren't using your HTTP library correctly. Parser said: {reason})")
+    if tuple(first.get("loc", ())) == ("body",):
+        return oai.APIError(400, "the request body must be a JSON object")
+    return oai.validation_error(errors)
+
+
+class ApiGate:
+    """Before an API route runs: the API key (401), then the body size (413), so that an unauthenticated or
+    oversized body is never parsed. The body is taken as JSON whatever its Content-Type says, as it always was
+    here (SageMaker's InvokeEndpoint may send none, or application/octet-stream)."""
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if (scope["type"] != "http" or scope["method"] == "OPTIONS"
+                or not (path.startswith("/v1/") or path == "/invocations")):
+            return await self.app(scope, receive, send)
+        try:
+            check_key(self.state, Request(scope))
+            body = await read_body(scope, receive, self.state.config.max_body_bytes) if scope["method"] == "POST" else None
+        except oai.APIError as e:
+            return await JSONResponse(e.body(), status_code=e.status)(scope, receive, send)
+        if body is not None:
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+            receive = replay(body, receive)
+        await self.app(scope, receive, send)
+
+
+async def read_body(scope, receive, limit: int) -> bytes:
     too_big = oai.APIError(413, f"request body is larger than {limit} bytes (server option --max-body-bytes)",
                            code="request_too_large")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > limit:
         raise too_big
     body = bytearray()
-    async for part in request.stream():
-        body += part
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        body += message.get("body", b"")
         if len(body) > limit:
             raise too_big
-    try:
-        data = json.loads(body)
-    except ValueError as e:
-        raise oai.APIError(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
-                                f"aren't using your HTTP library correctly. Parser said: {e})") from e
-    if not isinstance(data, dict):
-        raise oai.APIError(400, "the request body must be a JSON object")
-    return data
+        if not message.get("more_body", False):
+            break
+    return bytes(body)
 
 
-def parse(cls, data: dict):
-    try:
-        req = cls.model_validate(data)
-    except ValidationError as e:
-        raise oai.validation_error(e) from e
-    req.check_supported()
-    return req
+def replay(body: bytes, receive):
+    """A `receive` that hands the app the body already read, then the client's later messages (disconnect)."""
+    sent = False
+
+    async def again():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
 
 
 def encode(engine: Engine, req) -> tuple[list[int], str]:
@@ -222,6 +297,8 @@ def encode(engine: Engine, req) -> tuple[list[int], str]:
             return engine.encode_chat(req.conversation()), "messages"
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            if not all(0 <= t < engine.vocab_size for t in prompt):
+                raise oai.APIError(400, f"prompt: token ids must be from 0 to {engine.vocab_size - 1}", param="prompt")
             return list(prompt), "prompt"
         text = prompt[0] if isinstance(prompt, list) and prompt else (prompt or "")
         return engine.encode_text(text), "prompt"
@@ -247,10 +324,14 @@ def plan(state: ServerState, engine: Engine, req) -> GenerationRequest:
     room = engine.context_length - len(prompt_ids)
     sampling = Sampling(max_tokens=max(1, min(wanted or cap, room)), temperature=req.temperature, top_p=req.top_p,
                         seed=req.seed, stop=req.stops())
-    return GenerationRequest(prompt_ids, adapter, sampling)
+    schema = req.json_schema()
+    if schema is not None:
+        grammar_for(schema)  # a schema the grammar compiler rejects is the client's 400, before it takes a slot
+    return GenerationRequest(prompt_ids, adapter, sampling, schema)
 
 
 async def answer(state: ServerState, req):
+    req.check_supported()
     engine = state.ready()
     gen = plan(state, engine, req)
     if state.in_flight >= state.config.queue_size:

@@ -1,16 +1,27 @@
-"""OpenAI's request and response formats: requests as pydantic models, responses as plain dicts.
+"""OpenAI's request and response formats: requests as pydantic models, responses built as plain dicts (fast on
+the streaming path) and declared as models for the OpenAPI document (tests hold the two together).
 
 Unknown request fields are ignored (as vLLM does) so that clients sending extras keep working; fields we
 cannot honour with a non-default value (n>1, logprobs, tools) are refused with OpenAI's error body.
+
+The document declares what is accepted (n: 1, no tools, text parts) while the models stay lenient, so that a
+value we refuse gets our 400 naming it rather than pydantic's wording.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+
+def documented(schema: dict) -> WithJsonSchema:
+    return WithJsonSchema(schema, mode="validation")
+
+
+NULL = {"type": "null"}
 
 
 class APIError(Exception):
@@ -35,7 +46,9 @@ class StreamOptions(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Annotated[str | list[dict[str, Any]] | None, documented({"anyOf": [{"type": "string"}, NULL, {
+        "type": "array", "items": {"type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                                   "required": ["type"]}}]})] = None
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -49,17 +62,31 @@ class ChatMessage(_Request):
         return "".join(parts)
 
 
+class JsonSchemaFormat(_Request):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")  # `schema` would shadow BaseModel's
+    strict: bool | None = None  # the answer always follows the schema, strict or not
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class _Sampling(_Request):
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, json_schema_extra={"maximum": 1})
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    logprobs: bool | int | None = None
+    stop: Annotated[str | list[str] | None, documented(
+        {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}, NULL]})] = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # int64, as OpenAI has it
+    logprobs: Annotated[bool | int | None, documented({"enum": [False, 0, None]})] = None
+    response_format: ResponseFormat | None = None
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -74,6 +101,18 @@ class _Sampling(_Request):
         if self.logprobs:
             raise APIError(400, "logprobs are not supported by this server", param="logprobs")
 
+    def json_schema(self) -> dict[str, Any] | None:
+        """The schema the answer must follow, if any ({"type": "object"} for json_object mode)."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return {"type": "object"}
+        if fmt.json_schema is None:
+            raise APIError(400, "response_format: type json_schema needs a json_schema object",
+                           param="response_format.json_schema")
+        return fmt.json_schema.schema_
+
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
@@ -81,7 +120,7 @@ class _Sampling(_Request):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[dict] | None = None
+    tools: Annotated[list[dict] | None, documented({"anyOf": [{"type": "array", "maxItems": 0}, NULL]})] = None
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -97,10 +136,13 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int]
+    prompt: Annotated[str | list[str] | list[int], documented({"anyOf": [
+        {"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1},
+                                             "minItems": 1, "maxItems": 1},
+        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}]})]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
-    echo: bool = False
-    suffix: str | None = None
+    echo: bool = Field(False, json_schema_extra={"const": False})
+    suffix: Annotated[str | None, documented({"anyOf": [{"const": ""}, NULL]})] = None
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -111,6 +153,127 @@ class CompletionRequest(_Sampling):
 
     def wanted_tokens(self) -> int | None:
         return self.max_tokens
+
+
+def parse(cls, data: dict):
+    """A request model from a JSON object, with the checks the routes make; APIError(400) when it is not one."""
+    from pydantic import ValidationError
+
+    try:
+        req = cls.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(e.errors()) from e
+    req.check_supported()
+    return req
+
+
+# Response bodies, as declared in /openapi.json.
+Finish = Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+    refusal: None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: Finish
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: None
+    finish_reason: Finish | None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion (`data: {...}`; the stream ends with `data: [DONE]`).
+    With stream_options.include_usage, `usage` is null on every chunk but a last one with no choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    system_fingerprint: None
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None
+    finish_reason: Finish | None  # None only on a streamed chunk that does not end the stream
+
+
+class Completion(BaseModel):
+    """A completion, or (with stream=true) one server-sent event of it, shaped as in ChatCompletionChunk."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: None
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str
+    parent: str | None
+    max_model_len: int
+    max_tokens: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "error"]
+    error: str | None = None
 
 
 def new_id(prefix: str) -> str:
@@ -166,8 +329,8 @@ def usage_chunk(rid: str, created: int, model: str, obj: str, prompt_tokens: int
             "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
 
 
-def validation_error(err: Any) -> APIError:
+def validation_error(errors: list[dict]) -> APIError:
     """Turn pydantic's first error into OpenAI's 400 body, naming the field as the client sent it."""
-    first = err.errors()[0]
+    first = errors[0]
     param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
     return APIError(400, f"{param}: {first.get('msg')}" if param else str(first.get("msg")), param=param)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 # Tokens that end an assistant turn in common chat templates, besides the tokenizer's own eos.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
@@ -26,6 +26,7 @@ class GenerationRequest:
     prompt_ids: list[int]
     adapter: str | None  # None: the base model
     sampling: Sampling
+    json_schema: dict[str, Any] | None = None  # the answer must be JSON following it (response_format)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Engine(Protocol):
     kind: str                 # "transformers" | "llamacpp" | "vllm"
     adapters: list[str]       # adapter names the engine can serve per request
     context_length: int
+    vocab_size: int           # a prompt's token ids are below it
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """The chat template applied (with the assistant prompt opened) and tokenized."""

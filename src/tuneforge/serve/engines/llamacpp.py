@@ -9,6 +9,7 @@ import codecs
 import os
 import random
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,8 +24,10 @@ class LlamaCppEngine:
     def __init__(self, llm):
         self.llm = llm
         self.context_length = llm.n_ctx()
+        self.vocab_size = llm.n_vocab()
         self.end_ids = self._end_ids()
         self.template = llm.metadata.get("tokenizer.chat_template")
+        self._lltokenizer = None  # llguidance's view of the vocabulary, built on the first JSON-schema request
         # llama.cpp is not thread-safe: every call on `llm` happens on this one worker thread, in arrival order.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneforge-llamacpp")
 
@@ -89,10 +92,12 @@ class LlamaCppEngine:
                 return
             self.llm.set_seed(s.seed if s.seed is not None else random.randrange(2**31))
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            constraint = self._constraint(request.json_schema) if request.json_schema is not None else None
+            processors = [masker(constraint)] if constraint else None
             n = 0
             # temp 0 is greedy in llama-cpp-python; top_k 0 and min_p 0 leave temperature/top_p as OpenAI defines them.
             for token in self.llm.generate(request.prompt_ids, temp=s.temperature, top_p=s.top_p, top_k=0, min_p=0.0,
-                                           repeat_penalty=1.0):
+                                           repeat_penalty=1.0, logits_processor=processors):
                 if stop.is_set():
                     return
                 n += 1
@@ -100,6 +105,11 @@ class LlamaCppEngine:
                     emit(Chunk("", n, "stop"))
                     return
                 text = decoder.decode(self.llm.detokenize([token]))
+                if constraint is not None:
+                    constraint.accept(token)
+                    if constraint.complete:  # the JSON is whole: no need to decode the end token
+                        emit(Chunk(text, n, "stop"))
+                        return
                 if n >= s.max_tokens:  # bytes of a character cut off by the limit are dropped, not shown as U+FFFD
                     emit(Chunk(text, n, "length"))
                     return
@@ -108,5 +118,29 @@ class LlamaCppEngine:
         except Exception as e:
             emit(e)
 
+    def _constraint(self, schema: dict):
+        from tuneforge.serve.structured import Constraint
+
+        if self._lltokenizer is None:  # only the worker thread gets here
+            from llama_cpp import llama_model_get_vocab
+            from llguidance.llamacpp import lltokenizer_from_vocab
+
+            with warnings.catch_warnings():  # llguidance calls a deprecated llama_cpp function once per token
+                warnings.simplefilter("ignore", DeprecationWarning)
+                vocab = llama_model_get_vocab(self.llm.model)
+                self._lltokenizer = lltokenizer_from_vocab(vocab, eos_token=sorted(self.end_ids))
+        return Constraint(self._lltokenizer, schema, self.vocab_size)
+
     def close(self) -> None:
         self.worker.shutdown(wait=False, cancel_futures=True)
+
+
+def masker(constraint):
+    """A llama-cpp-python logits processor: tokens the grammar forbids get -inf (it runs first in the sampler
+    chain, so `logits` is indexed by token id)."""
+
+    def mask(_input_ids, logits):
+        logits[~constraint.allowed()] = -float("inf")
+        return logits
+
+    return mask

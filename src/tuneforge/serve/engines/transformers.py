@@ -32,6 +32,8 @@ class TransformersEngine:
         self.adapters = list(adapters or [])
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         check_full_attention(model)
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]  # the logits' width
+        self._lltokenizer, self._lltokenizer_lock = None, threading.Lock()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.scheduler = BatchScheduler(
             model, tokenizer, max_batch=max_batch, end_ids=end_token_ids(tokenizer, getattr(model, "generation_config", None)),
@@ -64,12 +66,25 @@ class TransformersEngine:
         inbox: asyncio.Queue = asyncio.Queue()
         job = Job(request, IncrementalDecoder(self.tokenizer),
                   lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item))
+        if request.json_schema is not None:
+            job.constraint = await asyncio.to_thread(self._constraint, request.json_schema)
         self.scheduler.submit(job)
         try:
             async for chunk in queued_chunks(inbox):
                 yield chunk
         finally:
             job.cancelled = True  # a closed stream (client gone, stop string) frees its row at the next step
+
+    def _constraint(self, schema: dict):
+        from tuneforge.serve.structured import Constraint
+
+        with self._lltokenizer_lock:  # built once (~1 s), on the first request that needs it
+            if self._lltokenizer is None:
+                from llguidance.hf import from_tokenizer
+
+                self._lltokenizer = from_tokenizer(self.tokenizer, n_vocab=self.vocab_size,
+                                                   eos_token=sorted(self.scheduler.end_ids))
+        return Constraint(self._lltokenizer, schema, self.vocab_size)
 
     def close(self) -> None:
         self.scheduler.close()
@@ -111,6 +126,7 @@ class Job:
         self.generated = 0
         self.done = False
         self.cancelled = False
+        self.constraint = None  # structured.Constraint when the answer must follow a JSON schema
         self.generator = None
         if self.sampling.temperature > 0:
             self.generator = torch.Generator()
@@ -123,6 +139,11 @@ class Job:
             self.finish("", "stop")
             return
         text = self.decoder.push(token)
+        if self.constraint is not None:
+            self.constraint.accept(token)
+            if self.constraint.complete:  # the JSON is whole: end now rather than spend a step on the end token
+                self.finish(text, "stop")
+                return
         if self.generated >= self.sampling.max_tokens:
             self.finish(text, "length")
         elif text:
@@ -271,12 +292,20 @@ class BatchScheduler:
     def _sample(self, logits, jobs: list[Job]):
         import torch
 
+        masked = [(i, job.constraint) for i, job in enumerate(jobs) if job.constraint is not None]
+        if masked:  # constrained rows may only pick tokens their grammar allows
+            logits = logits.clone()
+            for i, constraint in masked:
+                allowed = torch.from_numpy(constraint.allowed()).to(logits.device)
+                logits[i].masked_fill_(~allowed, float("-inf"))
         tokens = logits.argmax(dim=-1)
         for i, job in enumerate(jobs):
             s = job.sampling
             if s.temperature <= 0:
                 continue
-            row = logits[i].float() / s.temperature
+            # Shifted to max 0 and in float64: a temperature as small as 1e-250 must give greedy, not NaN.
+            row = logits[i].double()
+            row = (row - row.max()) / s.temperature
             probs = torch.softmax(row, dim=-1)
             if s.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
@@ -288,8 +317,13 @@ class BatchScheduler:
 
     def _deliver(self, tokens, jobs: list[Job]) -> None:
         for job, token in zip(jobs, tokens[:, 0].tolist(), strict=True):
-            if not job.cancelled:
+            if job.cancelled:
+                continue
+            try:
                 job.accept(token, self.end_ids)
+            except Exception as e:  # one request's grammar failing ends that request only
+                job.done = True
+                job.emit(e)
 
 
 def cache_argument(model) -> str:

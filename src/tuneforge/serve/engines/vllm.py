@@ -19,6 +19,7 @@ class VllmEngine:
         self.engine, self.tokenizer = engine, tokenizer
         self.adapters = list(adapters)
         self.context_length = context_length
+        self.vocab_size = len(tokenizer)
         self.lora = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(adapters.items())}
 
     @classmethod
@@ -49,7 +50,8 @@ class VllmEngine:
         from vllm import SamplingParams
 
         s = request.sampling
-        params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+        params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
+                                **structured_outputs(request.json_schema))
         rid = uuid.uuid4().hex
         sent = ""
         outputs = self.engine.generate({"prompt_token_ids": request.prompt_ids}, params, rid,
@@ -71,6 +73,19 @@ class VllmEngine:
         shutdown = getattr(self.engine, "shutdown", None)
         if shutdown:
             shutdown()
+
+
+def structured_outputs(schema: dict | None) -> dict:
+    """vLLM's own guided decoding for a JSON schema (its xgrammar or guidance backend); never run here (no GPU)."""
+    if schema is None:
+        return {}
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+    except ImportError:  # vLLM before 0.10.2 named it guided decoding (the old name went in 0.12)
+        from vllm.sampling_params import GuidedDecodingParams
+
+        return {"guided_decoding": GuidedDecodingParams(json=schema)}
+    return {"structured_outputs": StructuredOutputsParams(json=schema)}
 
 
 def _max_rank(adapters: dict[str, str]) -> int:
