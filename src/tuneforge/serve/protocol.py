@@ -37,7 +37,9 @@ class APIError(Exception):
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: a value of the wrong JSON type is a 400, as the document says (no 0.0 for a boolean, "5" for an
+    # integer); an integer still passes for a number. Unknown fields are ignored, as OpenAI clients send extras.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Request):
