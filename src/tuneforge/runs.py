@@ -25,7 +25,7 @@ PACKAGES = ("tuneforge", "torch", "transformers", "peft", "accelerate")
 
 
 _started: list[Path] = []  # run folders this process created, for discard_unstarted_runs
-_worked: list[Path] = []  # run folders this process created or went on with (train.resume), for record_failure
+_worked: list[Path] = []  # run folders this process created or went on with (train.resume), for end_stopped_command
 command_line: list[str] | None = None  # the CLI's own words (set by cli.main), to print a resume command from
 verb: str | None = None  # the verb cli.main is running, recorded in config.yaml as _verb
 
@@ -193,7 +193,6 @@ def recipe_named(run_name: str, recipes: Path = Path("recipes")) -> Path | None:
 def complete_run(run_dir: Path, metrics: dict) -> Path:
     """Write metrics.json, a run's last file: its presence marks the run complete. The run's trackers
     (train.report_to) get the final metrics and the report's images, and end."""
-    from tuneforge.fileio import write_json
     from tuneforge.tracking import finish_run
 
     path = write_json(Path(run_dir) / "metrics.json", metrics)

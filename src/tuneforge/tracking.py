@@ -71,10 +71,6 @@ def open_tracking(report_to: list[str], run_dir: Path, hparams: dict, *, main_pr
     return tracking
 
 
-def tracking_for(run_dir: Path) -> Tracking | None:
-    return _open.get(Path(run_dir))
-
-
 def finish_run(run_dir: Path, metrics: dict) -> None:
     """A run is complete: its final metrics (every number in metrics.json, as final/...) and report images."""
     tracking = _open.get(Path(run_dir))
