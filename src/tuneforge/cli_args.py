@@ -96,7 +96,9 @@ def serve(parser: argparse.ArgumentParser) -> None:
                         help="requests admitted at once (running + waiting); more get 429")
     parser.add_argument("--max-batch", type=int, default=d.max_batch, help="sequences decoded together per step")
     parser.add_argument("--n-threads", type=int, default=None, help="llamacpp: CPU threads (default: all cores)")
-    parser.add_argument("--n-ctx", type=int, default=d.n_ctx, help="llamacpp: context window")
+    parser.add_argument("--n-ctx", type=int, default=d.n_ctx, help="llamacpp: context window of each request")
+    parser.add_argument("--parallel", type=int, default=d.parallel,
+                        help=f"llamacpp: requests decoded together (default {d.parallel}; KV cache = parallel x n-ctx)")
     parser.add_argument("--log-level", default=d.log_level, choices=["critical", "error", "warning", "info", "debug"])
 
 

@@ -35,19 +35,22 @@ def test_gguf_is_served_by_llamacpp_with_its_own_template(gguf_server):
     assert "\ufffd" not in short.choices[0].text
 
 
-def test_llamacpp_refuses_adapters_with_advice():
+def test_llamacpp_refuses_a_peft_adapter_folder_with_advice(tmp_path):
     from tuneforge.serve.engines import load_engine
     from tuneforge.serve.settings import ServeConfig
 
+    (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(UserError, match="tuneforge export"):
-        load_engine(ServeConfig(model=embedded_gguf(), adapters={"a": "/nowhere"}))
+        load_engine(ServeConfig(model=embedded_gguf(), adapters={"a": str(tmp_path)}))
+    with pytest.raises(UserError, match="not found"):
+        load_engine(ServeConfig(model=embedded_gguf(), adapters={"a": str(tmp_path / "missing.gguf")}))
 
 
 def test_answers_match_raw_llama_cpp_python(gguf_server):
     """Same GGUF, same chat template, greedy: the server says exactly what llama-cpp-python itself says."""
     from llama_cpp import Llama
 
-    raw = Llama(model_path=embedded_gguf(), n_ctx=2048, n_threads=1, verbose=False)
+    raw = Llama(model_path=embedded_gguf(), n_ctx=2048, n_threads=1, flash_attn=True, verbose=False)  # as the engine
     client = openai.OpenAI(base_url=gguf_server.url + "/v1", api_key="x", max_retries=0, timeout=120)
     for text in ("What is the capital of France?", "Xin chào, bạn là ai?"):
         messages = [{"role": "user", "content": text}]

@@ -42,7 +42,9 @@ class ServeConfig(Section):
     queue_size: int = Field(64, ge=1, description="requests admitted at once (running + waiting); more get 429")
     max_batch: int = Field(16, ge=1, description="transformers engine: sequences decoded together in one step")
     n_threads: int | None = Field(None, ge=1, description="llamacpp engine: CPU threads (default: all cores)")
-    n_ctx: int = Field(4096, ge=256, description="llamacpp engine: context window in tokens")
+    n_ctx: int = Field(4096, ge=256, description="llamacpp engine: context window of each request, in tokens")
+    parallel: int = Field(4, ge=1, le=256, description="llamacpp engine: requests decoded together (slots); "
+                          "its KV cache holds parallel x n_ctx tokens")
     log_level: str = Field("info", description="uvicorn log level")
 
     @field_validator("adapters")

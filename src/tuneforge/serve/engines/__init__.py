@@ -57,10 +57,8 @@ def load_engine(config: ServeConfig) -> Engine:
         if path is None:
             raise UserError(f"--engine llamacpp needs a .gguf file; '{config.model}' is not one "
                             "(run `tuneforge export` with format gguf first)")
-        if config.adapters:
-            raise UserError("the llamacpp engine serves one merged GGUF: merge the adapter with `tuneforge export` "
-                            "or use --engine transformers")
-        return LlamaCppEngine.load(path, n_ctx=config.n_ctx, n_threads=config.n_threads)
+        return LlamaCppEngine.load(path, n_ctx=config.n_ctx, n_threads=config.n_threads, parallel=config.parallel,
+                                   adapters=config.adapters)
     if kind == "vllm":
         from tuneforge.serve.engines.vllm import VllmEngine
 

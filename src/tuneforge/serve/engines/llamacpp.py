@@ -1,50 +1,60 @@
-"""llama.cpp engine: serves one GGUF through llama-cpp-python, one stream at a time, with the GGUF's own
-chat template. The per-token path is llama-cpp-python's `generate` plus an incremental UTF-8 decode, so the
-overhead over raw llama.cpp stays a few function calls per token."""
+"""llama.cpp engine: serves one GGUF through llama-cpp-python's low-level API with continuous batching
+(`llamacpp_slots.Scheduler`: up to `parallel` requests decoded together, each in its own KV sequence), the
+GGUF's own chat template, and LoRA adapters in llama.cpp's GGUF adapter format chosen per request."""
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import os
-import random
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.serve.engines.base import END_OF_TURN_TOKENS, Chunk, GenerationRequest, queued_chunks
+from tuneforge.serve.engines.base import END_OF_TURN_TOKENS, GenerationRequest, queued_chunks
+from tuneforge.serve.engines.llamacpp_slots import Job, Scheduler
 
 
 class LlamaCppEngine:
     kind = "llamacpp"
-    adapters: list[str] = []
 
-    def __init__(self, llm):
+    def __init__(self, llm, *, parallel: int, n_ctx: int, n_threads: int, adapters: dict[str, str]):
+        from llama_cpp import llama_cpp as lib
+
         self.llm = llm
-        self.context_length = llm.n_ctx()
         self.vocab_size = llm.n_vocab()
         self.end_ids = self._end_ids()
         self.template = llm.metadata.get("tokenizer.chat_template")
         self._lltokenizer = None  # llguidance's view of the vocabulary, built on the first JSON-schema request
-        # llama.cpp is not thread-safe: every call on `llm` happens on this one worker thread, in arrival order.
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneforge-llamacpp")
+        self._lltokenizer_lock = threading.Lock()
+        self.adapters = list(adapters)
+        loaded = {name: load_adapter(lib, llm.model, path) for name, path in adapters.items()}
+        params = lib.llama_context_default_params()
+        # one KV stream of n_ctx cells per slot (llama.cpp's non-unified cache), as `llama-server -np N` does
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * parallel, parallel, False
+        params.n_batch = params.n_ubatch = 512
+        params.n_threads = params.n_threads_batch = n_threads
+        params.no_perf = True
+        ctx = lib.llama_init_from_model(llm.model, params)
+        if not ctx:
+            raise UserError(f"llama.cpp could not make a context of {parallel} x {n_ctx} tokens: lower --parallel or --n-ctx")
+        self._ctx = ctx
+        self.context_length = lib.llama_n_ctx_seq(ctx)
+        self.scheduler = Scheduler(lib, ctx, slots=parallel, n_batch=params.n_batch, vocab_size=self.vocab_size,
+                                   end_ids=self.end_ids, detokenize=lambda t: llm.detokenize([t]), adapters=loaded)
 
     @classmethod
-    def load(cls, path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None) -> LlamaCppEngine:
-        try:
-            from llama_cpp import Llama
-        except ImportError as e:
-            raise UserError("the llamacpp engine needs llama-cpp-python: pip install 'tuneforge[llamacpp]'") from e
-        threads = n_threads or len(os.sched_getaffinity(0))
-        try:
-            llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
-        except ValueError as e:
-            from tuneforge.compress.quant.llamacpp import load_error
+    def load(cls, path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None, parallel: int = 8,
+             adapters: dict[str, str] | None = None) -> LlamaCppEngine:
+        from tuneforge.compress.quant.llamacpp import import_llama_cpp, load_error
 
+        llama_cpp = import_llama_cpp()
+        threads = n_threads or len(os.sched_getaffinity(0))
+        try:  # the high-level object gives the model, its tokenizer and metadata; its own small context goes unused
+            llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=threads, verbose=False)
+        except ValueError as e:
             raise load_error(path, e) from e
-        return cls(llm)
+        return cls(llm, parallel=parallel, n_ctx=n_ctx, n_threads=threads, adapters=adapters or {})
 
     def _end_ids(self) -> set[int]:
         ids = {self.llm.token_eos()}
@@ -73,74 +83,52 @@ class LlamaCppEngine:
     async def stream(self, request: GenerationRequest):
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
-        stop = threading.Event()
+        cancelled = threading.Event()
 
         def emit(item):
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(inbox.put_nowait, item)
 
-        self.worker.submit(self._generate, request, emit, stop)
+        # a grammar is compiled here, off the scheduler's thread, so other requests keep decoding meanwhile
+        constraint = None if request.json_schema is None else await asyncio.to_thread(self._constraint, request.json_schema)
+        self.scheduler.submit(Job(request, emit, cancelled, constraint))
         try:
             async for chunk in queued_chunks(inbox):
                 yield chunk
         finally:
-            stop.set()
-
-    def _generate(self, request: GenerationRequest, emit, stop: threading.Event) -> None:
-        try:
-            s = request.sampling
-            if stop.is_set():
-                return
-            self.llm.set_seed(s.seed if s.seed is not None else random.randrange(2**31))
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            constraint = self._constraint(request.json_schema) if request.json_schema is not None else None
-            processors = [masker(constraint)] if constraint else None
-            n = 0
-            # temp 0 is greedy in llama-cpp-python; top_k 0 and min_p 0 leave temperature/top_p as OpenAI defines them.
-            for token in self.llm.generate(request.prompt_ids, temp=s.temperature, top_p=s.top_p, top_k=0, min_p=0.0,
-                                           repeat_penalty=1.0, logits_processor=processors):
-                if stop.is_set():
-                    return
-                n += 1
-                if token in self.end_ids:
-                    emit(Chunk("", n, "stop"))
-                    return
-                text = decoder.decode(self.llm.detokenize([token]))
-                if constraint is not None:
-                    constraint.accept(token)
-                    if constraint.complete:  # the JSON is whole: no need to decode the end token
-                        emit(Chunk(text, n, "stop"))
-                        return
-                if n >= s.max_tokens:  # bytes of a character cut off by the limit are dropped, not shown as U+FFFD
-                    emit(Chunk(text, n, "length"))
-                    return
-                if text:
-                    emit(Chunk(text, n))
-        except Exception as e:
-            emit(e)
+            cancelled.set()
 
     def _constraint(self, schema: dict):
         from tuneforge.serve.structured import Constraint
 
-        if self._lltokenizer is None:  # only the worker thread gets here
-            from llama_cpp import llama_model_get_vocab
-            from llguidance.llamacpp import lltokenizer_from_vocab
+        with self._lltokenizer_lock:
+            if self._lltokenizer is None:
+                from llama_cpp import llama_model_get_vocab
+                from llguidance.llamacpp import lltokenizer_from_vocab
 
-            with warnings.catch_warnings():  # llguidance calls a deprecated llama_cpp function once per token
-                warnings.simplefilter("ignore", DeprecationWarning)
-                vocab = llama_model_get_vocab(self.llm.model)
-                self._lltokenizer = lltokenizer_from_vocab(vocab, eos_token=sorted(self.end_ids))
+                with warnings.catch_warnings():  # llguidance calls a deprecated llama_cpp function once per token
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    vocab = llama_model_get_vocab(self.llm.model)
+                    self._lltokenizer = lltokenizer_from_vocab(vocab, eos_token=sorted(self.end_ids))
         return Constraint(self._lltokenizer, schema, self.vocab_size)
 
     def close(self) -> None:
-        self.worker.shutdown(wait=False, cancel_futures=True)
+        self.scheduler.close()
 
 
-def masker(constraint):
-    """A llama-cpp-python logits processor: tokens the grammar forbids get -inf (it runs first in the sampler
-    chain, so `logits` is indexed by token id)."""
-
-    def mask(_input_ids, logits):
-        logits[~constraint.allowed()] = -float("inf")
-        return logits
-
-    return mask
+def load_adapter(lib, model, path: str):
+    """A LoRA adapter in llama.cpp's GGUF format (`tuneforge export` with format gguf_adapter writes one)."""
+    file = Path(path)
+    if file.is_dir():
+        found = sorted(file.glob("*.gguf"))
+        if not found:
+            raise UserError(f"adapter {path}: the llamacpp engine needs the adapter as a GGUF file; write one with "
+                            "`tuneforge export` (format gguf_adapter) or serve the PEFT folder with --engine transformers")
+        file = found[0]
+    if not file.is_file():
+        raise UserError(f"adapter file {file} not found")
+    adapter = lib.llama_adapter_lora_init(model, str(file).encode())
+    if not adapter:
+        raise UserError(f"adapter {file}: llama.cpp refused it (not a LoRA adapter GGUF for this model's architecture "
+                        "and shapes); export it again from the adapter folder with `tuneforge export`")
+    return adapter

@@ -1,0 +1,121 @@
+"""The llamacpp engine's continuous batching on a tiny random GGUF: answers decoded together equal answers
+decoded alone, a cached prompt prefix is not read again, a closed stream frees its slot, sampling is seeded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from test_gguf_tiny import tiny_chat_model
+
+from tuneforge.serve.engines.base import GenerationRequest, Sampling
+from tuneforge.serve.engines.llamacpp_slots import sample
+
+pytest.importorskip("llama_cpp")
+
+QUESTIONS = ["What is the capital of France?", "Thủ đô của Việt Nam là gì?", "numbers, punctuation!?",
+             "The quick brown fox", "Xin chào, bạn khỏe không?", "In 2024 there were", "sentiment: positive"]
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    from tuneforge.compress.quant.gguf_writer import write_gguf
+
+    model, tok = tiny_chat_model(seed=3)
+    return write_gguf(model, tok, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", "f32")
+
+
+def engine(path, parallel: int):
+    from tuneforge.serve.engines.llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine.load(path, n_ctx=256, n_threads=1, parallel=parallel)
+
+
+async def answer(eng, question: str, *, max_tokens: int = 12, **sampling) -> tuple[str, int, str]:
+    ids = eng.encode_chat([{"role": "user", "content": question}])
+    text, tokens, finish = "", 0, None
+    async for chunk in eng.stream(GenerationRequest(ids, None, Sampling(max_tokens=max_tokens, **sampling))):
+        text, tokens, finish = text + chunk.text, chunk.completion_tokens, chunk.finish_reason
+    return text, tokens, finish
+
+
+def test_requests_decoded_together_answer_as_when_alone(tiny_gguf):
+    alone = engine(tiny_gguf, parallel=1)
+    together = engine(tiny_gguf, parallel=3)  # 7 requests over 3 slots: some wait for a slot to free
+
+    async def run():
+        one_by_one = [await answer(alone, q, temperature=0) for q in QUESTIONS]
+        at_once = await asyncio.gather(*(answer(together, q, temperature=0) for q in QUESTIONS))
+        return one_by_one, at_once
+
+    try:
+        one_by_one, at_once = asyncio.run(run())
+    finally:
+        alone.close()
+        together.close()
+    assert at_once == one_by_one
+    assert all(finish in ("stop", "length") for _, _, finish in at_once)
+    assert any(tokens == 12 and finish == "length" for _, tokens, finish in at_once)
+
+
+def test_a_cached_prefix_is_not_read_again(tiny_gguf):
+    eng = engine(tiny_gguf, parallel=2)
+    try:
+        first = asyncio.run(answer(eng, QUESTIONS[0], temperature=0))
+        read = eng.scheduler.prompt_tokens_read
+        again = asyncio.run(answer(eng, QUESTIONS[0], temperature=0))
+        assert again == first
+        assert eng.scheduler.prompt_tokens_read - read == 1  # only the last prompt token, for its logits
+        read = eng.scheduler.prompt_tokens_read
+        other = eng.encode_chat([{"role": "user", "content": QUESTIONS[1]}])
+        asyncio.run(answer(eng, QUESTIONS[1], temperature=0))
+        from tuneforge.serve.engines.llamacpp_slots import common_prefix
+
+        shared = common_prefix(eng.encode_chat([{"role": "user", "content": QUESTIONS[0]}]), other)
+        assert eng.scheduler.prompt_tokens_read - read == len(other) - shared  # the template's opening is reused
+    finally:
+        eng.close()
+
+
+def test_a_closed_stream_frees_its_slot(tiny_gguf):
+    eng = engine(tiny_gguf, parallel=1)
+
+    async def run():
+        ids = eng.encode_chat([{"role": "user", "content": QUESTIONS[2]}])
+        stream = eng.stream(GenerationRequest(ids, None, Sampling(max_tokens=200, temperature=0)))
+        await anext(stream)
+        await stream.aclose()  # the client went away mid-answer
+        return await asyncio.wait_for(answer(eng, QUESTIONS[3], temperature=0), 60)
+
+    try:
+        text, tokens, finish = asyncio.run(run())
+        assert tokens >= 1 and finish in ("stop", "length")
+        assert all(slot.job is None for slot in eng.scheduler.slots)
+    finally:
+        eng.close()
+
+
+def test_sampling_is_seeded(tiny_gguf):
+    eng = engine(tiny_gguf, parallel=2)
+
+    async def run():
+        return await asyncio.gather(*(answer(eng, QUESTIONS[4], max_tokens=20, temperature=1.5, seed=s)
+                                      for s in (7, 7, 8)))
+
+    try:
+        a, b, c = asyncio.run(run())
+    finally:
+        eng.close()
+    assert a == b and a != c
+
+
+def test_sample_follows_temperature_and_top_p():
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, 3.0, 2.9, -1.0], dtype=np.float32)
+    assert sample(logits, 0, 1.0, rng) == 1
+    assert {sample(logits, 1.0, 1e-6, rng) for _ in range(50)} == {1}  # the nucleus is the top token alone
+    drawn = [sample(logits, 1.0, 1.0, rng) for _ in range(4000)]
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    assert abs(drawn.count(2) / 4000 - p[2]) < 0.03
