@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test setup setup-test lint bench clean
+.PHONY: demo test setup setup-test lint bench clean llama-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,22 @@ lint: $(TEST_STAMP)
 
 bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/finetune_vs_trl.py
+
+# llama.cpp's own server, the peer of benchmarks/serve_load.py: built from the llama.cpp sources inside the
+# llama-cpp-python sdist (the version the test extra installs), about 10 minutes on 2 cores.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_SRC := build/llama.cpp/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp
+LLAMA_SERVER := $(LLAMA_SRC)/build/bin/llama-server
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): $(STAMP)
+	mkdir -p build/llama.cpp
+	cd build/llama.cpp && ../../$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d .
+	cd build/llama.cpp && tar xzf llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+	cd $(LLAMA_SRC) && cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
+	cd $(LLAMA_SRC) && cmake --build build --target llama-server -j$$(nproc) >/dev/null
+	@echo "built $@ (benchmarks/serve_load.py --llama-server $@)"
 
 clean:
 	rm -rf $(VENV) runs
