@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
 from test_gguf_tiny import tiny_chat_model
 
-from tuneforge.serve.engines.base import GenerationRequest, Sampling
-from tuneforge.serve.engines.llamacpp_slots import sample
+from tuneforge.serve.engines.base import GenerationRequest, Sampling, sample_token
 
 pytest.importorskip("llama_cpp")
 
@@ -110,12 +108,14 @@ def test_sampling_is_seeded(tiny_gguf):
     assert a == b and a != c
 
 
-def test_sample_follows_temperature_and_top_p():
-    rng = np.random.default_rng(0)
-    logits = np.array([0.0, 3.0, 2.9, -1.0], dtype=np.float32)
-    assert sample(logits, 0, 1.0, rng) == 1
-    assert {sample(logits, 1.0, 1e-6, rng) for _ in range(50)} == {1}  # the nucleus is the top token alone
-    drawn = [sample(logits, 1.0, 1.0, rng) for _ in range(4000)]
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    assert abs(drawn.count(2) / 4000 - p[2]) < 0.03
+def test_sample_token_follows_temperature_and_top_p():
+    import torch
+
+    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
+    generator = torch.Generator().manual_seed(0)
+    assert sample_token(logits, Sampling(max_tokens=1, temperature=0), None) == 1
+    nucleus = Sampling(max_tokens=1, temperature=1.0, top_p=1e-6)
+    assert {sample_token(logits, nucleus, generator) for _ in range(50)} == {1}  # the top token alone
+    drawn = [sample_token(logits, Sampling(max_tokens=1), generator) for _ in range(4000)]
+    p = torch.softmax(logits, -1)
+    assert abs(drawn.count(2) / 4000 - float(p[2])) < 0.03

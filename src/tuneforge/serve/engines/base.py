@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -106,6 +107,33 @@ async def with_stop_strings(chunks: AsyncIterator[Chunk], stops: list[str]) -> A
                 pending = pending[safe:]
     finally:
         await chunks.aclose()
+
+
+def sample_token(logits, sampling: Sampling, generator) -> int:
+    """OpenAI's sampling for one row of logits (a 1-D torch tensor): softmax(logits / temperature), cut to the
+    smallest top_p nucleus, drawn with the request's seeded torch.Generator. Temperature 0 is greedy."""
+    import torch
+
+    if sampling.temperature <= 0:
+        return int(logits.argmax())
+    # Shifted to max 0 and in float64: a temperature as small as 1e-250 must give greedy, not NaN.
+    row = logits.double()
+    probs = torch.softmax((row - row.max()) / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p  # keep the smallest set reaching top_p
+        sorted_probs[drop] = 0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator)[0])
+
+
+def seeded_generator(sampling: Sampling):
+    """The request's own random stream (None when greedy): its seed, or a fresh one."""
+    import torch
+
+    if sampling.temperature <= 0:
+        return None
+    return torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else random.randrange(2**63))
 
 
 def end_token_ids(tokenizer, generation_config=None) -> set[int]:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import codecs
 import ctypes
 import queue
-import random
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-from tuneforge.serve.engines.base import Chunk, GenerationRequest
+from tuneforge.serve.engines.base import Chunk, GenerationRequest, sample_token, seeded_generator
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Job:
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet read
     next_token: int | None = None     # sampled, not yet in the KV cache
     produced: int = 0
-    rng: np.random.Generator | None = None
+    generator: object | None = None   # torch.Generator of a sampled (temperature > 0) request
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
 
@@ -49,21 +49,6 @@ def common_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
-
-
-def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    """OpenAI's sampling: temperature 0 is greedy; otherwise softmax(logits / T) cut to the top_p nucleus."""
-    if temperature == 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    z -= z.max()
-    p = np.exp(z)
-    p /= p.sum()
-    if top_p < 1:
-        order = np.argsort(-p)
-        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]
-        return int(rng.choice(keep, p=p[keep] / p[keep].sum()))
-    return int(rng.choice(p.size, p=p))
 
 
 class Scheduler:
@@ -133,8 +118,7 @@ class Scheduler:
             slot.cached, slot.adapter, slot.job = prompt[:keep], job.request.adapter, job
             job.pending = prompt[keep:]
             self.prompt_tokens_read += len(job.pending)
-            s = job.request.sampling
-            job.rng = np.random.default_rng(s.seed if s.seed is not None else random.randrange(2**63))
+            job.generator = seeded_generator(job.request.sampling)
             free.remove(slot)
 
     def _step(self) -> None:
@@ -197,7 +181,7 @@ class Scheduler:
         s = job.request.sampling
         if job.constraint is not None:
             logits = np.where(job.constraint.allowed(), logits, -np.inf)
-        token = sample(logits, s.temperature, s.top_p, job.rng)
+        token = int(np.argmax(logits)) if s.temperature <= 0 else sample_token(torch.from_numpy(logits), s, job.generator)
         job.produced += 1
         if token in self.end_ids:
             return self._finish(slot, Chunk("", job.produced, "stop"))
@@ -213,8 +197,8 @@ class Scheduler:
         job.next_token = token
 
     def _finish(self, slot: Slot, last) -> None:
-        slot.job.emit(last)
-        slot.job = None
+        job, slot.job = slot.job, None  # free first: whoever reads the last chunk may look at the slots
+        job.emit(last)
 
     def _shut(self) -> None:
         for job in [*self.waiting, *(s.job for s in self.slots if s.job)]:

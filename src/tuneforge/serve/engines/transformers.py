@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import random
 import threading
 from collections import deque
 
@@ -21,6 +20,8 @@ from tuneforge.serve.engines.base import (
     IncrementalDecoder,
     end_token_ids,
     queued_chunks,
+    sample_token,
+    seeded_generator,
 )
 
 
@@ -119,7 +120,6 @@ def attach_adapters(net, adapters: dict[str, str]):
 
 class Job:
     def __init__(self, request: GenerationRequest, decoder: IncrementalDecoder, emit):
-        import torch
 
         self.request, self.decoder, self.emit = request, decoder, emit
         self.sampling = request.sampling
@@ -127,11 +127,7 @@ class Job:
         self.done = False
         self.cancelled = False
         self.constraint = None  # structured.Constraint when the answer must follow a JSON schema
-        self.generator = None
-        if self.sampling.temperature > 0:
-            self.generator = torch.Generator()
-            seed = self.sampling.seed if self.sampling.seed is not None else random.randrange(2**63)
-            self.generator.manual_seed(seed)
+        self.generator = seeded_generator(self.sampling)
 
     def accept(self, token: int, end_ids: set[int]) -> None:
         self.generated += 1
@@ -300,19 +296,8 @@ class BatchScheduler:
                 logits[i].masked_fill_(~allowed, float("-inf"))
         tokens = logits.argmax(dim=-1)
         for i, job in enumerate(jobs):
-            s = job.sampling
-            if s.temperature <= 0:
-                continue
-            # Shifted to max 0 and in float64: a temperature as small as 1e-250 must give greedy, not NaN.
-            row = logits[i].double()
-            row = (row - row.max()) / s.temperature
-            probs = torch.softmax(row, dim=-1)
-            if s.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                drop = sorted_probs.cumsum(-1) - sorted_probs > s.top_p  # keep the smallest set reaching top_p
-                sorted_probs[drop] = 0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            tokens[i] = torch.multinomial(probs.cpu(), 1, generator=job.generator).to(tokens.device)[0]
+            if job.sampling.temperature > 0:
+                tokens[i] = sample_token(logits[i], job.sampling, job.generator)
         return tokens.unsqueeze(-1)
 
     def _deliver(self, tokens, jobs: list[Job]) -> None:
