@@ -119,8 +119,8 @@ class LlamaCppEngine:
 def load_adapter(lib, model, path: str):
     """A LoRA adapter in llama.cpp's GGUF format (`tuneforge export` with format gguf_adapter writes one)."""
     file = Path(path)
-    if file.is_dir():
-        found = sorted(file.glob("*.gguf"))
+    if file.is_dir():  # an export folder holds adapter.gguf (and maybe its base-<type>.gguf)
+        found = [file / "adapter.gguf"] if (file / "adapter.gguf").is_file() else []
         if not found:
             raise UserError(f"adapter {path}: the llamacpp engine needs the adapter as a GGUF file; write one with "
                             "`tuneforge export` (format gguf_adapter) or serve the PEFT folder with --engine transformers")
