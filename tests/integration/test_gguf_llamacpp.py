@@ -1,6 +1,6 @@
 """The embedded model written to GGUF loads in llama.cpp and answers the golden prompts token for token.
 
-F16 is written once per session (module fixture); the PyTorch answers are computed once and shared.
+F16 is written once per session (module fixture); the PyTorch answers are computed once and shared (CachedRunner).
 """
 
 from __future__ import annotations
@@ -20,33 +20,17 @@ DESCRIPTIVE = {"general.name", "general.organization", "general.finetune", "gene
 MAX_NEW = 24
 
 
-class Memo:
-    """Wraps a runner so that the PyTorch answers are computed once for all exports."""
-
-    def __init__(self, runner):
-        self.runner, self.cache = runner, {}
-
-    def __getattr__(self, name):
-        return getattr(self.runner, name)
-
-    def greedy(self, ids, max_new_tokens, stop_ids=frozenset()):
-        key = (tuple(ids), max_new_tokens, frozenset(stop_ids))
-        if key not in self.cache:
-            self.cache[key] = self.runner.greedy(ids, max_new_tokens, stop_ids)
-        return self.cache[key]
-
-
 @pytest.fixture(scope="module")
 def source():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneforge.export.parity import HFRunner
+    from tuneforge.export.parity import CachedRunner, HFRunner
     from tuneforge.models import resolve_model
 
     folder = resolve_model(None)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return Memo(HFRunner(model, AutoTokenizer.from_pretrained(folder))), folder
+    return CachedRunner(HFRunner(model, AutoTokenizer.from_pretrained(folder))), folder
 
 
 @pytest.fixture(scope="module")

@@ -203,3 +203,61 @@ def test_gguf_export_without_llama_cpp_is_refused_before_any_work(tiny_with_adap
     with pytest.raises(UserError, match=says + " llama-cpp-python"):
         export(cfg)
     assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
+def test_gguf_adapter_export_is_an_adapter_a_base_and_their_parity(tiny_with_adapter, tmp_path):
+    """A model not imported from a GGUF: the base is written at gguf_type; in F32 base + adapter answers like the
+    merged GGUF."""
+    import gguf
+
+    root = tiny_with_adapter
+    cfg = validate(ExportConfig, {"name": "a", "output_dir": str(tmp_path), "model": str(root / "base"),
+                                  "adapter": str(root / "adapter"), "format": "gguf_adapter", "gguf_type": "f32",
+                                  "parity": {"max_new_tokens": 12, "min_match_rate": 1.0}})
+    out = export(cfg)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["Modelfile", "adapter.gguf", "adapter.json", "base-f32.gguf", "config.yaml", "parity.json", "report.html",
+         "report.md"])  # the merged reference was a temporary file
+    manifest = json.loads((out / "adapter.json").read_text())
+    assert manifest["adapter"] == "adapter.gguf" and manifest["base"] == "base-f32.gguf"
+    assert manifest["base_type"] == "f32" and manifest["lora_alpha"] == 8.0 and manifest["ranks"] == [4]
+    assert manifest["weights"] == 3 * 2  # q, v, up in two blocks
+    assert gguf.GGUFReader(out / "adapter.gguf").fields["general.type"].contents() == "adapter"
+    assert "adapter_base: write" in (out / "config.yaml").read_text()  # auto, resolved
+    modelfile = (out / "Modelfile").read_text().splitlines()
+    assert modelfile[2:4] == ["FROM ./base-f32.gguf", "ADAPTER ./adapter.gguf"]
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["exact_match_rate"] == 1.0 and parity["problems"] == [] and parity["prompt_match_rate"] == 1.0
+    # Against PyTorch llama.cpp may part at a near-tie (its KV cache is F16): the merged GGUF parts at the same token.
+    vs_pytorch, merged_vs_pytorch = parity["adapter_vs_pytorch"], parity["merged_gguf_vs_pytorch"]
+    assert vs_pytorch["equivalent_rate"] == 1.0 and vs_pytorch["token_agreement"] > 0.9
+    assert vs_pytorch["first_differences"] == merged_vs_pytorch["first_differences"]
+    report = (out / "report.md").read_text()
+    assert "GGUF LoRA adapter (F32) on a F32 base" in report and "llama_adapter_lora_init" in report
+
+
+def test_gguf_adapter_export_refuses_dora_and_leaves_nothing(tiny_with_adapter, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny_chat_model(seed=1)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)).save_pretrained(tmp_path / "dora")
+    cfg = validate(ExportConfig, {"name": "d", "output_dir": str(tmp_path / "out"), "model": str(tiny_with_adapter / "base"),
+                                  "adapter": str(tmp_path / "dora"), "format": "gguf_adapter", "parity": {"enabled": False}})
+    with pytest.raises(UserError, match=f"adapter {tmp_path / 'dora'} cannot be written .* DoRA"):
+        export(cfg)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_gguf_adapter_config_errors(tiny_with_adapter, tmp_path):
+    with pytest.raises(UserError, match="format gguf_adapter writes a LoRA adapter: set adapter"):
+        validate(ExportConfig, {"format": "gguf_adapter"})
+    with pytest.raises(UserError, match="imatrix_rows: not with format gguf_adapter"):
+        validate(ExportConfig, {"format": "gguf_adapter", "adapter": "a", "gguf_type": "q4_0", "gguf": {"imatrix_rows": 8},
+                                "data": {"train": {"path": "x.tsv"}}})
+    cfg = validate(ExportConfig, {"name": "s", "output_dir": str(tmp_path), "model": str(tiny_with_adapter / "base"),
+                                  "adapter": str(tiny_with_adapter / "adapter"), "format": "gguf_adapter",
+                                  "adapter_base": "source"})
+    with pytest.raises(UserError, match="was not imported from a GGUF file .* set adapter_base: write"):
+        export(cfg)
+    assert not (tmp_path / "s").exists()

@@ -11,8 +11,10 @@ from test_gguf_tiny import CHATML, tiny_chat_model
 
 from tuneforge.compress.quant.gguf_writer import (
     detect_pre_tokenizer,
+    file_type_name,
     permute_for_rope,
     read_gguf_string,
+    read_gguf_value,
     write_gguf,
 )
 from tuneforge.errors import UserError
@@ -62,6 +64,8 @@ def field(reader, key):
         ("q8_0", gguf.GGMLQuantizationType.Q8_0, 127 / (0.5 + 127 * 2**-11)),
         # one step of d = amax/8 (the clipped end of the range), plus the fp16 rounding of d
         ("q4_0", gguf.GGMLQuantizationType.Q4_0, 8 / (1 + 8 * 2**-11)),
+        # half a step of d = (max - min)/15 <= 2 amax/15, plus the fp16 rounding of d (times 15 steps) and of min
+        ("q4_1", gguf.GGMLQuantizationType.Q4_1, 15 / (1 + 45 * 2**-11)),
     ],
 )
 def test_round_trip_tensors_within_quant_error(tmp_path, qtype, stored, divisor):
@@ -77,7 +81,7 @@ def test_round_trip_tensors_within_quant_error(tmp_path, qtype, stored, divisor)
         if ref.ndim == 1:
             assert t.tensor_type == gguf.GGMLQuantizationType.F32
             np.testing.assert_array_equal(back, ref)
-        elif qtype == "q4_0" and name == "token_embd.weight":
+        elif qtype in ("q4_0", "q4_1") and name == "token_embd.weight":
             assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0  # the tied head keeps 8 bits
         elif divisor is None:
             assert t.tensor_type == stored
@@ -191,13 +195,18 @@ def test_quantized_files_are_smaller(tmp_path):
     assert sizes["q4_0"] < sizes["q8_0"] < sizes["f16"]
 
 
-def test_header_scan_reads_strings_like_gguf_reader(tmp_path):
+def test_header_scan_reads_strings_and_scalars_like_gguf_reader(tmp_path):
     model, tok = tiny_chat_model()
     path = write_gguf(model, tok, tmp_path / "tiny.gguf", "f16", name="Mô hình nhỏ")
     reader = gguf.GGUFReader(path)
     for key in ("general.name", "tokenizer.ggml.pre", "tokenizer.chat_template"):  # the template sits after the arrays
         assert read_gguf_string(path, key) == field(reader, key)
     assert read_gguf_string(path, "no.such.key") is None
+    for key in ("llama.block_count", "llama.rope.freq_base", "tokenizer.ggml.add_bos_token"):  # u32, f32, bool
+        assert read_gguf_value(path, key) == pytest.approx(field(reader, key))
+    assert read_gguf_string(path, "llama.block_count") is None and read_gguf_value(path, "tokenizer.ggml.tokens") is None
+    assert file_type_name(path) == "f16"
+    assert file_type_name(write_gguf(model, tok, tmp_path / "tiny-q4_1.gguf", "q4_1")) == "q4_1"
 
 
 def test_pre_tokenizer_detection():

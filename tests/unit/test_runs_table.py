@@ -199,6 +199,7 @@ def test_each_verbs_metrics_map_to_before_and_after(tmp_path):
     make_run(tmp_path, "cmp", {**base, "name": "cmp", "models": [{"name": "a"}, {"name": "b"}]},
              {"compare.json": {"task": "sentiment", "metric": "accuracy", "rows": []}})
     make_run(tmp_path, "exp", {**base, "name": "exp", "format": "gguf", "gguf_type": "q4_k_m"}, {"report.md": "#"})
+    make_run(tmp_path, "expa", {**base, "name": "expa", "format": "gguf_adapter", "gguf_type": "q4_1"}, {"report.md": "#"})
     found = by_name(read_runs(tmp_path))
     assert (found["kd"].verb, found["kd"].method, found["kd"].before, found["kd"].after) == ("distill", "kd first:4", 0.3, 0.7)
     assert (found["pr"].method, found["pr"].before, found["pr"].after, found["pr"].tokens_s) == ("wanda 50%", 0.8, 0.75, 20.0)
@@ -210,6 +211,7 @@ def test_each_verbs_metrics_map_to_before_and_after(tmp_path):
     assert "sentiment" in cl.tasks and "sst2" in cl.tasks
     assert (found["cmp"].verb, found["cmp"].status, found["cmp"].method) == ("compare", "complete", "2 models")
     assert (found["exp"].verb, found["exp"].status, found["exp"].method) == ("export", "complete", "gguf q4_k_m")
+    assert found["expa"].method == "gguf_adapter q4_1"  # the base's type
 
     nested = by_name(read_runs(tmp_path, nested=True))
     assert nested["cl/sequential"].status == "complete" and nested["cl/sequential"].after == 0.6

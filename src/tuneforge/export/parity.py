@@ -74,6 +74,22 @@ class HFRunner:
         return out
 
 
+class CachedRunner:
+    """A runner whose greedy answers are computed once per (prompt, budget, stops): one model compared with several."""
+
+    def __init__(self, runner):
+        self.runner, self.cache = runner, {}
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def greedy(self, ids: list[int], max_new_tokens: int, stop_ids=frozenset()) -> list[int]:
+        key = (tuple(ids), max_new_tokens, frozenset(stop_ids))
+        if key not in self.cache:
+            self.cache[key] = self.runner.greedy(ids, max_new_tokens, stop_ids)
+        return list(self.cache[key])
+
+
 def stop_ids_of(tok, generation_config=None) -> set[int]:
     """Token ids that end an assistant turn: the tokenizer's eos plus generation_config.eos_token_id."""
     ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()

@@ -177,7 +177,8 @@ def describe(run: Run) -> None:
         run.metric = m.get("metric") or run.metric
         run.model = "-"
     elif verb == "export":
-        run.method = c.get("format", "merged") + (f" {c.get('gguf_type', 'q8_0')}" if c.get("format") == "gguf" else "")
+        gguf = c.get("format") in ("gguf", "gguf_adapter")  # gguf_adapter: the base's type
+        run.method = c.get("format", "merged") + (f" {c.get('gguf_type', 'q8_0')}" if gguf else "")
 
 
 def describe_continual(run: Run) -> None:

@@ -1,4 +1,4 @@
-"""Write a Hugging Face Llama-architecture model to GGUF (F32, F16, Q8_0, Q4_0) with the `gguf` package.
+"""Write a Hugging Face Llama-architecture model to GGUF (F32, F16, Q8_0, Q4_1, Q4_0) with the `gguf` package.
 
 The file carries what llama.cpp needs to run the model as a chat model: hyper-parameters, the BPE
 tokenizer (tokens, merges, token types, special ids) and the chat template. Quantization runs in
@@ -16,7 +16,7 @@ from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_file
 from tuneforge.models.adapters import is_adapter_model
 
-GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_1", "q4_0")
 SUPPORTED_ARCHS = ("llama",)
 # tokenizer.json pre-tokenizer layouts llama.cpp knows, by the name it gives them (tokenizer.ggml.pre).
 KNOWN_PRE_TOKENIZERS = ("gpt-2", "smollm", "llama-bpe", "qwen2", "default")
@@ -25,16 +25,15 @@ KNOWN_PRE_TOKENIZERS = ("gpt-2", "smollm", "llama-bpe", "qwen2", "default")
 def quant_type(name: str):
     import gguf
 
-    table = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
-    if name.lower() not in table:
+    if name.lower() not in GGUF_TYPES:
         raise UserError(f"GGUF type '{name}' is not one of {', '.join(GGUF_TYPES)}")
-    return table[name.lower()]
+    return gguf.GGMLQuantizationType[name.upper()]
 
 
 def file_type(name: str):
     import gguf
 
-    return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[name.lower()]
+    return gguf.LlamaFileType.ALL_F32 if name.lower() == "f32" else gguf.LlamaFileType[f"MOSTLY_{name.upper()}"]
 
 
 def permute_for_rope(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -50,7 +49,7 @@ def permute_for_rope(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def tensor_type_for(gguf_name: str, arr: np.ndarray, qtype: str):
-    """Which GGML type a tensor is stored in: 1-D stays F32; Q4_0 keeps the (tied) embedding at Q8_0."""
+    """Which GGML type a tensor is stored in: 1-D stays F32; Q4_0 / Q4_1 keep the (tied) embedding at Q8_0."""
     import gguf
 
     if arr.ndim == 1:
@@ -58,7 +57,8 @@ def tensor_type_for(gguf_name: str, arr: np.ndarray, qtype: str):
     target = quant_type(qtype)
     # The embedding doubles as the output head when tied; 4-bit there costs far more quality than elsewhere
     # (the embedded model's own Q4_1 file keeps it at Q8_0 for the same reason).
-    if target == gguf.GGMLQuantizationType.Q4_0 and gguf_name in ("token_embd.weight", "output.weight"):
+    four_bit = (gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q4_1)
+    if target in four_bit and gguf_name in ("token_embd.weight", "output.weight"):
         target = gguf.GGMLQuantizationType.Q8_0
     block = gguf.GGML_QUANT_SIZES[target][0]
     if arr.shape[-1] % block:
@@ -140,7 +140,13 @@ def detect_pre_tokenizer(tok_json: dict) -> str:
 
 
 def read_gguf_string(path: str | Path, key: str) -> str | None:
-    """One string value from a GGUF header, reading only up to it.
+    """One string value from a GGUF header (None when absent or not a string)."""
+    value = read_gguf_value(path, key)
+    return value if isinstance(value, str) else None
+
+
+def read_gguf_value(path: str | Path, key: str) -> str | int | float | bool | None:
+    """One string or scalar value from a GGUF header, reading only up to it (None when absent or an array).
 
     gguf.GGUFReader parses every field (tens of thousands of tokens and merges: ~20 s on a busy CPU);
     the keys we need come before those arrays, so a sequential scan stops in milliseconds.
@@ -150,6 +156,7 @@ def read_gguf_string(path: str | Path, key: str) -> str | None:
     import gguf
 
     scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    formats = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
     string, array = gguf.GGUFValueType.STRING, gguf.GGUFValueType.ARRAY
     with open(path, "rb") as f:
 
@@ -181,18 +188,38 @@ def read_gguf_string(path: str | Path, key: str) -> str | None:
         for _ in range(u64()):
             name, vtype = text(), u32()
             if name == key:
-                return text() if vtype == string else None
+                if vtype == string:
+                    return text()
+                return struct.unpack(formats[vtype], f.read(scalar[vtype]))[0] if vtype in formats else None
             skip(vtype)
     return None
 
 
-def pre_tokenizer_from_source(model_folder: str | Path) -> str | None:
-    """The pre-tokenizer name recorded by llama.cpp's own converter, when the model was imported from a GGUF."""
+def source_gguf(model_folder: str | Path) -> Path | None:
+    """The GGUF file a model folder was imported from (the embedded model's packaged file), when it still exists."""
     marker = Path(model_folder) / "tuneforge_source.json"
     if not marker.is_file():
         return None
     source = Path(json.loads(marker.read_text(encoding="utf-8")).get("gguf") or "")
-    return read_gguf_string(source, "tokenizer.ggml.pre") if source.is_file() else None
+    return source if source.is_file() else None
+
+
+def pre_tokenizer_from_source(model_folder: str | Path) -> str | None:
+    """The pre-tokenizer name recorded by llama.cpp's own converter, when the model was imported from a GGUF."""
+    source = source_gguf(model_folder)
+    return read_gguf_string(source, "tokenizer.ggml.pre") if source else None
+
+
+def file_type_name(path: str | Path) -> str | None:
+    """A GGUF's general.file_type as tuneforge names it (f32, f16, q8_0, q4_1, q4_k_m, ...); None when unnamed."""
+    import gguf
+
+    value = read_gguf_value(path, "general.file_type")
+    try:
+        name = gguf.LlamaFileType(value).name
+    except ValueError:
+        return None
+    return "f32" if name == "ALL_F32" else name.removeprefix("MOSTLY_").lower()
 
 
 def tokenizer_json(tok) -> dict:
@@ -257,31 +284,44 @@ def add_tokenizer(writer, tok, vocab_size: int, pre_tokenizer: str | None) -> di
 # -- the file -------------------------------------------------------------------------------------------
 
 
+def gguf_namer(config):
+    """A function: Hugging Face parameter name -> (kind, GGUF tensor name), or None where llama.cpp's llama
+    architecture has no such tensor. The one name table of the model writer, the imatrix and LoRA adapters."""
+    import gguf
+
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    return lambda hf_name: name_map.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
+
+
+def llamacpp_rows(kind, arr: np.ndarray, config) -> np.ndarray:
+    """`arr` (rows = a projection's outputs) in llama.cpp's row order: q and k rows regrouped for its rotary."""
+    import gguf
+
+    heads = config.num_attention_heads
+    if kind == gguf.MODEL_TENSOR.ATTN_Q:
+        return permute_for_rope(arr, heads)
+    if kind == gguf.MODEL_TENSOR.ATTN_K:
+        return permute_for_rope(arr, getattr(config, "num_key_value_heads", None) or heads)
+    return arr
+
+
 def gguf_tensors(model, qtype: str):
     """Yield (gguf name, array to store) for every weight, q/k permuted, the tied head left out."""
-    import gguf
     import torch
 
     config = model.config
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    name_of = gguf_namer(config)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     for hf_name, tensor in model.state_dict().items():
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue
         if tied and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd as the output head when output.weight is absent
-        found = name_map.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
+        found = name_of(hf_name)
         if found is None:
             raise UserError(f"weight '{hf_name}' has no GGUF name for the llama architecture; is this a Llama-style model?")
         kind, gguf_name = found
-        arr = tensor.detach().to(torch.float32).cpu().numpy()
-        if kind == gguf.MODEL_TENSOR.ATTN_Q:
-            arr = permute_for_rope(arr, heads)
-        elif kind == gguf.MODEL_TENSOR.ATTN_K:
-            arr = permute_for_rope(arr, kv_heads)
-        yield gguf_name, arr
+        yield gguf_name, llamacpp_rows(kind, tensor.detach().to(torch.float32).cpu().numpy(), config)
 
 
 def write_gguf(model, tok, path: str | Path, qtype: str = "f16", *, pre_tokenizer: str | None = None, name: str | None = None) -> Path:

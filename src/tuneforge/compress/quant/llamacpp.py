@@ -45,26 +45,40 @@ def load_error(path: str | Path, error: Exception) -> UserError:
 
 
 class LlamaCppRunner:
-    """A GGUF model with the runner interface of tuneforge.export.parity (prompt_ids, greedy, stop_ids, decode)."""
+    """A GGUF model with the runner interface of tuneforge.export.parity (prompt_ids, greedy, stop_ids, decode);
+    `lora_path`: a GGUF LoRA adapter applied to it (scale 1)."""
 
-    def __init__(self, path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None):
+    def __init__(self, path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
+                 lora_path: str | Path | None = None):
         llama_cpp = import_llama_cpp()
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"GGUF file {path} not found")
-        self.path = path
+        for file in (path, lora_path):
+            if file is not None and not Path(file).is_file():
+                raise UserError(f"GGUF file {file} not found")
+        self.path, self.lora_path = path, lora_path
         try:
             self.llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), n_batch=512, verbose=False
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), n_batch=512, verbose=False,
+                lora_path=str(lora_path) if lora_path else None,
             )
         except ValueError as e:
             raise load_error(path, e) from e
+        except RuntimeError as e:  # llama-cpp-python's words for a LoRA llama.cpp refused (the reason is in its log)
+            raise self.lora_error() from e
+        # llama-cpp-python 0.3 tests the adapter llama.cpp returns with `is None`, which a NULL ctypes pointer is not:
+        # a refused adapter (wrong shapes, wrong architecture) would be dropped without a word.
+        if lora_path and not getattr(self.llm, "_lora_adapter", True):
+            raise self.lora_error()
         meta = self.llm.metadata
         self.template = meta.get("tokenizer.chat_template")
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
         eot = meta.get("tokenizer.ggml.eot_token_id")
         self._stops = {self.llm.token_eos()} | ({int(eot)} if eot is not None else set())
         self.last_decode_s = 0.0
+
+    def lora_error(self) -> UserError:
+        return UserError(f"llama.cpp could not apply the LoRA adapter {self.lora_path} to {self.path}: is it a GGUF "
+                         "LoRA adapter of this base model? (`tuneforge export` format gguf_adapter writes one)")
 
     def token_text(self, tid: int) -> str:
         return self.llm.detokenize([tid], special=True).decode("utf-8", errors="replace")

@@ -39,13 +39,12 @@ def needs_llamacpp_quantizer(qtype: str, weighted: bool) -> bool:
 
 def gguf_tensor_names(model) -> dict[str, str]:
     """HF module name of every decoder-block linear layer -> its GGUF weight name."""
-    import gguf
-
     from tuneforge.compress.prune import prunable_linears
+    from tuneforge.compress.quant.gguf_writer import gguf_namer
 
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
-    found = {n: name_map.get_name(n + ".weight", try_suffixes=(".weight",)) for n in prunable_linears(model)}
-    return {n: g for n, g in found.items() if g}
+    name_of = gguf_namer(model.config)
+    found = {n: name_of(n + ".weight") for n in prunable_linears(model)}
+    return {n: g[1] for n, g in found.items() if g}
 
 
 def activation_importance(model, batches) -> dict[str, np.ndarray]:
