@@ -119,3 +119,58 @@ def test_sample_token_follows_temperature_and_top_p():
     drawn = [sample_token(logits, Sampling(max_tokens=1), generator) for _ in range(4000)]
     p = torch.softmax(logits, -1)
     assert abs(drawn.count(2) / 4000 - float(p[2])) < 0.03
+
+
+def test_mixed_adapters_answer_as_their_merged_models(tmp_path):
+    """Base, adapter a and adapter b requests decoded at once: each answers as its merged GGUF served alone."""
+    from peft import LoraConfig, get_peft_model
+
+    from tuneforge.compress.quant.gguf_lora import write_gguf_lora
+    from tuneforge.compress.quant.gguf_writer import write_gguf
+    from tuneforge.serve.engines.llamacpp import LlamaCppEngine
+
+    base, tok = tiny_chat_model(seed=3)
+    write_gguf(base, tok, tmp_path / "base.gguf", "f32")
+    for i, name in enumerate("ab"):
+        model, _ = tiny_chat_model(seed=3)
+        peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj",
+                                                "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        torch_seed(10 + i)
+        for param_name, p in peft.named_parameters():
+            if "lora_B" in param_name:
+                p.data.normal_(0, 0.2)
+        peft.save_pretrained(tmp_path / name)
+        write_gguf_lora(tmp_path / name, model.config, tmp_path / f"{name}.gguf")
+        write_gguf(peft.merge_and_unload().eval(), tok, tmp_path / f"merged-{name}.gguf", "f32")
+
+    asks = [(q, adapter) for q in QUESTIONS[:3] for adapter in (None, "a", "b")]
+    mixed = LlamaCppEngine.load(tmp_path / "base.gguf", n_ctx=256, n_threads=1, parallel=4,
+                                adapters={"a": str(tmp_path / "a.gguf"), "b": str(tmp_path / "b.gguf")})
+    alone = {None: engine(tmp_path / "base.gguf", 1), "a": engine(tmp_path / "merged-a.gguf", 1),
+             "b": engine(tmp_path / "merged-b.gguf", 1)}
+
+    async def ask(eng, question, adapter):
+        ids = eng.encode_chat([{"role": "user", "content": question}])
+        text = ""
+        async for chunk in eng.stream(GenerationRequest(ids, adapter, Sampling(max_tokens=12, temperature=0))):
+            text += chunk.text
+        return text
+
+    async def run():
+        together = await asyncio.gather(*(ask(mixed, q, a) for q, a in asks))
+        reference = [await ask(alone[a], q, None) for q, a in asks]
+        return together, reference
+
+    try:
+        together, reference = asyncio.run(run())
+    finally:
+        for eng in (mixed, *alone.values()):
+            eng.close()
+    assert together == reference
+    assert len({reference[i] for i in range(3)}) == 3  # the adapters change the answers
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)

@@ -170,7 +170,7 @@ class Scheduler:
         if name is None:
             self.lib.llama_set_adapters_lora(self.ctx, None, 0, None)
         else:
-            ptrs = (ctypes.c_void_p * 1)(self.adapters[name])
+            ptrs = (self.lib.llama_adapter_lora_p_ctypes * 1)(self.adapters[name])
             scales = (ctypes.c_float * 1)(1.0)
             self.lib.llama_set_adapters_lora(self.ctx, ptrs, 1, scales)
         self.active_adapter = name
