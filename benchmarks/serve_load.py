@@ -94,6 +94,22 @@ def command(name: str, port: int, args) -> list[str]:
     raise SystemExit(f"unknown server {name}")
 
 
+def wait_ready(proc: subprocess.Popen, url: str, what: str, limit: float = 600) -> None:
+    """Until GET /health answers 200; the process is killed if it does not within `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with code {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"{what} not ready after {limit:.0f} s")
+
+
 class Server:
     def __init__(self, name: str, args):
         self.name = name
@@ -103,18 +119,7 @@ class Server:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(command(name, port, args), env=env, stdout=subprocess.DEVNULL,
                                      stderr=open(f"/tmp/serve_load-{name}.log", "w"))
-        while time.monotonic() - t0 < 600:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{name} exited with code {self.proc.returncode}: see /tmp/serve_load-{name}.log")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            self.stop()
-            raise SystemExit(f"{name} not ready after 600 s")
+        wait_ready(self.proc, self.url, f"{name} (log: /tmp/serve_load-{name}.log)")
         self.startup_s = time.monotonic() - t0
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="bench", max_retries=0, timeout=600)
         self.model = self.client.models.list().data[0].id

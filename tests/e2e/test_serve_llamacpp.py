@@ -42,7 +42,7 @@ def test_llamacpp_refuses_a_peft_adapter_folder_with_advice(tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(UserError, match="tuneforge export"):
         load_engine(ServeConfig(model=embedded_gguf(), adapters={"a": str(tmp_path)}))
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="does not exist"):
         load_engine(ServeConfig(model=embedded_gguf(), adapters={"a": str(tmp_path / "missing.gguf")}))
 
 

@@ -38,3 +38,20 @@ def check_adapter(adapter: str | Path, name: str | None = None) -> Path:
         shown = f"{name}={adapter}" if name else str(adapter)
         raise UserError(f"adapter '{shown}' {problem}: pass a run's adapter/ folder{recipe_hint(path)}")
     return path
+
+
+def check_gguf_adapter(adapter: str | Path, name: str | None = None) -> Path:
+    """A LoRA adapter for llama.cpp: a .gguf file, or an export folder holding adapter.gguf; else a UserError
+    that says how to make one from a PEFT folder."""
+    path = Path(adapter).expanduser()
+    shown = f"{name}={adapter}" if name else str(adapter)
+    if path.is_dir() and (path / "adapter.gguf").is_file():
+        return path / "adapter.gguf"
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    if not path.exists():
+        raise UserError(f"adapter '{shown}' does not exist: pass an adapter .gguf file or a `tuneforge export` "
+                        "folder (format gguf_adapter)")
+    raise UserError(f"adapter '{shown}' is not a GGUF adapter: the llamacpp engine needs one; write it from the PEFT "
+                    "folder with `tuneforge export recipes/export_gguf_adapter.yaml adapter=PATH`, or serve the PEFT "
+                    "folder with --engine transformers")

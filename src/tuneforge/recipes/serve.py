@@ -99,13 +99,14 @@ def serve(model: str | None = None, *, adapters: dict[str, str] | None = None, *
 
     import uvicorn
 
-    from tuneforge.models.adapters import check_adapter
+    from tuneforge.models.adapters import check_adapter, check_gguf_adapter
     from tuneforge.serve.app import create_app
     from tuneforge.serve.engines import load_engine, pick_engine
 
-    pick_engine(config)  # fail fast on an artifact the chosen engine cannot serve
+    # fail fast, before minutes of loading, on an artifact or adapter the chosen engine cannot serve
+    check = check_gguf_adapter if pick_engine(config) == "llamacpp" else check_adapter
     for name, path in config.adapters.items():
-        check_adapter(path, name)
+        check(path, name)
     app = create_app(config, loader=load_engine)
     shown = "localhost" if config.host in ("127.0.0.1", "::1") else config.host
     print(f"tuneforge serve: http://{shown}:{config.port}/ (web chat), OpenAI API at http://{shown}:{config.port}/v1 "

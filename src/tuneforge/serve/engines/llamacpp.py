@@ -28,7 +28,7 @@ class LlamaCppEngine:
         self._lltokenizer = None  # llguidance's view of the vocabulary, built on the first JSON-schema request
         self._lltokenizer_lock = threading.Lock()
         self.adapters = list(adapters)
-        loaded = {name: load_adapter(lib, llm.model, path) for name, path in adapters.items()}
+        loaded = {name: load_adapter(lib, llm.model, path, name) for name, path in adapters.items()}
         params = lib.llama_context_default_params()
         # one KV stream of n_ctx cells per slot (llama.cpp's non-unified cache), as `llama-server -np N` does
         params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * parallel, parallel, False
@@ -116,19 +116,13 @@ class LlamaCppEngine:
         self.scheduler.close()
 
 
-def load_adapter(lib, model, path: str):
+def load_adapter(lib, model, path: str, name: str):
     """A LoRA adapter in llama.cpp's GGUF format (`tuneforge export` with format gguf_adapter writes one)."""
-    file = Path(path)
-    if file.is_dir():  # an export folder holds adapter.gguf (and maybe its base-<type>.gguf)
-        found = [file / "adapter.gguf"] if (file / "adapter.gguf").is_file() else []
-        if not found:
-            raise UserError(f"adapter {path}: the llamacpp engine needs the adapter as a GGUF file; write one with "
-                            "`tuneforge export` (format gguf_adapter) or serve the PEFT folder with --engine transformers")
-        file = found[0]
-    if not file.is_file():
-        raise UserError(f"adapter file {file} not found")
+    from tuneforge.models.adapters import check_gguf_adapter
+
+    file = check_gguf_adapter(path, name)
     adapter = lib.llama_adapter_lora_init(model, str(file).encode())
-    if not adapter:
-        raise UserError(f"adapter {file}: llama.cpp refused it (not a LoRA adapter GGUF for this model's architecture "
-                        "and shapes); export it again from the adapter folder with `tuneforge export`")
+    if not adapter:  # a NULL pointer: llama.cpp refused the file (its log says why)
+        raise UserError(f"adapter {name}={file}: llama.cpp refused it (not a LoRA adapter GGUF for this model's "
+                        "architecture and shapes); export it again from its PEFT folder with `tuneforge export`")
     return adapter
