@@ -88,9 +88,10 @@ def command(name: str, port: int, args) -> list[str]:
         if not VLLM_PY.exists():
             raise SystemExit(f"{name} needs {VLLM_PY}: run `make vllm-env` first")
         if name == "vllm":
+            # vLLM's defaults (compiled graph) but for max_num_seqs, matched to tuneforge's --max-batch
             return [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", hf_folder(), "--port",
-                    str(port), "--dtype", args.dtype, "--disable-log-requests", "--served-model-name", "model"]
-        return [str(VLLM_PY), *serve, hf_folder(), "--engine", "vllm", *common, "--dtype", args.dtype]
+                    str(port), "--dtype", args.dtype, "--max-num-seqs", "16", "--served-model-name", "model"]
+        return [str(VLLM_PY), *serve, hf_folder(), "--engine", "vllm", *common, "--dtype", args.dtype, "--max-batch", "16"]
     raise SystemExit(f"unknown server {name}")
 
 
@@ -115,7 +116,8 @@ class Server:
         self.name = name
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VLLM_CPU_KVCACHE_SPACE": "2"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VLLM_CPU_KVCACHE_SPACE": "2",
+               "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}  # this checkout's tuneforge
         t0 = time.monotonic()
         self.proc = subprocess.Popen(command(name, port, args), env=env, stdout=subprocess.DEVNULL,
                                      stderr=open(f"/tmp/serve_load-{name}.log", "w"))

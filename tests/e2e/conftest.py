@@ -299,7 +299,7 @@ def vllm_server(tmp_path_factory):
     folder = resolve_model(None)
     tmp = tmp_path_factory.mktemp("vllm-serve")
     adapters = {"parrot": train_parrot(folder, tmp / "parrot"), "noise": random_adapter(folder, tmp / "noise")}
-    args = [folder, "--engine", "vllm", "--max-tokens", "256"]
+    args = [folder, "--engine", "vllm", "--eager", "--max-tokens", "256"]  # eager: starts ~4x faster
     for name, path in adapters.items():
         args += ["--adapter", f"{name}={path}"]
     url, proc = start_process(args, tmp / "server.log", {"VLLM_CPU_KVCACHE_SPACE": "1"}, deadline_s=900)

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, device=args.device, host=args.host, port=args.port, api_key=read_api_key(args.api_key_file),
         cors_origins=args.cors_origin, max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
         max_body_bytes=args.max_body_bytes, queue_size=args.queue_size, max_batch=args.max_batch,
-        n_threads=args.n_threads, n_ctx=args.n_ctx, parallel=args.parallel, log_level=args.log_level,
+        n_threads=args.n_threads, n_ctx=args.n_ctx, parallel=args.parallel, eager=args.eager,
+        log_level=args.log_level,
     )
     return 0

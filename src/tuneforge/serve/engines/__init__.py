@@ -62,7 +62,8 @@ def load_engine(config: ServeConfig) -> Engine:
     if kind == "vllm":
         from tuneforge.serve.engines.vllm import VllmEngine
 
-        return VllmEngine.load(config.model, config.adapters, dtype=config.dtype, max_batch=config.max_batch)
+        return VllmEngine.load(config.model, config.adapters, dtype=config.dtype, max_batch=config.max_batch,
+                               eager=config.eager)
     from tuneforge.serve.engines.transformers import TransformersEngine
 
     if config.model and config.model.lower().endswith(".gguf"):

