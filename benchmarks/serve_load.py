@@ -135,6 +135,14 @@ class Server:
             self.proc.kill()
 
 
+def start_server(engine: str, threads: int, **options) -> tuple[subprocess.Popen, str]:
+    """One `tuneforge serve --engine ENGINE` (transformers | llamacpp | vllm) with this bench's defaults, ready."""
+    args = argparse.Namespace(**{"threads": threads, "slots": 4, "ctx": 4096, "dtype": "auto", "llama_server": None,
+                                 **options})
+    server = Server(f"tf-{engine}", args)
+    return server.proc, server.url
+
+
 def one_request(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> dict:
     t0 = time.perf_counter()
     first = None

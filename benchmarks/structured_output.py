@@ -2,6 +2,7 @@
 
     nice .venv/bin/python benchmarks/structured_output.py                          # both engines, 50 requests each
     nice .venv/bin/python benchmarks/structured_output.py --engines llamacpp --requests 20
+    nice .venv/bin/python benchmarks/structured_output.py --engines vllm                    # needs make vllm-env
 
 For each engine a real server process serves the embedded model (SmolLM2-135M-Instruct; the llamacpp engine its
 Q4_1 GGUF) on a free loopback port. --requests chat requests cycle through ten schemas (objects with required
