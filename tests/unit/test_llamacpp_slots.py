@@ -174,3 +174,24 @@ def torch_seed(seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
+
+
+def test_a_failed_decode_fails_its_request_and_the_engine_goes_on(tiny_gguf):
+    eng = engine(tiny_gguf, parallel=1)  # 256 KV cells per sequence
+
+    async def overflow():
+        ids = eng.encode_text("The quick brown fox " * 60)[:250]
+        async for _ in eng.stream(GenerationRequest(ids, None, Sampling(max_tokens=40, temperature=0))):
+            pass
+
+    try:
+        with pytest.raises(RuntimeError, match="llama_decode failed"):
+            asyncio.run(overflow())
+        after = asyncio.run(answer(eng, QUESTIONS[0], temperature=0))
+    finally:
+        eng.close()
+    fresh = engine(tiny_gguf, parallel=1)
+    try:
+        assert after == asyncio.run(answer(fresh, QUESTIONS[0], temperature=0))
+    finally:
+        fresh.close()

@@ -98,6 +98,9 @@ class Scheduler:
                 for slot in self.slots:
                     if slot.job:
                         self._finish(slot, e)
+                    # what the cells hold is unknown now: forget it rather than reuse it as a cached prefix
+                    self.lib.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
+                    slot.cached = []
 
     def _drop_cancelled(self) -> None:
         self.waiting = deque(j for j in self.waiting if not j.cancelled.is_set())
