@@ -15,16 +15,15 @@ errors, 5xx, answers equal to their reference, aggregate tokens/s.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
-import threading
-import time
 from pathlib import Path
 
 import openai
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import RUN_SERVE, free_port, wait_ready  # noqa: E402
+from serve_load import RUN_SERVE, drive, free_port, wait_ready  # noqa: E402
 
 
 def write_files(adapters: dict[str, str], gguf_type: str, out: Path) -> tuple[Path, dict[str, Path], dict[str, Path]]:
@@ -82,30 +81,14 @@ def main() -> None:
         client = openai.OpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
         base_id = client.models.list().data[0].id
         work = list(itertools.product(range(len(GOLDEN_PROMPTS)), [None, *files], range(args.rounds)))
-        lock = threading.Lock()
-        results, errors = [], []
 
-        def client_loop(index: int) -> None:
-            for i, name, _ in work[index::args.clients]:
-                try:
-                    r = client.chat.completions.create(model=name or base_id, messages=GOLDEN_PROMPTS[i], temperature=0,
-                                                       max_tokens=args.max_tokens)
-                    with lock:
-                        results.append((name, i, r.choices[0].message.content, r.usage.completion_tokens))
-                except openai.APIStatusError as e:
-                    with lock:
-                        errors.append(str(e.status_code))
-                except openai.APIError as e:
-                    with lock:
-                        errors.append(type(e).__name__)
+        def ask(i: int, name: str | None):
+            r = client.chat.completions.create(model=name or base_id, messages=GOLDEN_PROMPTS[i], temperature=0,
+                                               max_tokens=args.max_tokens)
+            return name, i, r.choices[0].message.content, r.usage.completion_tokens
 
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        results, errors, wall = drive(args.clients, lambda c: [functools.partial(ask, i, name)
+                                                               for i, name, _ in work[c::args.clients]])
     finally:
         proc.terminate()
         proc.wait(timeout=30)

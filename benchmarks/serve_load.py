@@ -23,6 +23,7 @@ Servers:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -161,15 +162,17 @@ def one_request(client: openai.OpenAI, model: str, prompt: str, max_tokens: int)
             "itl": (latency - first) / (tokens - 1) if tokens > 1 else None}
 
 
-def load_level(server: Server, clients: int, requests: int, max_tokens: int) -> dict:
-    results: list[dict] = []
+def drive(clients: int, tasks_of) -> tuple[list, list[str], float]:
+    """Run `tasks_of(c)` (callables, one request each) in client thread c, all clients at once: (what the tasks
+    returned, the failures as status codes or error names, wall seconds)."""
+    results: list = []
     errors: list[str] = []
     lock = threading.Lock()
 
     def client_loop(index: int) -> None:
-        for i in range(requests):
+        for task in tasks_of(index):
             try:
-                r = one_request(server.client, server.model, PROMPTS[(index + i) % len(PROMPTS)], max_tokens)
+                r = task()
                 with lock:
                     results.append(r)
             except openai.APIStatusError as e:
@@ -185,7 +188,13 @@ def load_level(server: Server, clients: int, requests: int, max_tokens: int) -> 
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    return results, errors, time.perf_counter() - t0
+
+
+def load_level(server: Server, clients: int, requests: int, max_tokens: int) -> dict:
+    results, errors, wall = drive(clients, lambda c: [
+        functools.partial(one_request, server.client, server.model, PROMPTS[(c + i) % len(PROMPTS)], max_tokens)
+        for i in range(requests)])
 
     def pct(values, q):
         values = sorted(v for v in values if v is not None)
