@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import subprocess
 import sys
 from pathlib import Path
 
@@ -73,8 +74,8 @@ def main() -> None:
         del llm
     port = free_port()
     flags = [f"--adapter={n}={f}" for n, f in files.items()]
-    proc = __import__("subprocess").Popen([sys.executable, "-c", RUN_SERVE, str(base), *flags, "--port", str(port),
-                                           "--parallel", str(args.slots), "--n-ctx", "2048", "--log-level", "warning"])
+    proc = subprocess.Popen([sys.executable, "-c", RUN_SERVE, str(base), *flags, "--port", str(port),
+                            "--parallel", str(args.slots), "--n-ctx", "2048", "--log-level", "warning"])
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url, "tuneforge serve")

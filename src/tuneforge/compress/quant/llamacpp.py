@@ -44,6 +44,12 @@ def load_error(path: str | Path, error: Exception) -> UserError:
     return UserError(f"GGUF file {path} could not be loaded: {why}; write it again with `tuneforge export`")
 
 
+def lora_error(adapter: str | Path, base: str | Path) -> UserError:
+    """llama.cpp refused a LoRA adapter file (its own log says why)."""
+    return UserError(f"llama.cpp could not apply the LoRA adapter {adapter} to {base}: is it a GGUF LoRA adapter of "
+                     "this base model? (`tuneforge export` format gguf_adapter writes one)")
+
+
 class LlamaCppRunner:
     """A GGUF model with the runner interface of tuneforge.export.parity (prompt_ids, greedy, stop_ids, decode);
     `lora_path`: a GGUF LoRA adapter applied to it (scale 1)."""
@@ -77,8 +83,7 @@ class LlamaCppRunner:
         self.last_decode_s = 0.0
 
     def lora_error(self) -> UserError:
-        return UserError(f"llama.cpp could not apply the LoRA adapter {self.lora_path} to {self.path}: is it a GGUF "
-                         "LoRA adapter of this base model? (`tuneforge export` format gguf_adapter writes one)")
+        return lora_error(self.lora_path, self.path)
 
     def token_text(self, tid: int) -> str:
         return self.llm.detokenize([tid], special=True).decode("utf-8", errors="replace")

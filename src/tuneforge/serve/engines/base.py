@@ -109,6 +109,37 @@ async def with_stop_strings(chunks: AsyncIterator[Chunk], stops: list[str]) -> A
         await chunks.aclose()
 
 
+def collect(inbox, waiting, *, block: bool) -> bool:
+    """Move a scheduler's arrivals (from a queue.SimpleQueue) to its waiting line, blocking for the first only when
+    it has nothing to do. False when close() has put None."""
+    import queue
+
+    while True:
+        try:
+            job = inbox.get(block=block)
+        except queue.Empty:
+            return True
+        if job is None:
+            return False
+        waiting.append(job)
+        block = False
+
+
+def token_chunk(token: int, produced: int, *, end_ids, text_of, constraint, max_tokens: int) -> Chunk | None:
+    """What the `produced`-th sampled token means for the stream: the chunk to send (finish_reason set when the
+    answer ends with it) or None when it adds no text yet. `text_of(token)` is the engine's incremental decode."""
+    if token in end_ids:
+        return Chunk("", produced, "stop")
+    text = text_of(token)
+    if constraint is not None:
+        constraint.accept(token)
+        if constraint.complete:  # the JSON is whole: end now rather than spend a step on the end token
+            return Chunk(text, produced, "stop")
+    if produced >= max_tokens:  # bytes of a character cut off by the limit are dropped, not shown as U+FFFD
+        return Chunk(text, produced, "length")
+    return Chunk(text, produced) if text else None
+
+
 def sample_token(logits, sampling: Sampling, generator) -> int:
     """OpenAI's sampling for one row of logits (a 1-D torch tensor): softmax(logits / temperature), cut to the
     smallest top_p nucleus, drawn with the request's seeded torch.Generator. Temperature 0 is greedy."""

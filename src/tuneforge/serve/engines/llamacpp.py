@@ -29,7 +29,7 @@ class LlamaCppEngine:
         self._lltokenizer = None  # llguidance's view of the vocabulary, built on the first JSON-schema request
         self._lltokenizer_lock = threading.Lock()
         self.adapters = list(adapters)
-        loaded = {name: load_adapter(lib, llm.model, path, name) for name, path in adapters.items()}
+        loaded = {name: load_adapter(lib, llm.model, path, name, llm.model_path) for name, path in adapters.items()}
         params = lib.llama_context_default_params()
         # one KV stream of n_ctx cells per slot (llama.cpp's non-unified cache), as `llama-server -np N` does
         params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * parallel, parallel, False
@@ -125,13 +125,14 @@ class LlamaCppEngine:
             self.llm.close()
 
 
-def load_adapter(lib, model, path: str, name: str):
+def load_adapter(lib, model, path: str, name: str, base: str):
     """A LoRA adapter in llama.cpp's GGUF format (`tuneforge export` with format gguf_adapter writes one)."""
     from tuneforge.models.adapters import check_gguf_adapter
 
     file = check_gguf_adapter(path, name)
     adapter = lib.llama_adapter_lora_init(model, str(file).encode())
-    if not adapter:  # a NULL pointer: llama.cpp refused the file (its log says why)
-        raise UserError(f"adapter {name}={file}: llama.cpp refused it (not a LoRA adapter GGUF for this model's "
-                        "architecture and shapes); export it again from its PEFT folder with `tuneforge export`")
+    if not adapter:  # a NULL pointer
+        from tuneforge.compress.quant.llamacpp import lora_error
+
+        raise lora_error(file, base)
     return adapter

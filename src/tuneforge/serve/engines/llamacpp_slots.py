@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tuneforge.serve.engines.base import Chunk, GenerationRequest, sample_token, seeded_generator
+from tuneforge.export.parity import common_prefix
+from tuneforge.serve.engines.base import (
+    GenerationRequest,
+    collect,
+    sample_token,
+    seeded_generator,
+    token_chunk,
+)
 
 
 @dataclass
@@ -41,14 +48,6 @@ class Slot:
     cached: list[int] = field(default_factory=list)  # tokens whose KV cells this sequence holds
     adapter: str | None = None                       # the adapter those cells were computed with
     job: Job | None = None
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class Scheduler:
@@ -80,16 +79,9 @@ class Scheduler:
 
     def _run(self) -> None:
         while True:
-            busy = self.waiting or any(s.job for s in self.slots)
-            try:
-                item = self.inbox.get(block=not busy)
-                while True:
-                    if item is None:
-                        return self._shut()
-                    self.waiting.append(item)
-                    item = self.inbox.get_nowait()
-            except queue.Empty:
-                pass
+            idle = not self.waiting and not any(s.job for s in self.slots)
+            if not collect(self.inbox, self.waiting, block=idle):
+                return self._shut()
             self._drop_cancelled()
             self._admit()
             try:
@@ -113,10 +105,11 @@ class Scheduler:
         while self.waiting and free:
             job = self.waiting.popleft()
             prompt = job.request.prompt_ids
-            same = [s for s in free if s.adapter == job.request.adapter]
-            slot = max(same, key=lambda s: common_prefix(s.cached, prompt)) if same else free[0]
+            # cells computed with another adapter are no prefix of this request's
+            shared = [(common_prefix(s.cached, prompt), s) for s in free if s.adapter == job.request.adapter]
+            cached, slot = max(shared, key=lambda pair: pair[0]) if shared else (0, free[0])
             # keep the cached prefix, but read at least the prompt's last token: its logits give the first answer
-            keep = min(common_prefix(slot.cached, prompt), len(prompt) - 1) if slot in same else 0
+            keep = min(cached, len(prompt) - 1)
             self.lib.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
             slot.cached, slot.adapter, slot.job = prompt[:keep], job.request.adapter, job
             job.pending = prompt[keep:]
@@ -153,7 +146,7 @@ class Scheduler:
                 b.seq_id[n][0] = slot.seq
                 b.logits[n] = want_logits and k == len(tokens) - 1
                 n += 1
-            slot.cached = slot.cached + tokens
+            slot.cached.extend(tokens)  # a list of its own: prompt[:keep] at admission
             if want_logits:
                 outputs.append((slot, n - 1))
         if not n:
@@ -186,17 +179,12 @@ class Scheduler:
             logits = np.where(job.constraint.allowed(), logits, -np.inf)
         token = int(np.argmax(logits)) if s.temperature <= 0 else sample_token(torch.from_numpy(logits), s, job.generator)
         job.produced += 1
-        if token in self.end_ids:
-            return self._finish(slot, Chunk("", job.produced, "stop"))
-        text = job.decoder.decode(self.detokenize(token))
-        if job.constraint is not None:
-            job.constraint.accept(token)
-            if job.constraint.complete:  # the JSON is whole: no need to decode the end token
-                return self._finish(slot, Chunk(text, job.produced, "stop"))
-        if job.produced >= s.max_tokens:  # bytes of a character cut off by the limit are dropped, not shown as U+FFFD
-            return self._finish(slot, Chunk(text, job.produced, "length"))
-        if text:
-            job.emit(Chunk(text, job.produced))
+        chunk = token_chunk(token, job.produced, end_ids=self.end_ids, constraint=job.constraint,
+                            text_of=lambda t: job.decoder.decode(self.detokenize(t)), max_tokens=s.max_tokens)
+        if chunk is not None and chunk.finish_reason:
+            return self._finish(slot, chunk)
+        if chunk is not None:
+            job.emit(chunk)
         job.next_token = token
 
     def _finish(self, slot: Slot, last) -> None:

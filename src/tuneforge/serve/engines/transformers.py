@@ -15,13 +15,14 @@ from collections import deque
 from tuneforge.errors import UserError
 from tuneforge.serve.engines.base import (
     BASE,
-    Chunk,
     GenerationRequest,
     IncrementalDecoder,
+    collect,
     end_token_ids,
     queued_chunks,
     sample_token,
     seeded_generator,
+    token_chunk,
 )
 
 
@@ -121,7 +122,6 @@ def attach_adapters(net, adapters: dict[str, str]):
 
 class Job:
     def __init__(self, request: GenerationRequest, decoder: IncrementalDecoder, emit):
-
         self.request, self.decoder, self.emit = request, decoder, emit
         self.sampling = request.sampling
         self.generated = 0
@@ -132,23 +132,11 @@ class Job:
 
     def accept(self, token: int, end_ids: set[int]) -> None:
         self.generated += 1
-        if token in end_ids:
-            self.finish("", "stop")
-            return
-        text = self.decoder.push(token)
-        if self.constraint is not None:
-            self.constraint.accept(token)
-            if self.constraint.complete:  # the JSON is whole: end now rather than spend a step on the end token
-                self.finish(text, "stop")
-                return
-        if self.generated >= self.sampling.max_tokens:
-            self.finish(text, "length")
-        elif text:
-            self.emit(Chunk(text, self.generated))
-
-    def finish(self, text: str, reason: str) -> None:
-        self.done = True
-        self.emit(Chunk(text, self.generated, reason))
+        chunk = token_chunk(token, self.generated, end_ids=end_ids, text_of=self.decoder.push,
+                            constraint=self.constraint, max_tokens=self.sampling.max_tokens)
+        if chunk is not None:
+            self.done = chunk.finish_reason is not None
+            self.emit(chunk)
 
 
 class BatchScheduler:
@@ -196,16 +184,7 @@ class BatchScheduler:
 
     def _collect(self) -> bool:
         """Move arrivals to the waiting line; block only when there is nothing to do. False on close."""
-        block = not self.rows and not self.waiting
-        while True:
-            try:
-                job = self.inbox.get(block=block)
-            except queue.Empty:
-                return True
-            if job is None:
-                return False
-            self.waiting.append(job)
-            block = False
+        return collect(self.inbox, self.waiting, block=not self.rows and not self.waiting)
 
     def _admit(self) -> list[Job]:
         new = []
