@@ -252,6 +252,7 @@ class AdapterExport:
     merged: object         # the merged model in PyTorch (float32) and its tokenizer
     tok: object
     lora: object           # tuneforge.compress.quant.gguf_lora.LoraTensors
+    manifest: dict         # what adapter.json says
 
 
 def export_gguf_adapter(cfg: ExportConfig, out: Path, scratch: Path) -> AdapterExport:
@@ -279,7 +280,7 @@ def export_gguf_adapter(cfg: ExportConfig, out: Path, scratch: Path) -> AdapterE
     reference = write_any_gguf(merged, tok, scratch / f"merged-{cfg.gguf_type}.gguf", cfg.gguf_type, pre_tokenizer=pre,
                                threads=cfg.gguf.threads) if cfg.parity.enabled else None
     base_ref = base.name if base.parent == out else str(base.resolve())
-    write_json(out / "adapter.json", {
+    manifest = {
         "format": "llama.cpp GGUF LoRA adapter",
         "adapter": adapter.name,
         "adapter_type": cfg.adapter_type,
@@ -294,10 +295,11 @@ def export_gguf_adapter(cfg: ExportConfig, out: Path, scratch: Path) -> AdapterE
         "load": "llama.cpp: a = llama_adapter_lora_init(model, adapter) (NULL where it refuses the file), then "
                 "llama_set_adapters_lora(ctx, &a, 1, &scale) with scale 1.0; llama-cpp-python: Llama(model_path=base, "
                 "lora_path=adapter). Any GGUF of the same base model takes it; parity.json was measured on this base.",
-    })
+    }
+    write_json(out / "adapter.json", manifest)
     if cfg.ollama:
         write_modelfile(cfg, out, tok, merged.generation_config, base_ref, adapter.name)
-    return AdapterExport(adapter, base, reference, merged, tok, lora)
+    return AdapterExport(adapter, base, reference, merged, tok, lora, manifest)
 
 
 def free_folder(cfg: ExportConfig) -> Path:
@@ -363,7 +365,8 @@ def export(cfg: ExportConfig) -> Path:
         if parity:
             write_json(out / "parity.json", {**parity.summary(), "rows": parity.rows, "file_weights": file_parity,
                                              **against_pytorch})
-        write_export_report(out, cfg, artifact, parity, problems, file_parity, gguf_note, against_pytorch)
+        write_export_report(out, cfg, artifact, parity, problems, file_parity, gguf_note, against_pytorch,
+                            made.manifest if cfg.format == "gguf_adapter" else None)
         if problems:
             raise UserError("export failed its parity check:\n" + "\n".join(f"  - {p}" for p in problems))
         if parity and parity.exact_match_rate < cfg.parity.min_match_rate:
@@ -388,7 +391,7 @@ def export(cfg: ExportConfig) -> Path:
 
 def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, problems: list[str],
                         file_parity: dict | None = None, gguf_note: str | None = None,
-                        against_pytorch: dict | None = None) -> None:
+                        against_pytorch: dict | None = None, manifest: dict | None = None) -> None:
     from tuneforge.compress.measure import weights_size
     from tuneforge.export.parity import file_parity_report
     from tuneforge.report import write_report
@@ -402,8 +405,7 @@ def write_export_report(out: Path, cfg: ExportConfig, artifact: Path, parity, pr
 
         summary.append(("matrices by GGUF type", types_line(matrix_types(artifact))))
     notes = []
-    if cfg.format == "gguf_adapter":
-        manifest = json.loads((out / "adapter.json").read_text(encoding="utf-8"))
+    if manifest:
         summary += [("base GGUF", manifest["base"]), ("lora alpha", manifest["lora_alpha"]),
                     ("ranks", ", ".join(map(str, manifest["ranks"]))), ("adapted weights", manifest["weights"])]
         notes.append(f"Load: {manifest['load']}")

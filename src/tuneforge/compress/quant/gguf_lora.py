@@ -76,19 +76,15 @@ def refuse(adapter_dir: Path, module: str | None, why: str) -> UserError:
 def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict]:
     """(adapter_config.json, {saved tensor name: float32 torch tensor}) of a PEFT adapter folder."""
     import torch
+    from peft.utils import load_peft_weights
 
     from tuneforge.models.adapters import ADAPTER_CONFIG, check_adapter
 
     folder = check_adapter(adapter_dir)
     config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    if (folder / "adapter_model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(folder / "adapter_model.safetensors"), device="cpu")
-    elif (folder / "adapter_model.bin").is_file():
-        tensors = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
-    else:
+    if not any((folder / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
         raise UserError(f"adapter {folder} has no adapter_model.safetensors or adapter_model.bin")
+    tensors = load_peft_weights(str(folder), device="cpu")
     return config, {k: v.to(torch.float32) for k, v in tensors.items()}
 
 
