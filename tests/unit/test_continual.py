@@ -102,6 +102,28 @@ def test_the_merge_is_peft_ties_of_the_stage_adapters(tiny_llama_dir, sentiment_
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_adapter_chain_trains_like_sequential_and_keeps_each_stage(tiny_llama_dir, sentiment_tsv, topics_tsv,
+                                                                    tmp_path):
+    """adapter_chain's stage adapters start where the previous stage ended, so they are sequential's stage by stage;
+    routed, each task keeps the score its own stage gave it (BWT 0), and its last task is sequential's."""
+    from safetensors.torch import load_file
+
+    out = run(recipe(tiny_llama_dir, sentiment_tsv, topics_tsv, tmp_path / "runs", ["sequential", "adapter_chain"]))
+    for stage in ("1-films", "2-food"):
+        seq = load_file(out / "sequential" / "stages" / stage / "adapter" / "adapter_model.safetensors")
+        chain = load_file(out / "adapter_chain" / "stages" / stage / "adapter" / "adapter_model.safetensors")
+        assert seq.keys() == chain.keys()
+        for name in seq:
+            torch.testing.assert_close(chain[name], seq[name], msg=f"{stage}: {name}")
+    seq = json.loads((out / "sequential" / "ledger.json").read_text())["ledgers"]["sequential"]["rows"]
+    routed = json.loads((out / "adapter_chain" / "ledger.json").read_text())["ledgers"]["routed"]["rows"]
+    assert routed[1][0] == seq[1][0] and routed[2][1] == seq[2][1], "each stage's own score, as sequential's"
+    assert routed[2][0] == routed[1][0], "the first task keeps its own adapter's score after the second stage"
+    table = {r["strategy"]: r for r in json.loads((out / "metrics.json").read_text())["strategies"]}
+    assert table["adapter_chain (routed)"]["BWT"] == 0.0
+    assert table["adapter_chain (routed)"]["served MB"] > 1.9 * table["sequential"]["served MB"]
+
+
 def test_penalties_are_zero_at_the_anchor_and_grow_away_from_it():
     torch.manual_seed(0)
     net = nn.Linear(4, 3)

@@ -10,7 +10,9 @@ from pydantic import Field, model_validator
 from tuneforge.compress.sections import KDSection
 from tuneforge.config import DataConfig, LoraConfig, ProbedEvalConfig, Section, TaskConfig, TrainConfig
 
-STRATEGIES = ("sequential", "replay", "adapter_per_task", "l2", "ewc", "self_distill")
+STRATEGIES = ("sequential", "replay", "adapter_per_task", "adapter_chain", "l2", "ewc", "self_distill")
+# strategies that keep one adapter per stage: scored routed (each task by its own adapter) and merged
+PER_TASK = ("adapter_per_task", "adapter_chain")
 
 
 class StageSection(Section):
@@ -55,8 +57,9 @@ class SelfDistillSection(KDSection):
 
 class ContinualSection(Section):
     strategy: Literal[STRATEGIES] | list[Literal[STRATEGIES]] = Field(
-        "sequential", description="sequential: one LoRA trained on through every stage; replay; adapter_per_task (+ "
-        "their merge); l2 (L2-SP); ewc; self_distill (KD from the previous stage's model on replayed rows). A list "
+        "sequential", description="sequential: one LoRA trained on through every stage; replay; adapter_per_task (a "
+        "fresh LoRA per stage, + their merge); adapter_chain (a LoRA per stage that starts where the previous "
+        "stage's ended, + their merge); l2 (L2-SP); ewc; self_distill (KD from the previous stage's model on replayed rows). A list "
         "runs each in turn and writes the table that compares them")
     replay: ReplaySection = Field(default_factory=ReplaySection)
     merge: MergeSection = Field(default_factory=MergeSection)

@@ -1,7 +1,7 @@
 """A continual run: one model trained stage after stage through training.loop.fit, the ledger scored after each.
 
 runs/<name>/
-  ledger.json                 R[i][j] so far (and, for adapter_per_task, the merged adapter's ledger); written
+  ledger.json                 R[i][j] so far (and, for adapter_per_task and adapter_chain, the merged ledger); written
                               after every stage, so a finished stage and its scores are never redone
   stages/<k>-<stage>/         the stage's metrics.jsonl, checkpoints/ while it trains, adapter/ when done
   metrics.json, report.*      when every stage is done
@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import torch
 
 from tuneforge.continual import strategies as S
-from tuneforge.continual.config import ContinualConfig
+from tuneforge.continual.config import PER_TASK, ContinualConfig
 from tuneforge.continual.ledger import Ledger
 from tuneforge.errors import UserError
 from tuneforge.fileio import atomic_dir, write_json
@@ -118,7 +118,7 @@ class ContinualRun:
         write_json(self.run_dir / "ledger.json", data)
 
     def ledger_names(self) -> list[str]:
-        return ["routed", "merged"] if self.strategy == "adapter_per_task" else [self.strategy]
+        return ["routed", "merged"] if self.strategy in PER_TASK else [self.strategy]
 
     def start_ledgers(self, base_scores: dict[str, float] | None) -> None:
         seconds = 0.0
@@ -154,19 +154,20 @@ class ContinualRun:
         return self.run_dir / "stages" / f"{k + 1}-{self.stages[k].name}"
 
     def adapter_name(self, k: int) -> str:
-        return self.stages[k].name if self.strategy == "adapter_per_task" else "default"
+        return self.stages[k].name if self.strategy in PER_TASK else "default"
 
     def model_for_stage(self, k: int):
-        """The peft model ready to train stage k: one adapter carried on (every strategy but adapter_per_task), or a
-        fresh adapter beside the earlier ones. On a resumed run the earlier stages' adapters are read back."""
-        from peft import get_peft_model, set_peft_model_state_dict
+        """The peft model ready to train stage k: one adapter carried on, or (PER_TASK) a new adapter beside the
+        earlier ones, fresh or (adapter_chain) a copy of the previous stage's. On a resumed run the earlier stages'
+        adapters are read back."""
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
         from safetensors.torch import load_file
 
         seed = self.cfg.train.seed
         if self.model is None:
             torch.manual_seed(seed)  # the first adapter's init, the same in a resumed process
             self.model = get_peft_model(self.base, self.lora_config(), adapter_name=self.adapter_name(0))
-            done = range(k) if self.strategy == "adapter_per_task" else ([k - 1] if k else [])
+            done = range(k) if self.strategy in PER_TASK else ([k - 1] if k else [])
             for j in done:
                 name = self.adapter_name(j)
                 if name not in self.model.peft_config:
@@ -179,6 +180,9 @@ class ContinualRun:
         if name not in self.model.peft_config:
             torch.manual_seed(seed + k)  # a new adapter's init does not depend on what ran before it
             self.model.add_adapter(name, self.lora_config())
+            if self.strategy == "adapter_chain" and k:  # starts where the previous stage ended, as sequential does
+                previous = get_peft_model_state_dict(self.model, adapter_name=self.adapter_name(k - 1))
+                set_peft_model_state_dict(self.model, previous, adapter_name=name)
         self.model.set_adapter(name)  # the stage's adapter is the one trained
         torch.manual_seed(seed + 1000 + k)  # the stage's dropout, the same whether or not the run was resumed
         return self.model
@@ -289,7 +293,7 @@ class ContinualRun:
         """Row k+1 of every ledger; returns the scoring seconds per ledger."""
         ledgers, seconds = self.state["ledgers"], {}
         label = f"after {self.stages[k].name}"
-        if self.strategy != "adapter_per_task":
+        if self.strategy not in PER_TASK:
             scores, seconds[self.strategy] = score_columns(scoring_copy(self.model), self.tok, self.columns,
                                                            self.cfg.eval, label)
             ledgers[self.strategy].add_row(scores)

@@ -329,7 +329,7 @@ def export(cfg: ExportConfig) -> Path:
     against_pytorch: dict = {}
     with atomic_dir(target) as out, ExitStack() as stack:
         write_text(out / "config.yaml", resolved_config_yaml(cfg))
-        gguf_note = None
+        gguf_note, manifest = None, None
         llama = {"n_ctx": cfg.gguf.n_ctx, "n_threads": cfg.gguf.threads}
         if cfg.format == "merged":
             # The source keeps its adapter unmerged, so parity also checks the merge itself.
@@ -347,7 +347,7 @@ def export(cfg: ExportConfig) -> Path:
             # The reference is the merged GGUF at the base's type: what the adapter replaces. Its temporary folder
             # is removed before the export is renamed (ExitStack closes first).
             made = export_gguf_adapter(cfg, out, Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out, prefix=".reference-"))))
-            artifact = made.adapter
+            artifact, manifest = made.adapter, made.manifest
             if cfg.parity.enabled:
                 source_runner = CachedRunner(LlamaCppRunner(made.reference, **llama))
                 export_runner = CachedRunner(LlamaCppRunner(made.base, lora_path=made.adapter, **llama))
@@ -366,7 +366,7 @@ def export(cfg: ExportConfig) -> Path:
             write_json(out / "parity.json", {**parity.summary(), "rows": parity.rows, "file_weights": file_parity,
                                              **against_pytorch})
         write_export_report(out, cfg, artifact, parity, problems, file_parity, gguf_note, against_pytorch,
-                            made.manifest if cfg.format == "gguf_adapter" else None)
+                            manifest)
         if problems:
             raise UserError("export failed its parity check:\n" + "\n".join(f"  - {p}" for p in problems))
         if parity and parity.exact_match_rate < cfg.parity.min_match_rate:
