@@ -5,6 +5,7 @@ import asyncio
 import pytest
 import torch
 
+from tuneforge.models.packed import pack_linear_weights
 from tuneforge.serve.engines.base import GenerationRequest, Sampling
 from tuneforge.serve.engines.transformers import TransformersEngine
 
@@ -33,6 +34,7 @@ def engine(tokenizer):
         if "lora_" in name:
             p.data.normal_(0, 0.5)  # large enough that each adapter changes the greedy answer
     model.eval()
+    pack_linear_weights(model)  # as TransformersEngine.load does on CPU
     eng = TransformersEngine(model, tokenizer, adapters=["alpha", "beta"], max_batch=8)
     yield eng
     eng.close()

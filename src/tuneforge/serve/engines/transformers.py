@@ -46,11 +46,13 @@ class TransformersEngine:
     def load(cls, model: str | None, adapters: dict[str, str], *, dtype: str = "auto", device: str | None = None,
              max_batch: int = 16) -> TransformersEngine:
         from tuneforge.models import load_model
+        from tuneforge.models.packed import pack_linear_weights
 
         net, tok = load_model(model, dtype=dtype, device=device)
         if adapters:
             net = attach_adapters(net, adapters)
             net.eval()
+        pack_linear_weights(net)  # CPU layers only: the engine never trains or changes its weights
         return cls(net, tok, adapters=list(adapters), max_batch=max_batch)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:

