@@ -1,8 +1,8 @@
 """transformers engine: one scheduler thread decodes every running request together, one token per step.
 
-Continuous batching with a left-padded dynamic KV cache: new requests are prefilled as a batch and their
-cache is merged into the running one at a step boundary; finished rows are dropped and the all-padding
-columns trimmed. Rows may use different LoRA adapters in the same step (peft's `adapter_names`).
+Continuous batching with a left-padded dynamic KV cache (kv_room: each step written in place): new requests
+are prefilled as a batch and their cache is merged into the running one at a step boundary; finished rows are
+dropped and the all-padding columns trimmed. Rows may use different LoRA adapters in the same step (peft's `adapter_names`).
 """
 
 from __future__ import annotations
@@ -198,7 +198,8 @@ class BatchScheduler:
 
     def _prefill(self, jobs: list[Job]) -> None:
         import torch
-        from transformers import DynamicCache
+
+        from tuneforge.serve.engines.kv_room import roomy_cache
 
         width = max(len(j.request.prompt_ids) for j in jobs)
         ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
@@ -208,7 +209,7 @@ class BatchScheduler:
             ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
             mask[i, width - len(prompt):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache(config=self.model.config)
+        cache = roomy_cache(self.model.config)
         extra = {"adapter_names": [j.request.adapter or BASE for j in jobs]} if self.per_row_adapters else {}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                          use_cache=True, logits_to_keep=1, **{self.cache_arg: cache}, **extra)
