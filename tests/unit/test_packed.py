@@ -62,3 +62,12 @@ def test_engine_loaded_from_a_folder_packs_its_layers(tiny_llama_dir):
         assert any(isinstance(m.forward, P.partial) for m in engine.model.modules())
     finally:
         engine.close()
+
+
+def test_available_memory_counts_reclaimable_cache_in_bytes():
+    import os
+
+    if not os.path.exists("/proc/meminfo"):
+        pytest.skip("no /proc/meminfo on this system")
+    free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert P.available_memory() >= free_pages * 0.9  # MemAvailable >= MemFree (read a moment apart), both in bytes

@@ -28,9 +28,17 @@ def packable(module: nn.Module) -> bool:
 
 
 def available_memory() -> int | None:
+    """Bytes the kernel can hand out without swapping (MemAvailable: free pages plus reclaimable page cache)."""
     try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:  # no /proc/meminfo: free pages only
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not Linux: no figure to check against
+    except (ValueError, OSError, AttributeError):  # no figure to check against
         return None
 
 
