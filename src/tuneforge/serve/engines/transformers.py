@@ -24,6 +24,7 @@ from tuneforge.serve.engines.base import (
     seeded_generator,
     token_chunk,
 )
+from tuneforge.serve.engines.lean_decode import lean_decoder
 
 
 class TransformersEngine:
@@ -149,6 +150,7 @@ class BatchScheduler:
         self.per_row_adapters = per_row_adapters
         self.device = next(model.parameters()).device
         self.cache_arg = cache_argument(model)
+        self.lean = lean_decoder(model)  # None: the model's architecture decodes through transformers' forward
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.waiting: deque[Job] = deque()
         self.rows: list[Job] = []
@@ -227,10 +229,14 @@ class BatchScheduler:
 
         positions = self.mask.sum(-1, keepdim=True)  # real tokens so far = position of the token fed now
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
-        extra = {"adapter_names": [j.request.adapter or BASE for j in self.rows]} if self.per_row_adapters else {}
-        out = self.model(input_ids=self.last, attention_mask=self.mask, position_ids=positions,
-                         use_cache=True, **{self.cache_arg: self.cache}, **extra)
-        tokens = self._sample(out.logits[:, -1, :], self.rows)
+        names = [j.request.adapter or BASE for j in self.rows] if self.per_row_adapters else None
+        if self.lean is not None:
+            logits = self.lean(self.last, self.mask, positions, self.cache, adapter_names=names)
+        else:
+            extra = {"adapter_names": names} if names is not None else {}
+            logits = self.model(input_ids=self.last, attention_mask=self.mask, position_ids=positions,
+                                use_cache=True, **{self.cache_arg: self.cache}, **extra).logits[:, -1, :]
+        tokens = self._sample(logits, self.rows)
         self.last = tokens
         self.steps += 1
         self._deliver(tokens, self.rows)

@@ -1,0 +1,94 @@
+"""One decode step (one new token a row) of a Llama-architecture model, written with as few PyTorch ops as it takes.
+
+Why our own forward and not transformers': on CPU a decode step of a small model is mostly op dispatch. The
+embedded model's HF forward runs about 5,000 ops a step (mask building, attention dispatch, rotate_half's slices
+and cats, RMSNorm's casts), which cost as much as its matrix products; this one runs about 45 a layer, calls the
+same modules (so packed weights and peft's per-row LoRA layers work unchanged), and reads the same KV cache.
+Prefill stays on transformers' forward. Its logits equal transformers' (bit for bit in bf16 on the embedded
+model; tests check fp32 and per-row adapters against it)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Architectures whose decoder layer is exactly: RMSNorm, q/k/v (bias allowed), rotary on q and k, attention over
+# the cache, o_proj, residual, RMSNorm, SiLU-gated MLP, residual. Anything else keeps transformers' forward.
+LEAN_TYPES = {"llama": "LlamaRMSNorm", "qwen2": "Qwen2RMSNorm", "mistral": "MistralRMSNorm"}
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def lean_decoder(model) -> LeanDecoder | None:
+    """A LeanDecoder for `model`, or None where its architecture or adapters need transformers' own forward."""
+    net = _base(model)
+    config = net.config
+    norm_type = LEAN_TYPES.get(getattr(config, "model_type", None))
+    inner = getattr(net, "model", None)
+    if norm_type is None or inner is None or getattr(config, "hidden_act", None) != "silu":
+        return None
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return None
+    norms = [inner.norm] + [n for layer in inner.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    if any(type(n).__name__ != norm_type for n in norms):
+        return None
+    lora_at = {name for name, module in net.named_modules() if hasattr(module, "lora_A")}
+    allowed = {f"model.layers.{i}.{p}" for i in range(len(inner.layers)) for p in PROJECTIONS}
+    if not lora_at <= allowed:  # LoRA on embeddings or the head: transformers' forward handles those
+        return None
+    return LeanDecoder(net)
+
+
+class LeanDecoder:
+    def __init__(self, net):
+        config = net.config
+        self.net, self.inner = net, net.model
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim ** -0.5
+        self.layers = [(layer, [_caller(layer.get_submodule(p)) for p in PROJECTIONS]) for layer in self.inner.layers]
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
+                 adapter_names: list[str] | None = None) -> torch.Tensor:
+        """ids (rows, 1), mask (rows, cache length + 1), positions (rows, 1) -> logits (rows, vocab)."""
+        rows, heads, kv_heads, dim = ids.shape[0], self.heads, self.kv_heads, self.head_dim
+        extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
+        h = self.inner.embed_tokens(ids[:, 0])
+        cos, sin = self.inner.rotary_emb(h, positions)
+        cos = cos.view(rows, 1, dim)
+        half = dim // 2
+        # rotate_half(x) * sin == roll(x, half) * sin with its first half negated: 2 ops a tensor instead of 5
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).view(rows, 1, dim)
+        # Rows without padding need no mask, which lets SDPA take its fastest path
+        attend = None if bool(mask.all()) else mask.bool().view(rows, 1, 1, -1)
+        for i, (layer, (q_proj, k_proj, v_proj, o_proj, gate, up, down)) in enumerate(self.layers):
+            x = _rms(h, layer.input_layernorm)
+            q = q_proj(x, extra).view(rows, heads, dim)
+            k = k_proj(x, extra).view(rows, kv_heads, dim)
+            v = v_proj(x, extra).view(rows, kv_heads, 1, dim)
+            q = q * cos + torch.roll(q, half, -1) * sin
+            k = k * cos + torch.roll(k, half, -1) * sin
+            keys, values = cache.layers[i].update(k.unsqueeze(2), v)
+            # Grouped-query heads as extra query rows of their key/value head: no repeat of the cache
+            out = F.scaled_dot_product_attention(q.view(rows, kv_heads, heads // kv_heads, dim), keys, values,
+                                                 attn_mask=attend, scale=self.scale)
+            h = h + o_proj(out.reshape(rows, heads * dim), extra)
+            x = _rms(h, layer.post_attention_layernorm)
+            h = h + down(F.silu(gate(x, extra)) * up(x, extra), extra)
+        return self.net.lm_head(_rms(h, self.inner.norm))
+
+
+def _rms(x: torch.Tensor, norm) -> torch.Tensor:
+    """transformers' Llama RMSNorm (fp32 statistics, weight applied in the input dtype) as one fused op."""
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, norm.variance_epsilon).to(x.dtype)
+
+
+def _caller(module):
+    """Plain and packed layers take the input only; peft's LoRA layers also take the rows' adapter names."""
+    if hasattr(module, "lora_A"):
+        return lambda x, extra: module(x, **extra)
+    return lambda x, extra: module(x)
