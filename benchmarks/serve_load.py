@@ -144,13 +144,14 @@ def start_server(engine: str, threads: int, **options) -> tuple[subprocess.Popen
     return server.proc, server.url
 
 
-def one_request(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> dict:
+def one_request(client: openai.OpenAI, model: str, prompt: str, max_tokens: int, ignore_eos: bool = False) -> dict:
     t0 = time.perf_counter()
     first = None
     tokens = 0
     stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                             temperature=0, max_tokens=max_tokens, stream=True,
-                                            stream_options={"include_usage": True})
+                                            stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True} if ignore_eos else None)
     for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].delta.content:
             first = time.perf_counter() - t0
@@ -191,9 +192,10 @@ def drive(clients: int, tasks_of) -> tuple[list, list[str], float]:
     return results, errors, time.perf_counter() - t0
 
 
-def load_level(server: Server, clients: int, requests: int, max_tokens: int) -> dict:
+def load_level(server: Server, clients: int, requests: int, max_tokens: int, ignore_eos: bool = False) -> dict:
     results, errors, wall = drive(clients, lambda c: [
-        functools.partial(one_request, server.client, server.model, PROMPTS[(c + i) % len(PROMPTS)], max_tokens)
+        functools.partial(one_request, server.client, server.model, PROMPTS[(c + i) % len(PROMPTS)], max_tokens,
+                          ignore_eos)
         for i in range(requests)])
 
     def pct(values, q):
@@ -275,6 +277,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", default="64,256", help="answer lengths (comma separated)")
     parser.add_argument("--requests", type=int, default=3, help="requests per client at each level")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds over the servers")
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="every answer max_tokens long (greedy answers end at different lengths on different "
+                             "servers' numerics, which makes tokens/s compare different work)")
     parser.add_argument("--slots", type=int, default=8, help="llama.cpp slots (both GGUF servers)")
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot (both GGUF servers)")
     parser.add_argument("--dtype", default="bfloat16", help="HF-folder servers' dtype")
@@ -298,7 +303,7 @@ def main() -> None:
             for n in clients:
                 for _ in range(args.rounds):
                     for server in servers:
-                        rows.append(load_level(server, n, args.requests, length))
+                        rows.append(load_level(server, n, args.requests, length, args.ignore_eos))
                         show(rows[-1])
     finally:
         for server in servers:

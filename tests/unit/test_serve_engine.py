@@ -117,6 +117,18 @@ def test_length_finish_counts_tokens(engine):
         assert last.completion_tokens <= 3
 
 
+def test_ignore_eos_answers_past_the_end_token(engine, monkeypatch):
+    ids = engine.encode_chat([{"role": "user", "content": "stop early"}])
+    first = engine.tokenizer.encode(asyncio.run(collect(engine, GenerationRequest(
+        ids, None, Sampling(max_tokens=1, temperature=0))))[0], add_special_tokens=False)[0]
+    monkeypatch.setattr(engine.scheduler, "end_ids", {first})  # the greedy first token now ends the answer
+    _, last = asyncio.run(collect(engine, GenerationRequest(ids, None, Sampling(max_tokens=6, temperature=0))))
+    assert (last.finish_reason, last.completion_tokens) == ("stop", 1)
+    _, last = asyncio.run(collect(engine, GenerationRequest(ids, None, Sampling(max_tokens=6, temperature=0,
+                                                                                ignore_eos=True))))
+    assert (last.finish_reason, last.completion_tokens) == ("length", 6)
+
+
 def test_closing_a_stream_frees_its_row(engine):
     async def take_two():
         stream = engine.stream(greedy(engine, "long answer please", "alpha", max_tokens=200))

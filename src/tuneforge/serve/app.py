@@ -323,7 +323,7 @@ def plan(state: ServerState, engine: Engine, req) -> GenerationRequest:
                            param="max_tokens", code="max_tokens_exceeded")
     room = engine.context_length - len(prompt_ids)
     sampling = Sampling(max_tokens=max(1, min(wanted or cap, room)), temperature=req.temperature, top_p=req.top_p,
-                        seed=req.seed, stop=req.stops())
+                        seed=req.seed, stop=req.stops(), ignore_eos=req.ignore_eos)
     schema = req.json_schema()
     if schema is not None:
         grammar_for(schema)  # a schema the grammar compiler rejects is the client's 400, before it takes a slot

@@ -89,6 +89,9 @@ class _Sampling(_Request):
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # int64, as OpenAI has it
     logprobs: Annotated[bool | int | None, documented({"enum": [False, 0, None]})] = None
     response_format: ResponseFormat | None = None
+    # vLLM's extension (llama-server has it too): keep answering past the end token up to max_tokens, so that
+    # load benches compare the same number of tokens on every server
+    ignore_eos: bool = False
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

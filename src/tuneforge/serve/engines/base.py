@@ -20,6 +20,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # vLLM's extension: answer past the end token, up to max_tokens (load benches)
 
 
 @dataclass
@@ -125,17 +126,17 @@ def collect(inbox, waiting, *, block: bool) -> bool:
         block = False
 
 
-def token_chunk(token: int, produced: int, *, end_ids, text_of, constraint, max_tokens: int) -> Chunk | None:
+def token_chunk(token: int, produced: int, *, end_ids, text_of, constraint, sampling: Sampling) -> Chunk | None:
     """What the `produced`-th sampled token means for the stream: the chunk to send (finish_reason set when the
     answer ends with it) or None when it adds no text yet. `text_of(token)` is the engine's incremental decode."""
-    if token in end_ids:
+    if token in end_ids and not sampling.ignore_eos:
         return Chunk("", produced, "stop")
     text = text_of(token)
     if constraint is not None:
         constraint.accept(token)
         if constraint.complete:  # the JSON is whole: end now rather than spend a step on the end token
             return Chunk(text, produced, "stop")
-    if produced >= max_tokens:  # bytes of a character cut off by the limit are dropped, not shown as U+FFFD
+    if produced >= sampling.max_tokens:  # bytes of a character cut off by the limit are dropped, not shown as U+FFFD
         return Chunk(text, produced, "length")
     return Chunk(text, produced) if text else None
 

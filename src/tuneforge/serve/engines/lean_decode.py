@@ -64,21 +64,24 @@ class LeanDecoder:
         half = dim // 2
         # rotate_half(x) * sin == roll(x, half) * sin with its first half negated: 2 ops a tensor instead of 5
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).view(rows, 1, dim)
-        # Rows without padding need no mask, which lets SDPA take its fastest path
-        attend = None if bool(mask.all()) else mask.bool().view(rows, 1, 1, -1)
+        # Rows without padding need no mask, which lets SDPA take its fastest path; else an additive one, built
+        # once here rather than by SDPA from a boolean mask in every layer
+        attend = None if bool(mask.all()) else torch.zeros((rows, 1, 1, mask.shape[1]), dtype=h.dtype).masked_fill_(
+            mask.view(rows, 1, 1, -1) == 0, float("-inf"))
+        qk_width = (heads + kv_heads) * dim
         for i, (layer, (q_proj, k_proj, v_proj, o_proj, gate, up, down), (qkv, gate_up)) in enumerate(self.layers):
             x = _rms(h, layer.input_layernorm)
             if qkv is not None:
-                q, k, v = qkv(x).split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+                both = qkv(x)
+                qk, v = both[:, :qk_width], both[:, qk_width:]
             else:
-                q, k, v = q_proj(x, extra), k_proj(x, extra), v_proj(x, extra)
-            q, k, v = q.reshape(rows, heads, dim), k.reshape(rows, kv_heads, dim), v.reshape(rows, kv_heads, 1, dim)
-            q = q * cos + torch.roll(q, half, -1) * sin
-            k = k * cos + torch.roll(k, half, -1) * sin
-            keys, values = cache.layers[i].update(k.unsqueeze(2), v)
+                qk, v = torch.cat([q_proj(x, extra), k_proj(x, extra)], dim=-1), v_proj(x, extra)
+            qk = qk.reshape(rows, heads + kv_heads, dim)  # queries and keys rotated together
+            qk = qk * cos + torch.roll(qk, half, -1) * sin
+            keys, values = cache.layers[i].update(qk[:, heads:].unsqueeze(2), v.reshape(rows, kv_heads, 1, dim))
             # Grouped-query heads as extra query rows of their key/value head: no repeat of the cache
-            out = F.scaled_dot_product_attention(q.view(rows, kv_heads, heads // kv_heads, dim), keys, values,
-                                                 attn_mask=attend, scale=self.scale)
+            out = F.scaled_dot_product_attention(qk[:, :heads].reshape(rows, kv_heads, heads // kv_heads, dim), keys,
+                                                 values, attn_mask=attend, scale=self.scale)
             h = h + o_proj(out.reshape(rows, heads * dim), extra)
             x = _rms(h, layer.post_attention_layernorm)
             if gate_up is not None:

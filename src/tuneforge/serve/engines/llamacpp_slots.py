@@ -180,7 +180,7 @@ class Scheduler:
         token = int(np.argmax(logits)) if s.temperature <= 0 else sample_token(torch.from_numpy(logits), s, job.generator)
         job.produced += 1
         chunk = token_chunk(token, job.produced, end_ids=self.end_ids, constraint=job.constraint,
-                            text_of=lambda t: job.decoder.decode(self.detokenize(t)), max_tokens=s.max_tokens)
+                            text_of=lambda t: job.decoder.decode(self.detokenize(t)), sampling=s)
         if chunk is not None and chunk.finish_reason:
             return self._finish(slot, chunk)
         if chunk is not None:

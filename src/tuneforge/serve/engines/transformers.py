@@ -151,7 +151,7 @@ class Job:
     def accept(self, token: int, end_ids: set[int]) -> None:
         self.generated += 1
         chunk = token_chunk(token, self.generated, end_ids=end_ids, text_of=self.decoder.push,
-                            constraint=self.constraint, max_tokens=self.sampling.max_tokens)
+                            constraint=self.constraint, sampling=self.sampling)
         if chunk is not None:
             self.done = chunk.finish_reason is not None
             self.emit(chunk)

@@ -80,7 +80,8 @@ class VllmEngine:
         s = request.sampling
         # Stop strings go to vLLM too (it stops decoding there); the server still cuts the text itself.
         params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                                stop=s.stop or None, stop_token_ids=self.end_ids, output_kind=RequestOutputKind.DELTA,
+                                stop=s.stop or None, stop_token_ids=None if s.ignore_eos else self.end_ids,
+                                ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA,
                                 **structured_outputs(request.json_schema))
         rid = uuid.uuid4().hex
         tokens = 0
