@@ -1,13 +1,14 @@
 """The transformers engine's decode step, as its scheduler runs it (left-padded rows, positions, attention mask,
-one new token a row): plain PyTorch layers with transformers' DynamicCache (what the engine ran before) against
-oneDNN-packed layers with kv_room's in-place cache (what it runs now), both models in one process, each
-round timing every arm in turn.
+one new token a row), three ways in one process, each round timing every arm in turn: plain PyTorch layers with
+transformers' DynamicCache and forward (what the engine ran first); oneDNN-packed layers with kv_room's in-place
+cache; and those with the lean decode step (lean_decode.py: fused q/k/v and gate/up products, few ops), what the
+engine runs now on Llama-architecture models.
 
     python benchmarks/engine_step.py                         # embedded model, bf16 where the CPU has it
     python benchmarks/engine_step.py --dtype float32 --rounds 9
 
-Prints the median and fastest ms per step of each arm, the median ratio, and whether the arms' greedy tokens
-are equal.
+Prints the median and fastest ms per step of each arm, the median ratio of the first arm to each other, and whether
+the arms' greedy tokens are equal.
 """
 
 from __future__ import annotations
@@ -33,16 +34,20 @@ def main() -> None:
     from tuneforge.models.dtypes import cpu_has_bf16
     from tuneforge.models.packed import pack_linear_weights
     from tuneforge.serve.engines.kv_room import roomy_cache
+    from tuneforge.serve.engines.lean_decode import lean_decoder
     from tuneforge.serve.engines.transformers import cache_argument
 
     plain, _ = load_model(args.model, dtype=args.dtype, device="cpu")
     packed, _ = load_model(args.model, dtype=args.dtype, device="cpu")
     print(f"{args.model}, {plain.dtype}, {torch.get_num_threads()} threads, avx512_bf16: {cpu_has_bf16()}; "
           f"packed {pack_linear_weights(packed)} linear layers")
-    arms = {"plain + DynamicCache": (plain, lambda: DynamicCache(config=plain.config)),
-            "packed + kv_room": (packed, lambda: roomy_cache(packed.config))}
+    lean = lean_decoder(packed)
+    arms = {"plain + DynamicCache": (plain, lambda: DynamicCache(config=plain.config), None),
+            "packed + kv_room": (packed, lambda: roomy_cache(packed.config), None)}
+    if lean is not None:
+        arms["packed + kv_room + lean step"] = (packed, lambda: roomy_cache(packed.config), lean)
 
-    def run(model, make_cache, rows: int, context: int) -> tuple[float, list]:
+    def run(model, make_cache, lean, rows: int, context: int) -> tuple[float, list]:
         arg = cache_argument(model)  # `cache` or `past_key_values`, as the engine passes it
         torch.manual_seed(0)
         ids = torch.randint(0, 1000, (rows, context))
@@ -58,9 +63,12 @@ def main() -> None:
             for _ in range(args.steps):
                 positions = mask.sum(-1, keepdim=True)
                 mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
-                out = model(input_ids=last, attention_mask=mask, position_ids=positions, use_cache=True,
-                            **{arg: cache})
-                last = out.logits[:, -1].argmax(-1, keepdim=True)
+                if lean is not None:
+                    logits = lean(last, mask, positions, cache)
+                else:
+                    logits = model(input_ids=last, attention_mask=mask, position_ids=positions, use_cache=True,
+                                   **{arg: cache}).logits[:, -1]
+                last = logits.argmax(-1, keepdim=True)
                 tokens.append(last[:, 0].tolist())
         return (time.perf_counter() - start) / args.steps * 1000, tokens
 
@@ -68,18 +76,19 @@ def main() -> None:
         rows, context = (int(x) for x in shape.split("x"))
         times = {name: [] for name in arms}
         answers = {}
-        for model, make in arms.values():  # warm-up
-            run(model, make, rows, 8)
+        for model, make, lean_step in arms.values():  # warm-up
+            run(model, make, lean_step, rows, 8)
         for _ in range(args.rounds):
-            for name, (model, make) in arms.items():
-                ms, answers[name] = run(model, make, rows, context)
+            for name, (model, make, lean_step) in arms.items():
+                ms, answers[name] = run(model, make, lean_step, rows, context)
                 times[name].append(ms)
-        a, b = (times[n] for n in arms)
-        ratios = statistics.median(x / y for x, y in zip(a, b, strict=True))
+        first, *others = arms
+        speedups = "; ".join(f"{n}: {statistics.median(x / y for x, y in zip(times[first], times[n], strict=True)):.2f}x"
+                             for n in others)
         same = len({str(t) for t in answers.values()}) == 1
         print(f"{rows} rows x {context} tokens: " + "; ".join(
             f"{n} median {statistics.median(t):.1f} ms (fastest {min(t):.1f})" for n, t in times.items())
-            + f"; speed-up {ratios:.2f}x; greedy tokens equal: {same}", flush=True)
+            + f"; speed-up over the first: {speedups}; greedy tokens equal: {same}", flush=True)
 
 
 if __name__ == "__main__":
