@@ -305,3 +305,14 @@ def vllm_server(tmp_path_factory):
     url, proc = start_process(args, tmp / "server.log", {"VLLM_CPU_KVCACHE_SPACE": "1"}, deadline_s=900)
     yield Process(url, proc, tmp / "server.log", folder)
     stop_process(proc)
+
+
+@pytest.fixture(params=["embedded_server", "gguf_server", "vllm_server"], ids=["transformers", "llamacpp", "vllm"])
+def engine_client(request):
+    """The official openai client on each engine's server in turn (the GGUF one where llama-cpp-python is)."""
+    import openai
+
+    if request.param == "gguf_server":
+        pytest.importorskip("llama_cpp")
+    live = request.getfixturevalue(request.param)
+    return openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=120)

@@ -47,44 +47,38 @@ def ask(client, schema, prompt, **kw):
                                           messages=[{"role": "user", "content": prompt}], **kw)
 
 
-@pytest.fixture(params=["embedded_server", "gguf_server", "vllm_server"], ids=["transformers", "llamacpp", "vllm"])
-def client(request):
-    if request.param == "gguf_server":
-        pytest.importorskip("llama_cpp")
-    live = request.getfixturevalue(request.param)
-    return openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=120)
 
 
-def test_every_answer_follows_its_schema(client):
+def test_every_answer_follows_its_schema(engine_client):
     for schema, prompt in CASES:
-        r = ask(client, schema, prompt)
+        r = ask(engine_client, schema, prompt)
         assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
         jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
-def test_streamed_json_equals_the_whole_answer(client):
+def test_streamed_json_equals_the_whole_answer(engine_client):
     schema, prompt = CASES[2]
-    whole = ask(client, schema, prompt).choices[0].message.content
-    streamed = "".join(c.choices[0].delta.content or "" for c in ask(client, schema, prompt, stream=True) if c.choices)
+    whole = ask(engine_client, schema, prompt).choices[0].message.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in ask(engine_client, schema, prompt, stream=True) if c.choices)
     assert streamed == whole
     jsonschema.validate(json.loads(streamed), schema)
 
 
-def test_sampled_answers_and_json_object_mode(client):
+def test_sampled_answers_and_json_object_mode(engine_client):
     for seed in (1, 2):
-        r = ask(client, REVIEW, CASES[2][1], temperature=0.9, seed=seed)
+        r = ask(engine_client, REVIEW, CASES[2][1], temperature=0.9, seed=seed)
         jsonschema.validate(json.loads(r.choices[0].message.content), REVIEW)
-    model = client.models.list().data[0].id
-    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "List two fruits as JSON."}],
+    model = engine_client.models.list().data[0].id
+    r = engine_client.chat.completions.create(model=model, messages=[{"role": "user", "content": "List two fruits as JSON."}],
                                        response_format={"type": "json_object"}, temperature=0, max_tokens=200)
     assert isinstance(json.loads(r.choices[0].message.content), dict)
-    r = client.completions.create(model=model, prompt="A JSON object describing a cat:", max_tokens=120,
+    r = engine_client.completions.create(model=model, prompt="A JSON object describing a cat:", max_tokens=120,
                                   temperature=0, extra_body={"response_format": {"type": "json_object"}})
     assert isinstance(json.loads(r.choices[0].text), dict)
 
 
-def test_a_cut_off_answer_says_length(client):
-    r = ask(client, PERSON, CASES[0][1], max_tokens=5)
+def test_a_cut_off_answer_says_length(engine_client):
+    r = ask(engine_client, PERSON, CASES[0][1], max_tokens=5)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
 
 
