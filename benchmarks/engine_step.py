@@ -30,12 +30,12 @@ def main() -> None:
     import torch
     from transformers import DynamicCache
 
+    from tuneforge.generation import cache_kwarg
     from tuneforge.models import load_model
     from tuneforge.models.dtypes import cpu_has_bf16
     from tuneforge.models.packed import pack_linear_weights
     from tuneforge.serve.engines.kv_room import roomy_cache
     from tuneforge.serve.engines.lean_decode import lean_decoder
-    from tuneforge.serve.engines.transformers import cache_argument
 
     plain, _ = load_model(args.model, dtype=args.dtype, device="cpu")
     packed, _ = load_model(args.model, dtype=args.dtype, device="cpu")
@@ -48,7 +48,7 @@ def main() -> None:
         arms["packed + kv_room + lean step"] = (packed, lambda: roomy_cache(packed.config), lean)
 
     def run(model, make_cache, lean, rows: int, context: int) -> tuple[float, list]:
-        arg = cache_argument(model)  # `cache` or `past_key_values`, as the engine passes it
+        arg = cache_kwarg(model)  # `cache` or `past_key_values`, as the engine passes it
         torch.manual_seed(0)
         ids = torch.randint(0, 1000, (rows, context))
         mask = torch.ones_like(ids)

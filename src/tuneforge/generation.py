@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from tuneforge.data.encode import encode_prompt
+from tuneforge.models.adapters import base_model
 
 
 def stop_token_ids(tok) -> list[int]:
@@ -51,7 +52,7 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
 
 def prefix_cache(model, prefix: list[int]):
     """The KV cache of `prefix` run once, or None where the model cannot continue from one."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_model(model)
     if len(prefix) < MIN_SHARED_PREFIX or lm.config.is_encoder_decoder:
         return None
     decoder = lm.get_decoder()

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from tuneforge.generation import cache_kwarg
+from tuneforge.models.adapters import base_model
 from tuneforge.models.packed import pack_linear_weights
 from tuneforge.serve.engines.kv_room import roomy_cache
 from tuneforge.serve.engines.lean_decode import lean_decoder
-from tuneforge.serve.engines.transformers import cache_argument
 
 SIZES = dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=128, max_position_embeddings=256)
@@ -37,7 +38,7 @@ def decode_both_ways(model, steps=6, adapter_names=None):
     """Prefill a left-padded batch once per arm, then decode greedily with transformers and with the lean step."""
     lean = lean_decoder(model)
     assert lean is not None
-    arg = cache_argument(model)
+    arg = cache_kwarg(base_model(model))
     torch.manual_seed(1)
     ids = torch.randint(0, 300, (3, 12))
     start_mask = torch.ones_like(ids)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from tuneforge.data.encode import KEEP_EDGE, pad_right
 from tuneforge.errors import UserError
+from tuneforge.models.adapters import base_model
 
 IGNORE_INDEX = -100
 
@@ -111,7 +112,7 @@ class Seq2SeqLoss(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, labels):
-        lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        lm = base_model(self.model)
         # what the model does itself with labels= (shifted right after the start token), but summed, not
         # averaged: finetune weights micro-batches by their target tokens
         decoder_input_ids = lm.prepare_decoder_input_ids_from_labels(labels=labels)

@@ -15,6 +15,11 @@ def is_adapter_model(model) -> bool:
     return hasattr(model, "peft_config")
 
 
+def base_model(model):
+    """The transformers model itself, under a peft wrapper if there is one."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def adapter_problem(path: str | Path) -> str | None:
     """Why `path` is not a LoRA adapter folder, as a clause ("does not exist"), or None when it is one."""
     path = Path(path).expanduser()

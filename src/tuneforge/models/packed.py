@@ -42,6 +42,12 @@ def available_memory() -> int | None:
         return None
 
 
+def _copy_fits(nbytes: int) -> bool:
+    """A packed copy is made only if it leaves half the free memory (or there is no figure to check against)."""
+    free = available_memory()
+    return free is None or nbytes <= free / 2
+
+
 def pack_linear_weights(model: nn.Module, batch_hint: int = 8) -> int:
     """Give every CPU nn.Linear of `model` a oneDNN-packed copy of its weight and route its forward through it.
     Inference only (no gradient flows through a packed weight) and the weights must not change afterwards. The
@@ -50,9 +56,7 @@ def pack_linear_weights(model: nn.Module, batch_hint: int = 8) -> int:
     if not torch.backends.mkldnn.is_available():
         return 0
     layers = [m for m in model.modules() if packable(m)]
-    extra = sum(m.weight.numel() * m.weight.element_size() for m in layers)
-    free = available_memory()
-    if not layers or (free is not None and extra > free / 2):
+    if not layers or not _copy_fits(sum(m.weight.numel() * m.weight.element_size() for m in layers)):
         return 0
     for m in layers:
         m.weight.requires_grad_(False)
@@ -76,8 +80,7 @@ def fused_packed(modules: list[nn.Module], batch_hint: int = 8):
     if not all(is_packed(m) for m in modules):
         return None
     weight = torch.cat([m.weight.detach() for m in modules])
-    free = available_memory()
-    if free is not None and weight.numel() * weight.element_size() > free / 2:
+    if not _copy_fits(weight.numel() * weight.element_size()):
         return None
     biases = [m.bias for m in modules]
     bias = None if all(b is None for b in biases) else torch.cat(

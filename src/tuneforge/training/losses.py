@@ -7,6 +7,7 @@ from torch import nn
 
 from tuneforge.data.encode import IGNORE
 from tuneforge.generation import cache_kwarg, output_cache
+from tuneforge.models.adapters import base_model
 from tuneforge.training.batching import MIN_SHARED_PREFIX, shared_prefix_length
 
 
@@ -29,7 +30,7 @@ class TargetOnlyLoss(nn.Module):
         self.share_prefix = share_prefix
 
     def causal_lm(self):
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return base_model(self.model)
 
     def forward(self, input_ids, attention_mask, labels):
         lm = self.causal_lm()

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from tuneforge.config import FinetuneConfig
 from tuneforge.data import seq2seq as S2S
 from tuneforge.errors import UserError
+from tuneforge.models.adapters import base_model
 from tuneforge.models.dtypes import use_bf16
 from tuneforge.report.run_report import read_prompting
 from tuneforge.tasks.splits import Probe, build_probe, build_task, load_rows, truncate_sources
@@ -261,7 +262,7 @@ def gather_model(s: Setup) -> torch.nn.Module | None:
     prefix, model = s.unsharded
     own = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
     unexpected = model.load_state_dict(own, assign=True, strict=False).unexpected_keys
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if hasattr(base, "tie_weights"):
         base.tie_weights()  # `assign` made the tied embeddings and LM head two tensors again
     empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

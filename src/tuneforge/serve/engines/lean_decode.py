@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tuneforge.models.adapters import base_model
+
 # Architectures whose decoder layer is exactly: RMSNorm, q/k/v (bias allowed), rotary on q and k, attention over
 # the cache, o_proj, residual, RMSNorm, SiLU-gated MLP, residual. Anything else keeps transformers' forward.
 LEAN_TYPES = {"llama": "LlamaRMSNorm", "qwen2": "Qwen2RMSNorm", "mistral": "MistralRMSNorm"}
@@ -19,13 +21,9 @@ PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def lean_decoder(model) -> LeanDecoder | None:
     """A LeanDecoder for `model`, or None where its architecture or adapters need transformers' own forward."""
-    net = _base(model)
+    net = base_model(model)
     config = net.config
     norm_type = LEAN_TYPES.get(getattr(config, "model_type", None))
     inner = getattr(net, "model", None)
@@ -36,7 +34,7 @@ def lean_decoder(model) -> LeanDecoder | None:
     norms = [inner.norm] + [n for layer in inner.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
     if any(type(n).__name__ != norm_type for n in norms):
         return None
-    lora_at = {name for name, module in net.named_modules() if hasattr(module, "lora_A")}
+    lora_at = {name for name, module in net.named_modules() if _has_lora(module)}
     allowed = {f"model.layers.{i}.{p}" for i in range(len(inner.layers)) for p in PROJECTIONS}
     if not lora_at <= allowed:  # LoRA on embeddings or the head: transformers' forward handles those
         return None
@@ -105,8 +103,12 @@ def _fused(layer):
     return fused_packed([a.q_proj, a.k_proj, a.v_proj]), fused_packed([mlp.gate_proj, mlp.up_proj])
 
 
+def _has_lora(module) -> bool:
+    return hasattr(module, "lora_A")  # peft's LoRA layers
+
+
 def _caller(module):
     """Plain and packed layers take the input only; peft's LoRA layers also take the rows' adapter names."""
-    if hasattr(module, "lora_A"):
+    if _has_lora(module):
         return lambda x, extra: module(x, **extra)
     return lambda x, extra: module(x)

@@ -13,6 +13,8 @@ import threading
 from collections import deque
 
 from tuneforge.errors import UserError
+from tuneforge.generation import cache_kwarg
+from tuneforge.models.adapters import base_model
 from tuneforge.serve.engines.base import (
     BASE,
     GenerationRequest,
@@ -164,7 +166,7 @@ class BatchScheduler:
         self.model, self.max_batch, self.end_ids, self.pad_id = model, max_batch, end_ids, pad_id
         self.per_row_adapters = per_row_adapters
         self.device = next(model.parameters()).device
-        self.cache_arg = cache_argument(model)
+        self.cache_arg = cache_kwarg(base_model(model))
         self.lean = lean_decoder(model)  # None: the model's architecture decodes through transformers' forward
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.waiting: deque[Job] = deque()
@@ -313,11 +315,3 @@ class BatchScheduler:
             except Exception as e:  # one request's grammar failing ends that request only
                 job.done = True
                 job.emit(e)
-
-
-def cache_argument(model) -> str:
-    """transformers 5.x renames `past_key_values` to `cache` model by model; use whichever forward declares."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
