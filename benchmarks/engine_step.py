@@ -7,8 +7,10 @@ engine runs now on Llama-architecture models.
     python benchmarks/engine_step.py                         # embedded model, bf16 where the CPU has it
     python benchmarks/engine_step.py --dtype float32 --rounds 9
 
+    python benchmarks/engine_step.py --compile               # and the lean step compiled (serve --compile)
+
 Prints the median and fastest ms per step of each arm, the median ratio of the first arm to each other, and whether
-the arms' greedy tokens are equal.
+each arm's greedy tokens equal the first's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=40, help="decode steps timed per arm and round")
     p.add_argument("--shapes", default="1x60,1x300,8x60,8x300", help="rows x context tokens")
+    p.add_argument("--compile", action="store_true",
+                   help="add the lean step compiled by inductor (serve --compile; minutes of compiling first)")
     args = p.parse_args()
 
     import torch
@@ -46,6 +50,13 @@ def main() -> None:
             "packed + kv_room": (packed, lambda: roomy_cache(packed.config), None)}
     if lean is not None:
         arms["packed + kv_room + lean step"] = (packed, lambda: roomy_cache(packed.config), lean)
+    if lean is not None and args.compile:
+        compiled = lean_decoder(packed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            compiled.compile(lambda: roomy_cache(packed.config))
+        print(f"compiled the lean step in {time.perf_counter() - start:.0f} s")
+        arms["+ compiled step"] = (packed, lambda: roomy_cache(packed.config), compiled)
 
     def run(model, make_cache, lean, rows: int, context: int) -> tuple[float, list]:
         arg = cache_kwarg(model)  # `cache` or `past_key_values`, as the engine passes it
@@ -85,10 +96,10 @@ def main() -> None:
         first, *others = arms
         speedups = "; ".join(f"{n}: {statistics.median(x / y for x, y in zip(times[first], times[n], strict=True)):.2f}x"
                              for n in others)
-        same = len({str(t) for t in answers.values()}) == 1
+        same = ", ".join(f"{n} {'yes' if answers[n] == answers[first] else 'no'}" for n in others)
         print(f"{rows} rows x {context} tokens: " + "; ".join(
             f"{n} median {statistics.median(t):.1f} ms (fastest {min(t):.1f})" for n, t in times.items())
-            + f"; speed-up over the first: {speedups}; greedy tokens equal: {same}", flush=True)
+            + f"; speed-up over the first: {speedups}; greedy tokens equal to the first's: {same}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Servers:
   tf-llamacpp      `tuneforge serve` on the embedded GGUF, --parallel SLOTS, --n-ctx CTX
   llama-server     llama.cpp's server on the same GGUF, -np SLOTS -c SLOTS*CTX (needs --llama-server)
   tf-transformers  `tuneforge serve --engine transformers` on the imported HF folder (bf16 where supported)
+  tf-transformers-compiled  the same with --compile (its decode step compiled by inductor at start-up)
   tf-vllm          `tuneforge serve --engine vllm` on the same folder, run by .venv-vllm's python
   vllm             vLLM's own OpenAI server on the same folder, run by .venv-vllm's python
 """
@@ -82,9 +83,9 @@ def command(name: str, port: int, args) -> list[str]:
             raise SystemExit("llama-server needs --llama-server PATH (README: Serving, 'Build llama-server')")
         return [args.llama_server, "-m", embedded_gguf(), "--port", str(port), "-np", str(args.slots),
                 "-c", str(args.slots * args.ctx), "-t", threads, "--log-disable"]
-    if name == "tf-transformers":
+    if name in ("tf-transformers", "tf-transformers-compiled"):
         return [sys.executable, *serve, hf_folder(), "--engine", "transformers", *common, "--dtype", args.dtype,
-                "--max-batch", str(max(16, args.slots))]
+                "--max-batch", str(max(16, args.slots)), *(["--compile"] if name.endswith("compiled") else [])]
     if name in ("tf-vllm", "vllm"):
         if not VLLM_PY.exists():
             raise SystemExit(f"{name} needs {VLLM_PY}: run `make vllm-env` first")
@@ -239,7 +240,8 @@ def ratios(table: dict, clients: list[int], lengths: list[int]) -> list[str]:
 
     lines = []
     for length in lengths:
-        for ours, peer in (("tf-llamacpp", "llama-server"), ("tf-vllm", "vllm"), ("tf-transformers", "vllm")):
+        for ours, peer in (("tf-llamacpp", "llama-server"), ("tf-vllm", "vllm"), ("tf-transformers", "vllm"),
+                           ("tf-transformers-compiled", "vllm")):
             for n in clients:
                 a, b = get(ours, n, length), get(peer, n, length)
                 if a and b:

@@ -101,6 +101,9 @@ def serve(parser: argparse.ArgumentParser) -> None:
                         help=f"llamacpp: requests decoded together (default {d.parallel}; KV cache = parallel x n-ctx)")
     parser.add_argument("--eager", action="store_true",
                         help="vllm: run eagerly, not compiled (starts ~4x faster on a small CPU, decodes slower)")
+    parser.add_argument("--compile", action="store_true",
+                        help="transformers: compile the decode step with inductor (a C++ compiler; Llama, Qwen2, Mistral; "
+                             "no adapters): minutes more to start, faster decoding")
     parser.add_argument("--log-level", default=d.log_level, choices=["critical", "error", "warning", "info", "debug"])
 
 

@@ -1,5 +1,7 @@
 """The lean decode step answers like transformers' forward: same logits, same cache, adapters per row included."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -34,15 +36,15 @@ def with_two_adapters(model, targets=("q_proj", "v_proj", "down_proj")):
     return model.eval()
 
 
-def decode_both_ways(model, steps=6, adapter_names=None):
+def decode_both_ways(model, steps=6, adapter_names=None, lean=None, rows=3):
     """Prefill a left-padded batch once per arm, then decode greedily with transformers and with the lean step."""
-    lean = lean_decoder(model)
+    lean = lean or lean_decoder(model)
     assert lean is not None
     arg = cache_kwarg(base_model(model))
     torch.manual_seed(1)
-    ids = torch.randint(0, 300, (3, 12))
+    ids = torch.randint(0, 300, (rows, 12))
     start_mask = torch.ones_like(ids)
-    start_mask[0, :5] = 0  # a shorter prompt
+    start_mask[0, :5] = 0 if rows > 1 else 1  # a shorter prompt
     extra = {"adapter_names": adapter_names} if adapter_names else {}
     runs = []
     for use_lean in (False, True):
@@ -53,7 +55,7 @@ def decode_both_ways(model, steps=6, adapter_names=None):
             last = out.logits[:, -1].argmax(-1, keepdim=True)
             for _ in range(steps):
                 positions = mask.sum(-1, keepdim=True)
-                mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
+                mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
                 if use_lean:
                     logits = lean(last, mask, positions, cache, adapter_names=adapter_names)
                 else:
@@ -115,3 +117,19 @@ def test_engine_loads_on_a_thread_that_ends_with_the_load():
     assert worker is not threading.current_thread() and not worker.is_alive()
     with pytest.raises(UserError, match="no such model"):  # the load's errors reach the caller unchanged
         on_passing_thread(lambda: (_ for _ in ()).throw(UserError("no such model")))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's C++ kernels need g++, which this machine lacks")
+def test_compiled_step_matches_transformers_forward_without_compiling_while_serving():
+    model = tiny("qwen2")  # q/k/v biases too
+    pack_linear_weights(model)
+    lean = lean_decoder(model)
+    with torch.inference_mode():
+        lean.compile(lambda: roomy_cache(model.config))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    # 70 steps outgrow the cache's spare columns (kv_room.ROOM): the buffers regrow mid-run
+    for rows in (3, 1):
+        reference, compiled = decode_both_ways(model, steps=70, lean=lean, rows=rows)
+        torch.testing.assert_close(compiled, reference, atol=1e-4, rtol=1e-4)
+    assert lean.eager_steps == 0, "every step ran on a graph the warm-up compiled"
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, "no graph was compiled after warm-up"

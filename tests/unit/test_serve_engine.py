@@ -1,13 +1,16 @@
 """The transformers engine's batch scheduler on a tiny random Llama with two random LoRA adapters."""
 
 import asyncio
+import shutil
+from contextlib import nullcontext
 
 import pytest
 import torch
 
+from tuneforge.errors import UserError
 from tuneforge.models.packed import pack_linear_weights
 from tuneforge.serve.engines.base import GenerationRequest, Sampling
-from tuneforge.serve.engines.transformers import TransformersEngine
+from tuneforge.serve.engines.transformers import TransformersEngine, compiled_decoder
 
 
 @pytest.fixture(scope="module")
@@ -17,18 +20,23 @@ def tokenizer():
     return load_tokenizer(None)
 
 
-@pytest.fixture(scope="module")
-def engine(tokenizer):
-    from peft import LoraConfig, get_peft_model
+def tiny_llama(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def engine(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
                       init_lora_weights=False)
-    model = get_peft_model(LlamaForCausalLM(config), lora, adapter_name="alpha")
+    model = get_peft_model(tiny_llama(tokenizer), lora, adapter_name="alpha")
     model.add_adapter("beta", lora)
     for name, p in model.named_parameters():
         if "lora_" in name:
@@ -47,11 +55,9 @@ def reference(engine, prompt_ids, adapter, max_new_tokens):
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(engine.scheduler.end_ids),
                   pad_token_id=engine.scheduler.pad_id)
     with torch.inference_mode():
-        if adapter is None:
-            with model.disable_adapter():
-                out = model.generate(input_ids=ids, **kwargs)
-        else:
+        if adapter is not None:
             model.set_adapter(adapter)
+        with model.disable_adapter() if adapter is None and hasattr(model, "disable_adapter") else nullcontext():
             out = model.generate(input_ids=ids, **kwargs)
     return engine.tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
 
@@ -189,3 +195,35 @@ def test_json_schema_rows_batch_with_free_rows(engine):
         assert text == reference(engine, req.prompt_ids, req.adapter, 12)
     generated = sum(last.completion_tokens for _, last in results)
     assert engine.scheduler.steps - before < generated / 2  # batched, not one request after another
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's C++ kernels need g++, which this machine lacks")
+def test_compiled_engine_answers_like_generate_on_its_warmed_graphs(tokenizer):
+    model = tiny_llama(tokenizer)
+    pack_linear_weights(model)
+    lean = compiled_decoder(model)
+    engine = TransformersEngine(model, tokenizer, max_batch=8, lean=lean)
+    try:
+        prompts = ["Hello there", "Xin chào, bạn khỏe không?", "A much longer question about Hà Nội today", "Hi"]
+        requests = [greedy(engine, p, None, max_tokens=16) for p in prompts]
+
+        async def run_all():  # staggered: rows join a running batch, finish and leave it
+            return await asyncio.gather(*[collect(engine, r, delay=0.02 * i) for i, r in enumerate(requests)])
+
+        for request, (text, _) in zip(requests, asyncio.run(run_all()), strict=True):
+            # A random model may stop mid-character: the stream holds back the incomplete bytes, decode() shows "\ufffd"
+            assert text == reference(engine, request.prompt_ids, None, 16).removesuffix("\ufffd")
+        assert engine.scheduler.steps > 0 and lean.eager_steps == 0
+    finally:
+        engine.close()
+
+
+def test_compile_refuses_adapters_and_other_layouts_with_one_clear_error(tokenizer):
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    with pytest.raises(UserError, match="--compile serves the base model alone"):
+        TransformersEngine.load("unused", {"alpha": "unused"}, compile=True)
+    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=1, head_dim=16, intermediate_size=64))
+    with pytest.raises(UserError, match="--compile needs a Llama, Qwen2 or Mistral layout; this model \\(gemma\\)"):
+        compiled_decoder(gemma)

@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         cors_origins=args.cors_origin, max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
         max_body_bytes=args.max_body_bytes, queue_size=args.queue_size, max_batch=args.max_batch,
         n_threads=args.n_threads, n_ctx=args.n_ctx, parallel=args.parallel, eager=args.eager,
+        compile=args.compile,
         log_level=args.log_level,
     )
     return 0

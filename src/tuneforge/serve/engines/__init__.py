@@ -69,4 +69,4 @@ def load_engine(config: ServeConfig) -> Engine:
     if config.model and config.model.lower().endswith(".gguf"):
         raise UserError(f"{config.model} is a GGUF file: serve it with --engine llamacpp (or leave --engine auto)")
     return TransformersEngine.load(config.model, config.adapters, dtype=config.dtype, device=config.device,
-                                   max_batch=config.max_batch)
+                                   max_batch=config.max_batch, compile=config.compile)

@@ -23,19 +23,31 @@ class RoomyLayer(DynamicLayer):
     value_buffer: torch.Tensor | None = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        have = self.room_for(key_states, value_states)
+        end = have + key_states.shape[-2]
+        self.key_buffer[:, :, have:end] = key_states
+        self.value_buffer[:, :, have:end] = value_states
+        self.advance(end)
+        return self.keys, self.values
+
+    def room_for(self, key_states: torch.Tensor, value_states: torch.Tensor) -> int:
+        """Make the buffers hold `key_states`' columns after the current ones; returns how many are held now."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         have = self.keys.shape[-2] if self.keys.dim() == 4 else 0
         end = have + key_states.shape[-2]
+        # `<`, not `<=`: a cache never fills its buffer, so that a compiled step (lean_decode) never meets a cache
+        # as wide as its buffer, a case its graphs would need compiling for (the view is then contiguous)
         roomy = (_is_prefix_view(self.keys, self.key_buffer) and _is_prefix_view(self.values, self.value_buffer)
-                 and end <= self.key_buffer.shape[-2])
+                 and end < self.key_buffer.shape[-2])
         if not roomy:
             self.key_buffer = self._grown(self.keys, key_states, have, end + ROOM)
             self.value_buffer = self._grown(self.values, value_states, have, end + ROOM)
-        self.key_buffer[:, :, have:end] = key_states
-        self.value_buffer[:, :, have:end] = value_states
+        return have
+
+    def advance(self, end: int) -> None:
+        """The first `end` columns of the buffers are the cache now (written in place by the caller)."""
         self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-        return self.keys, self.values
 
     @staticmethod
     def _grown(old: torch.Tensor, new: torch.Tensor, have: int, columns: int) -> torch.Tensor:

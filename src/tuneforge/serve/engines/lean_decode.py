@@ -17,6 +17,7 @@ from tuneforge.models.adapters import base_model
 # Architectures whose decoder layer is exactly: RMSNorm, q/k/v (bias allowed), rotary on q and k, attention over
 # the cache, o_proj, residual, RMSNorm, SiLU-gated MLP, residual. Anything else keeps transformers' forward.
 LEAN_TYPES = {"llama": "LlamaRMSNorm", "qwen2": "Qwen2RMSNorm", "mistral": "MistralRMSNorm"}
+WARM_WIDTH = 37
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -48,12 +49,72 @@ class LeanDecoder:
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = self.head_dim ** -0.5
+        self.dtype = self.inner.embed_tokens.weight.dtype
         self.layers = [(layer, [_caller(layer.get_submodule(p)) for p in PROJECTIONS], _fused(layer))
                        for layer in self.inner.layers]
+        self.compiled = None
+        self.eager_steps = 0  # steps the compiled step left to eager code (a shape its graphs do not cover)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
                  adapter_names: list[str] | None = None) -> torch.Tensor:
-        """ids (rows, 1), mask (rows, cache length + 1), positions (rows, 1) -> logits (rows, vocab)."""
+        """ids (rows, 1), mask (rows, cache length + 1), positions (rows, 1), cache of kv_room layers
+        -> logits (rows, vocab)."""
+        rows = ids.shape[0]
+        compiled = self.compiled is not None and adapter_names is None
+        # Rows without padding need no mask, which lets SDPA take its fastest path; else an additive one, built
+        # once here rather than by SDPA from a boolean mask in every layer. The compiled step always gets one: a
+        # graph fewer to compile, for no measurable cost
+        attend = None if bool(mask.all()) and not compiled else torch.zeros(
+            (rows, 1, 1, mask.shape[1]), dtype=self.dtype).masked_fill_(mask.view(rows, 1, 1, -1) == 0, float("-inf"))
+        column = ids.new_empty((rows, self.kv_heads, 1, self.head_dim), dtype=self.dtype)
+        have = [layer.room_for(column, column) for layer in cache.layers][0]
+        step = self.compiled if compiled else self.step
+        logits = step(ids, positions, attend, [layer.key_buffer for layer in cache.layers],
+                      [layer.value_buffer for layer in cache.layers], torch.tensor([have]), have + 1, adapter_names)
+        for layer in cache.layers:
+            layer.advance(have + 1)
+        return logits
+
+    def compile(self, make_cache) -> None:
+        """Compile the adapter-free step with inductor (fused C++ kernels behind its C++ wrapper, which leaves
+        Python out of the step) and run each graph the engine meets once, so no request waits for a compile: one
+        row (sizes of 1 get their own graph) and several."""
+        from torch._inductor import config as inductor
+
+        compiled = torch.compile(self.step, dynamic=True, options={"cpp_wrapper": True})
+        warm = False
+
+        def run(*args):
+            # Freezing makes the packed weights graph constants, which inductor needs to lower the packed products.
+            # It is read as a global (compile options do not reach it), so it is set around each call, where any
+            # compile happens, and nowhere else in the process.
+            with inductor.patch(freezing=True):
+                if not warm:
+                    return compiled(*args)
+                try:  # once warm, a step that would need a new graph runs eagerly instead of stalling on a compile
+                    with torch.compiler.set_stance("fail_on_recompile"):
+                        return compiled(*args)
+                except RuntimeError as e:
+                    if "fail_on_recompile" not in str(e):
+                        raise
+            self.eager_steps += 1
+            return self.step(*args)
+
+        self.compiled = run
+        for rows in (1, 2):
+            cache = make_cache()
+            # A cache width that equals no size of the model (sizes that are equal get unified into one symbol)
+            columns = torch.zeros((rows, self.kv_heads, WARM_WIDTH - 1, self.head_dim), dtype=self.dtype)
+            for layer in cache.layers:
+                layer.room_for(columns, columns)
+                layer.advance(WARM_WIDTH - 1)
+            mask = torch.ones((rows, WARM_WIDTH), dtype=torch.long)
+            self(torch.zeros((rows, 1), dtype=torch.long), mask, mask.sum(-1, keepdim=True) - 1, cache)
+        warm = True
+
+    def step(self, ids, positions, attend, key_buffers, value_buffers, slot, width: int, adapter_names):
+        """The step itself, tensors in and out: the new keys and values are written at column `slot` of the
+        buffers, whose first `width` columns are the cache it attends to."""
         rows, heads, kv_heads, dim = ids.shape[0], self.heads, self.kv_heads, self.head_dim
         extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
         h = self.inner.embed_tokens(ids[:, 0])
@@ -62,10 +123,6 @@ class LeanDecoder:
         half = dim // 2
         # rotate_half(x) * sin == roll(x, half) * sin with its first half negated: 2 ops a tensor instead of 5
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).view(rows, 1, dim)
-        # Rows without padding need no mask, which lets SDPA take its fastest path; else an additive one, built
-        # once here rather than by SDPA from a boolean mask in every layer
-        attend = None if bool(mask.all()) else torch.zeros((rows, 1, 1, mask.shape[1]), dtype=h.dtype).masked_fill_(
-            mask.view(rows, 1, 1, -1) == 0, float("-inf"))
         qk_width = (heads + kv_heads) * dim
         for i, (layer, (q_proj, k_proj, v_proj, o_proj, gate, up, down), (qkv, gate_up)) in enumerate(self.layers):
             x = _rms(h, layer.input_layernorm)
@@ -76,7 +133,10 @@ class LeanDecoder:
                 qk, v = torch.cat([q_proj(x, extra), k_proj(x, extra)], dim=-1), v_proj(x, extra)
             qk = qk.reshape(rows, heads + kv_heads, dim)  # queries and keys rotated together
             qk = qk * cos + torch.roll(qk, half, -1) * sin
-            keys, values = cache.layers[i].update(qk[:, heads:].unsqueeze(2), v.reshape(rows, kv_heads, 1, dim))
+            # index_copy_ at a tensor slot and narrow to an int width keep both symbolic when compiled
+            key_buffers[i].index_copy_(2, slot, qk[:, heads:].unsqueeze(2))
+            value_buffers[i].index_copy_(2, slot, v.reshape(rows, kv_heads, 1, dim))
+            keys, values = key_buffers[i].narrow(2, 0, width), value_buffers[i].narrow(2, 0, width)
             # Grouped-query heads as extra query rows of their key/value head: no repeat of the cache
             out = F.scaled_dot_product_attention(qk[:, :heads].reshape(rows, kv_heads, heads // kv_heads, dim), keys,
                                                  values, attn_mask=attend, scale=self.scale)
@@ -100,7 +160,8 @@ def _fused(layer):
     from tuneforge.models.packed import fused_packed
 
     a, mlp = layer.self_attn, layer.mlp
-    return fused_packed([a.q_proj, a.k_proj, a.v_proj]), fused_packed([mlp.gate_proj, mlp.up_proj])
+    return (fused_packed(a, "packed_qkv", [a.q_proj, a.k_proj, a.v_proj]),
+            fused_packed(mlp, "packed_gate_up", [mlp.gate_proj, mlp.up_proj]))
 
 
 def _has_lora(module) -> bool:

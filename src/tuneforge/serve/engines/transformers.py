@@ -32,7 +32,7 @@ from tuneforge.serve.engines.lean_decode import lean_decoder
 class TransformersEngine:
     kind = "transformers"
 
-    def __init__(self, model, tokenizer, *, adapters: list[str] | None = None, max_batch: int = 16):
+    def __init__(self, model, tokenizer, *, adapters: list[str] | None = None, max_batch: int = 16, lean=None):
         self.model, self.tokenizer = model, tokenizer
         self.adapters = list(adapters or [])
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
@@ -42,14 +42,18 @@ class TransformersEngine:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.scheduler = BatchScheduler(
             model, tokenizer, max_batch=max_batch, end_ids=end_token_ids(tokenizer, getattr(model, "generation_config", None)),
-            pad_id=pad if pad is not None else 0, per_row_adapters=bool(self.adapters),
+            pad_id=pad if pad is not None else 0, per_row_adapters=bool(self.adapters), lean=lean,
         )
 
     @classmethod
     def load(cls, model: str | None, adapters: dict[str, str], *, dtype: str = "auto", device: str | None = None,
-             max_batch: int = 16) -> TransformersEngine:
+             max_batch: int = 16, compile: bool = False) -> TransformersEngine:
         from tuneforge.models import load_model
         from tuneforge.models.packed import pack_linear_weights
+
+        if compile and adapters:
+            raise UserError("--compile serves the base model alone (adapters decode eagerly, per row): drop --compile "
+                            "or the --adapter options")
 
         def build():
             net, tok = load_model(model, dtype=dtype, device=device)
@@ -57,10 +61,10 @@ class TransformersEngine:
                 net = attach_adapters(net, adapters)
                 net.eval()
             pack_linear_weights(net)  # CPU layers only: the engine never trains or changes its weights
-            return net, tok
+            return net, tok, compiled_decoder(net) if compile else None
 
-        net, tok = on_passing_thread(build)
-        return cls(net, tok, adapters=list(adapters), max_batch=max_batch)
+        net, tok, lean = on_passing_thread(build)
+        return cls(net, tok, adapters=list(adapters), max_batch=max_batch, lean=lean)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -110,6 +114,25 @@ def on_passing_thread(work):
 
     with ThreadPoolExecutor(1, thread_name_prefix="tuneforge-load") as pool:
         return pool.submit(work).result()
+
+
+def compiled_decoder(net):
+    """The lean decode step compiled (serve --compile), or one clear error saying why it cannot be."""
+    import torch
+
+    from tuneforge.serve.engines.kv_room import roomy_cache
+
+    lean = lean_decoder(net)
+    if lean is None:
+        raise UserError(f"--compile needs a Llama, Qwen2 or Mistral layout; this model "
+                        f"({getattr(net.config, 'model_type', '?')}) decodes through transformers' forward: drop --compile")
+    try:
+        with torch.inference_mode():
+            lean.compile(lambda: roomy_cache(net.config))
+    except Exception as e:  # inductor's failures (no C++ compiler, unsupported op) come as many exception types
+        raise UserError(f"--compile failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); it needs a "
+                        "C++ compiler (g++) and Python's headers: install them or drop --compile") from e
+    return lean
 
 
 def check_full_attention(model) -> None:
@@ -162,12 +185,14 @@ class Job:
 class BatchScheduler:
     """Owns the model: a daemon thread runs prefill and decode steps; requests arrive through a queue."""
 
-    def __init__(self, model, tokenizer, *, max_batch: int, end_ids: set[int], pad_id: int, per_row_adapters: bool):
+    def __init__(self, model, tokenizer, *, max_batch: int, end_ids: set[int], pad_id: int, per_row_adapters: bool,
+                 lean=None):
         self.model, self.max_batch, self.end_ids, self.pad_id = model, max_batch, end_ids, pad_id
         self.per_row_adapters = per_row_adapters
         self.device = next(model.parameters()).device
         self.cache_arg = cache_kwarg(base_model(model))
-        self.lean = lean_decoder(model)  # None: the model's architecture decodes through transformers' forward
+        # None: the model's architecture decodes through transformers' forward
+        self.lean = lean if lean is not None else lean_decoder(model)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.waiting: deque[Job] = deque()
         self.rows: list[Job] = []
