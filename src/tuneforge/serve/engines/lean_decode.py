@@ -5,9 +5,12 @@ embedded model's HF forward runs about 5,000 ops a step (mask building, attentio
 and cats, RMSNorm's casts), which cost as much as its matrix products; this one runs about 45 a layer, calls the
 same modules (so packed weights and peft's per-row LoRA layers work unchanged), and reads the same KV cache.
 Prefill stays on transformers' forward. Its logits equal transformers' (bit for bit in bf16 on the embedded
-model; tests check fp32 and per-row adapters against it)."""
+model; tests check fp32 and per-row adapters against it). `serve --compile` compiles the same step with inductor
+(`LeanDecoder.compile`): its elementwise ops fuse into C++ kernels and Python leaves the step."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +20,7 @@ from tuneforge.models.adapters import base_model
 # Architectures whose decoder layer is exactly: RMSNorm, q/k/v (bias allowed), rotary on q and k, attention over
 # the cache, o_proj, residual, RMSNorm, SiLU-gated MLP, residual. Anything else keeps transformers' forward.
 LEAN_TYPES = {"llama": "LlamaRMSNorm", "qwen2": "Qwen2RMSNorm", "mistral": "MistralRMSNorm"}
+log = logging.getLogger(__name__)
 WARM_WIDTH = 37
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -97,6 +101,9 @@ class LeanDecoder:
                 except RuntimeError as e:
                     if "fail_on_recompile" not in str(e):
                         raise
+                    if not self.eager_steps:
+                        log.warning("a decode step needs a graph the warm-up did not compile; such steps run eagerly "
+                                    "(%s)", " ".join(str(e).split())[:400])
             self.eager_steps += 1
             return self.step(*args)
 
