@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -78,3 +79,41 @@ def test_embedded_model_real_answers(embedded_server):
         model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Viết một câu chào bằng tiếng Việt."}],
         temperature=0, max_tokens=32, stream=True) if c.choices]
     assert len(pieces) > 3 and "\ufffd" not in "".join(pieces)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's C++ kernels need g++, which this machine lacks")
+def test_compiled_server_answers_like_the_eager_one(tiny_paths, tiny_server):
+    """`tuneforge serve --compile` as a process: concurrent greedy chats (batched on the compiled step) answer what
+    the eager server answers, streamed or not, and no step falls back to eager code."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    args = [tiny_paths["model"], "--dtype", "float32", "--compile", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen([sys.executable, "-c", RUN_SERVE, *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    prompts = ["Hello there", "Xin chào, bạn khỏe không?", "A much longer question about the weather in Hà Nội", "Hi"]
+
+    def answers(base_url: str, model: str) -> list[str]:
+        client = openai.OpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0, timeout=120)
+
+        def ask(prompt):
+            return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                                  temperature=0, max_tokens=16).choices[0].message.content
+
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            return list(pool.map(ask, prompts))
+
+    try:
+        wait_ready(url, proc, deadline_s=300)
+        compiled = answers(url, "model")
+        assert compiled == answers(tiny_server.url, "tiny")
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="model", messages=[{"role": "user", "content": prompts[1]}], temperature=0, max_tokens=16,
+            stream=True) if c.choices)
+        assert streamed == compiled[1]
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "run eagerly" not in out, out[-2000:]
