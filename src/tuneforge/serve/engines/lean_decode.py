@@ -67,7 +67,7 @@ class LeanDecoder:
         compiled = self.compiled is not None and adapter_names is None
         # Rows without padding need no mask, which lets SDPA take its fastest path; else an additive one, built
         # once here rather than by SDPA from a boolean mask in every layer. The compiled step always gets one: a
-        # graph fewer to compile, for no measurable cost
+        # graph fewer to compile (its speed-up was measured that way)
         attend = None if bool(mask.all()) and not compiled else torch.zeros(
             (rows, 1, 1, mask.shape[1]), dtype=self.dtype).masked_fill_(mask.view(rows, 1, 1, -1) == 0, float("-inf"))
         column = ids.new_empty((rows, self.kv_heads, 1, self.head_dim), dtype=self.dtype)
