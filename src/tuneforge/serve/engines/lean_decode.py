@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.models.adapters import base_model
+from tuneforge.serve.engines.kv_room import roomy_cache
 
 # Architectures whose decoder layer is exactly: RMSNorm, q/k/v (bias allowed), rotary on q and k, attention over
 # the cache, o_proj, residual, RMSNorm, SiLU-gated MLP, residual. Anything else keeps transformers' forward.
@@ -79,7 +80,7 @@ class LeanDecoder:
             layer.advance(have + 1)
         return logits
 
-    def compile(self, make_cache) -> None:
+    def compile(self) -> None:
         """Compile the adapter-free step with inductor (fused C++ kernels behind its C++ wrapper, which leaves
         Python out of the step) and run each graph the engine meets once, so no request waits for a compile: one
         row (sizes of 1 get their own graph) and several."""
@@ -91,25 +92,23 @@ class LeanDecoder:
         def run(*args):
             # Freezing makes the packed weights graph constants, which inductor needs to lower the packed products.
             # It is read as a global (compile options do not reach it), so it is set around each call, where any
-            # compile happens, and nowhere else in the process.
-            with inductor.patch(freezing=True):
-                if not warm:
+            # compile happens, and nowhere else in the process. Once warm, a step that would need a new graph runs
+            # eagerly instead of stalling every request on a compile.
+            try:
+                with inductor.patch(freezing=True), torch.compiler.set_stance("fail_on_recompile" if warm else "default"):
                     return compiled(*args)
-                try:  # once warm, a step that would need a new graph runs eagerly instead of stalling on a compile
-                    with torch.compiler.set_stance("fail_on_recompile"):
-                        return compiled(*args)
-                except RuntimeError as e:
-                    if "fail_on_recompile" not in str(e):
-                        raise
-                    if not self.eager_steps:
-                        log.warning("a decode step needs a graph the warm-up did not compile; such steps run eagerly "
-                                    "(%s)", " ".join(str(e).split())[:400])
+            except RuntimeError as e:
+                if not warm or "fail_on_recompile" not in str(e):
+                    raise
+                if not self.eager_steps:
+                    log.warning("a decode step needs a graph the warm-up did not compile; such steps run eagerly "
+                                "(%s)", " ".join(str(e).split())[:400])
             self.eager_steps += 1
             return self.step(*args)
 
         self.compiled = run
         for rows in (1, 2):
-            cache = make_cache()
+            cache = roomy_cache(self.net.config)
             # A cache width that equals no size of the model (sizes that are equal get unified into one symbol)
             columns = torch.zeros((rows, self.kv_heads, WARM_WIDTH - 1, self.head_dim), dtype=self.dtype)
             for layer in cache.layers:

@@ -61,7 +61,8 @@ class TransformersEngine:
                 net = attach_adapters(net, adapters)
                 net.eval()
             pack_linear_weights(net)  # CPU layers only: the engine never trains or changes its weights
-            return net, tok, compiled_decoder(net) if compile else None
+            # The lean step's fused packed copies are made here too, off the main thread (see on_passing_thread)
+            return net, tok, compiled_decoder(net) if compile else lean_decoder(net)
 
         net, tok, lean = on_passing_thread(build)
         return cls(net, tok, adapters=list(adapters), max_batch=max_batch, lean=lean)
@@ -120,15 +121,13 @@ def compiled_decoder(net):
     """The lean decode step compiled (serve --compile), or one clear error saying why it cannot be."""
     import torch
 
-    from tuneforge.serve.engines.kv_room import roomy_cache
-
     lean = lean_decoder(net)
     if lean is None:
         raise UserError(f"--compile needs a Llama, Qwen2 or Mistral layout; this model "
                         f"({getattr(net.config, 'model_type', '?')}) decodes through transformers' forward: drop --compile")
     try:
         with torch.inference_mode():
-            lean.compile(lambda: roomy_cache(net.config))
+            lean.compile()
     except Exception as e:  # inductor's failures (no C++ compiler, unsupported op) come as many exception types
         raise UserError(f"--compile failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); it needs a "
                         "C++ compiler (g++) and Python's headers: install them or drop --compile") from e
